@@ -1,0 +1,442 @@
+#include "core/adaptive_softmax.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <utility>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_format.h"
+
+namespace adasoftmax {
+namespace {
+
+constexpr int kBins = ColumnOrder::kBins;
+// Level value of an arm whose logit was computed exactly from its full row.
+constexpr uint8_t kExactLevel = std::numeric_limits<uint8_t>::max();
+// Arms are pulled in chunks of this many rows so a block of columns stays in cache while every
+// query of the batch uses it.
+constexpr uint32_t kChunk = 256;
+// A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's
+// contiguous column segments; sparser ones read their arms' rows.
+constexpr uint32_t kDenseRatio = 8;
+
+uint64_t FreshSeed() {
+  thread_local absl::BitGen gen;
+  return absl::Uniform<uint64_t>(gen);
+}
+
+// Sampling state of one query of a batch. Per arm i and bin b, sum[i*kBins+b] and
+// sum_sq[i*kBins+b] hold the sums of A_ij x_j and (A_ij x_j)^2 over the columns of bin b in the
+// arm's prefix, prefix(level[i]).
+struct QueryState {
+  const Query* query = nullptr;
+  double beta = 1;
+  double delta_half = 0;  // delta' = delta / 2
+  std::vector<uint8_t> level;
+  std::vector<float> sum;
+  std::vector<float> sum_sq;
+  std::vector<uint32_t> nonzero_prefix;  // columns with x_j != 0 in prefix(L), per level
+  std::vector<double> exact_logit;       // valid where level == kExactLevel
+  std::vector<uint32_t> survivors;
+  std::vector<uint32_t> winners;
+  std::vector<double> target;            // per-arm variance target of the normaliser
+  double elimination_target = 0;
+  bool searching = true;
+  uint64_t samples = 0;
+  // Scratch reused across levels.
+  std::vector<std::vector<uint32_t>> pending;  // arms waiting at each level
+  std::vector<float> block_x;                  // x_j of the current block's columns
+};
+
+// One query's request to PullUntil: pull `arms` (ascending) until the arm's variance is at most
+// target(arm), the arm reaches max_level, or it has read every column.
+struct PullJob {
+  QueryState* state;
+  absl::Span<const uint32_t> arms;
+  double uniform_target;                      // used when per_arm_target is null
+  const std::vector<double>* per_arm_target;
+  int max_level;
+
+  double target(uint32_t i) const { return per_arm_target ? (*per_arm_target)[i] : uniform_target; }
+};
+
+class BatchSampler {
+ public:
+  BatchSampler(const Model& model, const ColumnOrder& order, const AdaptiveOptions& options)
+      : model_(model), order_(order), options_(options), n_(model.n()), d_(model.d()) {}
+
+  std::vector<TopKResult> Run(absl::Span<const Query> queries);
+
+ private:
+  double Estimate(const QueryState& s, uint32_t i) const {
+    if (s.level[i] == kExactLevel) return s.exact_logit[i];
+    const float* inv = order_.inverse_inclusion(s.level[i]);
+    const float* sum = &s.sum[static_cast<size_t>(i) * kBins];
+    double e = 0;
+    for (int b = 0; b < kBins; ++b) e += sum[b] * inv[b];
+    return s.beta * (e + (model_.has_bias() ? model_.bias()[i] : 0.0));
+  }
+  // Infinite before the first pull; 0 once every column was read.
+  double Variance(const QueryState& s, uint32_t i) const {
+    if (s.level[i] == kExactLevel) return 0;
+    if (s.level[i] == 0 && order_.last_level() > 0) return std::numeric_limits<double>::infinity();
+    const float* f = order_.variance_factor(s.level[i]);
+    const float* sq = &s.sum_sq[static_cast<size_t>(i) * kBins];
+    double v = 0;
+    for (int b = 0; b < kBins; ++b) v += sq[b] * f[b];
+    return s.beta * s.beta * v;
+  }
+
+  void InitState(const Query& query, QueryState& s);
+  void PullUntil(absl::Span<const PullJob> jobs);
+  void PullLevel(int level, absl::Span<const PullJob> jobs);
+  void PullDense(QueryState& s, const uint32_t* arms, size_t count, uint32_t chunk_begin,
+                 uint32_t chunk_end, size_t block_begin, size_t block_end);
+  void PullRows(QueryState& s, const uint32_t* arms, size_t count, size_t block_begin,
+                size_t block_end);
+  // Successive elimination step; clears `searching` once the top-k set is decided.
+  void Eliminate(QueryState& s);
+  void ComputeExact(QueryState& s, uint32_t i);
+  void SetNormalizerTargets(QueryState& s);
+  TopKResult Finish(QueryState& s);
+
+  const Model& model_;
+  const ColumnOrder& order_;
+  const AdaptiveOptions& options_;
+  const size_t n_;
+  const size_t d_;
+  std::vector<uint32_t> all_arms_;
+  // Per-chunk scratch of the dense sweep.
+  std::vector<float> chunk_sum_ = std::vector<float>(kChunk);
+  std::vector<float> chunk_sum_sq_ = std::vector<float>(kChunk);
+};
+
+void BatchSampler::InitState(const Query& query, QueryState& s) {
+  s.query = &query;
+  s.beta = query.options.temperature;
+  s.delta_half = query.options.delta / 2;
+  s.level.assign(n_, 0);
+  s.sum.assign(n_ * kBins, 0.0f);
+  s.sum_sq.assign(n_ * kBins, 0.0f);
+  s.exact_logit.assign(n_, 0.0);
+  s.pending.resize(order_.levels());
+  s.nonzero_prefix.resize(order_.levels());
+  uint32_t nonzero = 0;
+  size_t t = 0;
+  for (int level = 0; level < order_.levels(); ++level) {
+    for (; t < order_.prefix(level); ++t) nonzero += query.x[order_.column(t)] != 0;
+    s.nonzero_prefix[level] = nonzero;
+  }
+  s.samples = 0;
+}
+
+void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
+  for (const PullJob& job : jobs) {
+    QueryState& s = *job.state;
+    for (uint32_t i : job.arms) {
+      const uint8_t level = s.level[i];
+      if (level == kExactLevel || level >= job.max_level) continue;
+      if (Variance(s, i) > job.target(i)) s.pending[level].push_back(i);
+    }
+  }
+  const int top = order_.last_level();
+  for (int level = 0; level < top; ++level) {
+    bool any = false;
+    for (const PullJob& job : jobs) {
+      std::vector<uint32_t>& pending = job.state->pending[level];
+      std::sort(pending.begin(), pending.end());
+      any |= !pending.empty();
+    }
+    if (!any) continue;
+    PullLevel(level, jobs);
+    for (const PullJob& job : jobs) {
+      QueryState& s = *job.state;
+      std::vector<uint32_t>& pending = s.pending[level];
+      s.samples += static_cast<uint64_t>(pending.size()) *
+                   (s.nonzero_prefix[level + 1] - s.nonzero_prefix[level]);
+      for (uint32_t i : pending) {
+        s.level[i] = static_cast<uint8_t>(level + 1);
+        if (level + 1 < job.max_level && Variance(s, i) > job.target(i)) {
+          s.pending[level + 1].push_back(i);
+        }
+      }
+      pending.clear();
+    }
+  }
+}
+
+void BatchSampler::PullLevel(int level, absl::Span<const PullJob> jobs) {
+  const size_t block_begin = order_.prefix(level);
+  const size_t block_end = order_.prefix(level + 1);
+  for (const PullJob& job : jobs) {
+    QueryState& s = *job.state;
+    s.block_x.resize(block_end - block_begin);
+    for (size_t t = block_begin; t < block_end; ++t) {
+      s.block_x[t - block_begin] = s.query->x[order_.column(t)];
+    }
+  }
+  std::vector<size_t> cursor(jobs.size(), 0);
+  for (uint32_t chunk_begin = 0; chunk_begin < n_; chunk_begin += kChunk) {
+    const uint32_t chunk_end = static_cast<uint32_t>(std::min<size_t>(n_, chunk_begin + kChunk));
+    for (size_t q = 0; q < jobs.size(); ++q) {
+      QueryState& s = *jobs[q].state;
+      const std::vector<uint32_t>& pending = s.pending[level];
+      const size_t first = cursor[q];
+      size_t last = first;
+      while (last < pending.size() && pending[last] < chunk_end) ++last;
+      cursor[q] = last;
+      const size_t count = last - first;
+      if (count == 0) continue;
+      if (count * kDenseRatio >= chunk_end - chunk_begin) {
+        PullDense(s, &pending[first], count, chunk_begin, chunk_end, block_begin, block_end);
+      } else {
+        PullRows(s, &pending[first], count, block_begin, block_end);
+      }
+    }
+  }
+}
+
+// Sweeps the contiguous segments [chunk_begin, chunk_end) of the block's columns (one bin at a
+// time), then adds the partial sums of the listed arms.
+void BatchSampler::PullDense(QueryState& s, const uint32_t* arms, size_t count,
+                             uint32_t chunk_begin, uint32_t chunk_end, size_t block_begin,
+                             size_t block_end) {
+  const uint32_t width = chunk_end - chunk_begin;
+  float* partial = chunk_sum_.data();
+  float* partial_sq = chunk_sum_sq_.data();
+  const float* columns = model_.columns().data();
+  size_t t = block_begin;
+  while (t < block_end) {
+    const uint8_t bin = order_.bin(t);
+    std::fill(partial, partial + width, 0.0f);
+    std::fill(partial_sq, partial_sq + width, 0.0f);
+    for (; t < block_end && order_.bin(t) == bin; ++t) {
+      const float x = s.block_x[t - block_begin];
+      if (x == 0) continue;
+      const float* a = columns + static_cast<size_t>(order_.column(t)) * n_ + chunk_begin;
+      for (uint32_t r = 0; r < width; ++r) {
+        const float v = a[r] * x;
+        partial[r] += v;
+        partial_sq[r] += v * v;
+      }
+    }
+    for (size_t k = 0; k < count; ++k) {
+      const uint32_t i = arms[k];
+      s.sum[static_cast<size_t>(i) * kBins + bin] += partial[i - chunk_begin];
+      s.sum_sq[static_cast<size_t>(i) * kBins + bin] += partial_sq[i - chunk_begin];
+    }
+  }
+}
+
+// Reads the block's columns from each listed arm's row.
+void BatchSampler::PullRows(QueryState& s, const uint32_t* arms, size_t count,
+                            size_t block_begin, size_t block_end) {
+  const float* rows = model_.rows().data();
+  for (size_t k = 0; k < count; ++k) {
+    const uint32_t i = arms[k];
+    const float* row = rows + static_cast<size_t>(i) * d_;
+    float* sum = &s.sum[static_cast<size_t>(i) * kBins];
+    float* sum_sq = &s.sum_sq[static_cast<size_t>(i) * kBins];
+    for (size_t t = block_begin; t < block_end; ++t) {
+      const float v = row[order_.column(t)] * s.block_x[t - block_begin];
+      sum[order_.bin(t)] += v;
+      sum_sq[order_.bin(t)] += v * v;
+    }
+  }
+}
+
+void BatchSampler::Eliminate(QueryState& s) {
+  const uint32_t k = s.query->options.k;
+  std::vector<uint32_t>& alive = s.survivors;
+  if (alive.size() > k) {
+    const double log_term = std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
+    std::vector<double> lower(alive.size()), upper(alive.size());
+    bool all_exact = true;
+    for (size_t a = 0; a < alive.size(); ++a) {
+      const double var = Variance(s, alive[a]) * options_.topk_multiplier;
+      const double radius = std::sqrt(2 * var * log_term);
+      const double est = Estimate(s, alive[a]);
+      lower[a] = est - radius;
+      upper[a] = est + radius;
+      all_exact &= radius == 0;
+    }
+    std::vector<double> sorted_lower = lower;
+    std::nth_element(sorted_lower.begin(), sorted_lower.begin() + (k - 1), sorted_lower.end(),
+                     std::greater<double>());
+    const double threshold = sorted_lower[k - 1];
+    size_t kept = 0;
+    for (size_t a = 0; a < alive.size(); ++a) {
+      if (upper[a] >= threshold) alive[kept++] = alive[a];
+    }
+    alive.resize(kept);
+    if (alive.size() > k && all_exact) {
+      // Exact ties: keep the k best, lower index first.
+      std::vector<std::pair<double, uint32_t>> ranked;
+      for (uint32_t i : alive) ranked.emplace_back(-Estimate(s, i), i);
+      std::sort(ranked.begin(), ranked.end());
+      alive.clear();
+      for (uint32_t r = 0; r < k; ++r) alive.push_back(ranked[r].second);
+      std::sort(alive.begin(), alive.end());
+    }
+  }
+  if (alive.size() <= k) {
+    s.searching = false;
+    s.winners = alive;
+  }
+}
+
+void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
+  const float* row = model_.rows().data() + static_cast<size_t>(i) * d_;
+  const absl::Span<const float> x = s.query->x;
+  double dot = 0;
+  for (size_t j = 0; j < d_; ++j) dot += static_cast<double>(row[j]) * x[j];
+  const uint8_t level = s.level[i];
+  s.samples += d_ - s.nonzero_prefix[level];
+  s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
+  s.level[i] = kExactLevel;
+}
+
+// Paper Algorithm 2, second round: per-arm variance targets from the current estimates and
+// their confidence radii.
+void BatchSampler::SetNormalizerTargets(QueryState& s) {
+  const double eps = s.query->options.epsilon;
+  const double log_arms = std::log(6.0 * n_ / s.delta_half);
+  const double log_two = std::log(12.0 / s.delta_half);
+  std::vector<double>& low = s.target;  // holds est - C first, then the targets
+  low.resize(n_);
+  double shift = -std::numeric_limits<double>::infinity();
+  for (uint32_t i = 0; i < n_; ++i) {
+    const double var = Variance(s, i) * options_.normalizer_multiplier;
+    low[i] = Estimate(s, i) - std::sqrt(2 * var * log_arms);
+    shift = std::max(shift, low[i]);
+  }
+  double sum_alpha = 0, sum_gamma = 0;
+  for (uint32_t i = 0; i < n_; ++i) {
+    sum_alpha += std::exp(low[i] - shift);
+    sum_gamma += std::exp((low[i] - shift) / 2);
+  }
+  const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
+  const double c2 = 16 * log_two / (eps * eps);
+  for (uint32_t i = 0; i < n_; ++i) {
+    const double alpha = std::exp(low[i] - shift);
+    const double gamma = std::exp((low[i] - shift) / 2);
+    const double v = std::min(sum_gamma / (c1 * gamma), sum_alpha / (c2 * alpha));
+    low[i] = v / options_.normalizer_multiplier;
+  }
+}
+
+TopKResult BatchSampler::Finish(QueryState& s) {
+  double max = -std::numeric_limits<double>::infinity();
+  for (uint32_t i = 0; i < n_; ++i) max = std::max(max, Estimate(s, i));
+  double sum = 0;
+  for (uint32_t i = 0; i < n_; ++i) sum += std::exp(Estimate(s, i) - max);
+  TopKResult result;
+  result.log_partition = max + std::log(sum);
+  std::vector<std::pair<double, uint32_t>> ranked;
+  for (uint32_t i : s.winners) ranked.emplace_back(-s.exact_logit[i], i);
+  std::sort(ranked.begin(), ranked.end());
+  for (const auto& [neg_logit, i] : ranked) {
+    result.indices.push_back(i);
+    result.logits.push_back(-neg_logit);
+    result.probabilities.push_back(std::exp(-neg_logit - result.log_partition));
+  }
+  result.samples = s.samples;
+  result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
+  result.exact = s.samples >= static_cast<uint64_t>(n_) * d_;
+  return result;
+}
+
+std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
+  all_arms_.resize(n_);
+  std::iota(all_arms_.begin(), all_arms_.end(), 0u);
+  std::vector<QueryState> states(queries.size());
+  for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
+
+  // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget.
+  {
+    std::vector<PullJob> jobs;
+    const int budget = order_.LevelForFraction(options_.warmup_fraction);
+    for (QueryState& s : states) {
+      const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
+      jobs.push_back({&s, all_arms_, v0 / options_.normalizer_multiplier, nullptr, budget});
+    }
+    PullUntil(jobs);
+  }
+
+  // 2. Top-k search by successive elimination; the target variance halves every round.
+  for (QueryState& s : states) {
+    s.survivors = all_arms_;
+    Eliminate(s);
+    double proxy = 0;
+    for (uint32_t i : s.survivors) proxy = std::max(proxy, Variance(s, i));
+    s.elimination_target = proxy / 4;
+  }
+  for (;;) {
+    std::vector<PullJob> jobs;
+    for (QueryState& s : states) {
+      if (!s.searching) continue;
+      jobs.push_back({&s, s.survivors, s.elimination_target, nullptr, order_.last_level()});
+    }
+    if (jobs.empty()) break;
+    PullUntil(jobs);
+    for (const PullJob& job : jobs) {
+      Eliminate(*job.state);
+      job.state->elimination_target /= 2;
+    }
+  }
+
+  // 3. Exact winners. 4. Normaliser: pull every other arm to its own target.
+  std::vector<PullJob> jobs;
+  for (QueryState& s : states) {
+    for (uint32_t i : s.winners) ComputeExact(s, i);
+    SetNormalizerTargets(s);
+    jobs.push_back({&s, all_arms_, 0, &s.target, order_.last_level()});
+  }
+  PullUntil(jobs);
+
+  std::vector<TopKResult> results;
+  results.reserve(states.size());
+  for (QueryState& s : states) results.push_back(Finish(s));
+  return results;
+}
+
+}  // namespace
+
+absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
+  auto positive = [](double v) { return std::isfinite(v) && v > 0; };
+  if (!positive(options.topk_multiplier)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("topk_multiplier: is %g but must be finite and > 0",
+                        options.topk_multiplier));
+  }
+  if (!positive(options.normalizer_multiplier)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("normalizer_multiplier: is %g but must be finite and > 0",
+                        options.normalizer_multiplier));
+  }
+  if (!(options.warmup_fraction > 0 && options.warmup_fraction <= 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "warmup_fraction: is %g but must be in (0, 1]", options.warmup_fraction));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) const {
+  if (queries.empty()) return {};
+  // One shared order per batch. Seeded when every query carries the same nonzero seed.
+  uint64_t seed = queries[0].options.seed;
+  for (const Query& q : queries) {
+    if (q.options.seed != seed) seed = 0;
+  }
+  if (seed == 0) seed = FreshSeed();
+  std::vector<absl::Span<const float>> xs;
+  for (const Query& q : queries) xs.push_back(q.x);
+  const ColumnOrder order = ColumnOrder::Draw(*model_, xs, options_.importance, seed);
+  BatchSampler sampler(*model_, order, options_);
+  return sampler.Run(queries);
+}
+
+}  // namespace adasoftmax

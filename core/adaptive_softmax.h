@@ -1,0 +1,56 @@
+#ifndef ADASOFTMAX_CORE_ADAPTIVE_SOFTMAX_H_
+#define ADASOFTMAX_CORE_ADAPTIVE_SOFTMAX_H_
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/column_order.h"
+#include "core/topk_softmax.h"
+
+namespace adasoftmax {
+
+struct AdaptiveOptions {
+  // Multiplies the variance estimates of the top-k search (elimination radii and pull
+  // targets). 1 is the paper's constant ("theory" mode); calibration may pick others.
+  // REQUIRES: finite, > 0. Default: 1.
+  double topk_multiplier = 1.0;
+  // The same for the warm-up and the normaliser. REQUIRES: finite, > 0. Default: 1.
+  double normalizer_multiplier = 1.0;
+  // The warm-up reads at most this fraction of the query's nonzero columns (at least the
+  // first 16). REQUIRES: in (0, 1]. Default: 0.1.
+  double warmup_fraction = 0.1;
+  // Importance weights of the column order. Default: atom and query weights.
+  ImportanceOptions importance;
+};
+
+absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
+
+// Adaptive top-k softmax (Baharav et al., NeurIPS 2024): each class is a bandit arm whose
+// mean A_i . x is estimated from a shared, importance-sampled column order. Warm-up, top-k
+// search by successive elimination, exact winners, and a two-round normaliser. With
+// probability at least 1 - delta, the returned set is the true top-k and every returned
+// probability is within a factor (1 +- epsilon) of the truth (when the multipliers are 1, or
+// when calibrated).
+//
+// A batch shares one column order drawn from the weights of all its queries: each block of
+// columns is read once, arm chunk by arm chunk, for every query that still needs it; each query
+// keeps its own arms, targets and stopping rules. Thread-safe.
+class AdaptiveSoftmax : public TopKSoftmax {
+ public:
+  // REQUIRES: ValidateAdaptiveOptions(options).ok().
+  explicit AdaptiveSoftmax(std::shared_ptr<const Model> model, AdaptiveOptions options = {})
+      : model_(std::move(model)), options_(options) {}
+
+  std::vector<TopKResult> Run(absl::Span<const Query> queries) const override;
+  const Model& model() const override { return *model_; }
+  const AdaptiveOptions& options() const { return options_; }
+
+ private:
+  std::shared_ptr<const Model> model_;
+  AdaptiveOptions options_;
+};
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_ADAPTIVE_SOFTMAX_H_

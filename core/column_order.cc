@@ -1,0 +1,110 @@
+#include "core/column_order.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+
+namespace adasoftmax {
+namespace {
+
+// Standard Gumbel variate from 53 random bits; std::*_distribution output is
+// implementation-defined, so seeded orders would not be reproducible across standard libraries.
+double Gumbel(std::mt19937_64& rng) {
+  const double u = (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53;  // in (0, 1)
+  return -std::log(-std::log(u));
+}
+
+constexpr size_t kFirstPrefix = 16;
+constexpr double kGrowth = 1.5;
+// Keeps 1/q and (1-q)/q^2 finite in float for columns that were drawn against the odds.
+constexpr double kMinInclusion = 1e-12;
+
+}  // namespace
+
+ColumnOrder ColumnOrder::Draw(const Model& model,
+                              absl::Span<const absl::Span<const float>> queries,
+                              const ImportanceOptions& importance, uint64_t seed) {
+  const size_t d = model.d();
+  std::vector<double> query_weight(d, 0.0);
+  for (absl::Span<const float> x : queries) {
+    double l1 = 0;
+    for (float v : x) l1 += std::fabs(v);
+    if (l1 == 0) continue;
+    for (size_t j = 0; j < d; ++j) {
+      if (x[j] != 0) query_weight[j] += importance.query ? std::fabs(x[j]) / l1 : 1.0;
+    }
+  }
+
+  std::vector<uint32_t> candidates;
+  std::vector<double> log_weight(d, 0.0);
+  for (size_t j = 0; j < d; ++j) {
+    const double atom = model.column_abs_sums()[j];
+    if (query_weight[j] == 0 || atom == 0) continue;  // contributes exactly zero
+    log_weight[j] = std::log(query_weight[j]) + (importance.atom ? std::log(atom) : 0.0);
+    candidates.push_back(static_cast<uint32_t>(j));
+  }
+
+  ColumnOrder order;
+  order.top_log_weight_ = -std::numeric_limits<double>::infinity();
+  for (uint32_t j : candidates) order.top_log_weight_ = std::max(order.top_log_weight_, log_weight[j]);
+  const double log_ratio = std::log(kBinRatio);
+
+  std::mt19937_64 rng(seed);
+  std::vector<double> key(d);
+  std::vector<uint8_t> bin_of(d);
+  for (uint32_t j : candidates) {
+    const double steps = std::floor((order.top_log_weight_ - log_weight[j]) / log_ratio);
+    bin_of[j] = static_cast<uint8_t>(std::min<double>(kBins - 1, steps));
+    key[j] = order.top_log_weight_ - bin_of[j] * log_ratio + Gumbel(rng);
+  }
+  std::sort(candidates.begin(), candidates.end(),
+            [&](uint32_t a, uint32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });
+  const size_t m = candidates.size();
+  order.keys_.resize(m);
+  for (size_t t = 0; t < m; ++t) order.keys_[t] = key[candidates[t]];
+
+  order.prefix_.push_back(0);
+  if (m > 0) order.prefix_.push_back(std::min(kFirstPrefix, m));
+  while (order.prefix_.back() < m) {
+    const size_t next = static_cast<size_t>(std::ceil(order.prefix_.back() * kGrowth));
+    order.prefix_.push_back(std::min(next, m));
+  }
+
+  // Group each level's new block by bin; prefixes at level boundaries keep their sets.
+  size_t begin = 0;
+  for (size_t end : order.prefix_) {
+    std::stable_sort(candidates.begin() + begin, candidates.begin() + end,
+                     [&](uint32_t a, uint32_t b) { return bin_of[a] < bin_of[b]; });
+    begin = end;
+  }
+  order.columns_ = std::move(candidates);
+  order.bins_.resize(m);
+  for (size_t t = 0; t < m; ++t) order.bins_[t] = bin_of[order.columns_[t]];
+
+  for (int level = 0; level < order.levels(); ++level) {
+    for (int b = 0; b < kBins; ++b) {
+      const double q = std::max(kMinInclusion, order.InclusionProbability(order.prefix_[level], b));
+      order.inverse_inclusion_.push_back(static_cast<float>(1.0 / q));
+      order.variance_factor_.push_back(static_cast<float>((1.0 - q) / (q * q)));
+    }
+  }
+  return order;
+}
+
+double ColumnOrder::InclusionProbability(size_t t, int bin) const {
+  if (t >= keys_.size()) return 1.0;
+  const double log_weight = top_log_weight_ - bin * std::log(kBinRatio);
+  return -std::expm1(-std::exp(log_weight - keys_[t]));
+}
+
+int ColumnOrder::LevelForFraction(double fraction) const {
+  if (levels() == 1) return 0;
+  const double limit = std::max<double>(prefix_[1], fraction * static_cast<double>(size()));
+  int level = 1;
+  while (level + 1 < levels() && static_cast<double>(prefix_[level + 1]) <= limit) ++level;
+  return level;
+}
+
+}  // namespace adasoftmax

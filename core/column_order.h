@@ -1,0 +1,74 @@
+#ifndef ADASOFTMAX_CORE_COLUMN_ORDER_H_
+#define ADASOFTMAX_CORE_COLUMN_ORDER_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "core/model.h"
+
+namespace adasoftmax {
+
+// Which importance weights the sampled column order uses. Both off gives a uniform order.
+struct ImportanceOptions {
+  bool atom = true;   // weight column j by sum_i |A_ij|
+  bool query = true;  // weight column j by |x_j| (by sum_q |x_qj| / |x_q|_1 for a batch)
+};
+
+// A random order of the columns a batch of queries reads, drawn as a weighted sample without
+// replacement (Gumbel-top-k), together with the Horvitz-Thompson inclusion probabilities of
+// every prefix the sampler stops at.
+//
+// Weights are rounded down to powers of 4 (kBins classes relative to the largest), so the
+// columns of one bin share an inclusion probability. A sampler therefore keeps, per arm and
+// bin, the running sums of A_ij x_j and (A_ij x_j)^2, and re-weights them in O(kBins) when
+// the prefix grows: its work is proportional to the samples taken. Rounding keeps the
+// estimator unbiased; it only costs a little of the variance reduction.
+//
+// Prefixes grow geometrically: level L covers the first prefix(L) columns of the order, with
+// prefix(0) = 0, prefix(1) = min(16, size()), prefix(L+1) = ceil(1.5 prefix(L)), and the last
+// level's prefix = size().
+// Within each level's new block the columns are grouped by bin, so a pull sweeps one bin at a
+// time. Columns with zero weight (x_j = 0 in every query) never appear.
+// Immutable after Draw; thread-safe.
+class ColumnOrder {
+ public:
+  static constexpr int kBins = 8;
+  static constexpr double kBinRatio = 4.0;
+
+  // REQUIRES: each query has model.d() entries.
+  static ColumnOrder Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
+                          const ImportanceOptions& importance, uint64_t seed);
+
+  // Number of columns with nonzero weight.
+  size_t size() const { return columns_.size(); }
+  uint32_t column(size_t t) const { return columns_[t]; }
+  uint8_t bin(size_t t) const { return bins_[t]; }
+
+  int levels() const { return static_cast<int>(prefix_.size()); }
+  int last_level() const { return levels() - 1; }
+  size_t prefix(int level) const { return prefix_[level]; }
+  // The deepest level whose prefix holds at most max(prefix(1), fraction * size()) columns.
+  int LevelForFraction(double fraction) const;
+
+  // 1 / q_b and (1 - q_b) / q_b^2 for every bin at `level`.
+  const float* inverse_inclusion(int level) const { return &inverse_inclusion_[level * kBins]; }
+  const float* variance_factor(int level) const { return &variance_factor_[level * kBins]; }
+
+  // Inclusion probability of a column of `bin` after the first t columns were read, for any t.
+  double InclusionProbability(size_t t, int bin) const;
+
+ private:
+  std::vector<uint32_t> columns_;
+  std::vector<uint8_t> bins_;
+  std::vector<double> keys_;      // Gumbel key of columns_[t], descending before regrouping
+  std::vector<size_t> prefix_;
+  std::vector<float> inverse_inclusion_;
+  std::vector<float> variance_factor_;
+  double top_log_weight_ = 0;
+};
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_COLUMN_ORDER_H_

@@ -1,0 +1,93 @@
+#include "core/exact_softmax.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <queue>
+#include <utility>
+
+#include "core/blas.h"
+
+namespace adasoftmax {
+namespace {
+
+// Orders (logit, index) pairs so that "greater" means ranked higher.
+struct RanksHigher {
+  bool operator()(const std::pair<double, uint32_t>& a,
+                  const std::pair<double, uint32_t>& b) const {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  }
+};
+
+}  // namespace
+
+TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias,
+                       double temperature, uint32_t k) {
+  // Min-heap on rank: the top holds the weakest of the k best so far.
+  std::priority_queue<std::pair<double, uint32_t>, std::vector<std::pair<double, uint32_t>>,
+                      RanksHigher>
+      heap;
+  double max = -std::numeric_limits<double>::infinity();
+  double sum = 0;  // sum of exp(mu_i - max)
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const double mu = temperature * (static_cast<double>(raw[i]) + (bias.empty() ? 0.0 : bias[i]));
+    if (mu > max) {
+      sum = sum * std::exp(max - mu) + 1.0;
+      max = mu;
+    } else {
+      sum += std::exp(mu - max);
+    }
+    const std::pair<double, uint32_t> entry(mu, static_cast<uint32_t>(i));
+    if (heap.size() < k) {
+      heap.push(entry);
+    } else if (RanksHigher()(entry, heap.top())) {
+      heap.pop();
+      heap.push(entry);
+    }
+  }
+  TopKResult result;
+  result.log_partition = max + std::log(sum);
+  result.indices.resize(heap.size());
+  result.logits.resize(heap.size());
+  result.probabilities.resize(heap.size());
+  for (size_t r = heap.size(); r-- > 0;) {
+    result.logits[r] = heap.top().first;
+    result.indices[r] = heap.top().second;
+    result.probabilities[r] = std::exp(heap.top().first - result.log_partition);
+    heap.pop();
+  }
+  result.exact = true;
+  return result;
+}
+
+std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {
+  const Model& m = *model_;
+  const int n = static_cast<int>(m.n());
+  const int d = static_cast<int>(m.d());
+  const int batch = static_cast<int>(queries.size());
+  std::vector<TopKResult> results;
+  results.reserve(batch);
+  if (batch == 0) return results;
+
+  std::vector<float> logits(static_cast<size_t>(n) * batch);
+  if (batch == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, 1.0f, m.rows().data(), d,
+                queries[0].x.data(), 1, 0.0f, logits.data(), 1);
+  } else {
+    // Logits^T (batch x n) = X (batch x d) * A^T.
+    std::vector<float> x(static_cast<size_t>(batch) * d);
+    for (int q = 0; q < batch; ++q) std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, n, d, 1.0f, x.data(), d,
+                m.rows().data(), d, 0.0f, logits.data(), n);
+  }
+  for (int q = 0; q < batch; ++q) {
+    TopKResult r = SoftmaxTopK(absl::MakeConstSpan(&logits[static_cast<size_t>(q) * n], n),
+                               m.bias(), queries[q].options.temperature, queries[q].options.k);
+    r.samples = static_cast<uint64_t>(n) * d;
+    r.sample_fraction = 1.0;
+    results.push_back(std::move(r));
+  }
+  return results;
+}
+
+}  // namespace adasoftmax
