@@ -1,0 +1,61 @@
+#ifndef ADASOFTMAX_CORE_TENSOR_IO_H_
+#define ADASOFTMAX_CORE_TENSOR_IO_H_
+
+// Reading and writing float tensors in NumPy .npy and .safetensors files.
+//
+// Readers validate every header field against the file size before touching data, reject
+// unsupported dtypes, wrong ranks, zero-sized dimensions and non-finite values, and report
+// errors as "<path>: <problem>": absl::NotFoundError for a missing file or tensor,
+// absl::InvalidArgumentError for bad content. Float32 little-endian data whose address is
+// 4-byte aligned is memory-mapped read-only rather than copied (the returned Matrix is then a
+// view whose keepalive unmaps the file); float16 and bfloat16 are decoded into owned float32.
+// A mapped file must not be truncated while a view of it is alive. All functions are
+// thread-safe.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/matrix.h"
+
+namespace adasoftmax {
+
+struct LoadedMatrix {
+  Matrix matrix;      // float32; row r = row r of the stored tensor
+  std::string dtype;  // dtype as stored: "float32", "float16" or "bfloat16"
+};
+
+// Reads a rank-2 tensor. `path` ends in ".npy" or ".safetensors". For safetensors, `tensor`
+// names the tensor (e.g. "lm_head.weight"); it may be empty only when the file holds exactly
+// one tensor. For .npy, `tensor` must be empty. C-order data gives a Layout::kRowMajor matrix,
+// Fortran-order data a Layout::kColMajor one.
+absl::StatusOr<LoadedMatrix> ReadMatrix(const std::string& path, std::string_view tensor = "");
+
+// Reads a rank-1 tensor (shape (n,)); also accepts shapes (n,1) and (1,n).
+absl::StatusOr<std::vector<float>> ReadVector(const std::string& path,
+                                              std::string_view tensor = "");
+
+// Writes float32 .npy (version 1.0, header padded to 64 bytes); a column-major matrix is
+// written with fortran_order True.
+absl::Status WriteNpy(const std::string& path, const Matrix& m);
+// Writes float32 .npy of shape (n,).
+absl::Status WriteNpy(const std::string& path, absl::Span<const float> v);
+
+// Writes a .safetensors file holding the given named float32 rank-2 tensors (C order), in the
+// given order. Names must be non-empty, distinct and not "__metadata__"; pointers non-null.
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, const Matrix*>>& tensors);
+
+// IEEE 754 binary16 bits to float (exact, including subnormals, infinities and NaNs).
+float Float16ToFloat(uint16_t bits);
+// bfloat16 bits (the high half of a float32) to float (exact).
+float BFloat16ToFloat(uint16_t bits);
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_TENSOR_IO_H_
