@@ -10,6 +10,20 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
 
+#ifdef ADASOFTMAX_TRACE
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+struct TraceSink { std::map<std::string, std::pair<double, double>> t; std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  ~TraceSink() { for (auto& [k, v] : t) fprintf(stderr, "%-12s %8.3f ms/call  samples %.4f\n", k.c_str(), v.first / 100, v.second / 100); } };
+static TraceSink trace_sink;
+static double trace_prev = 0;
+#define TRACE_POINT(name) do { double cur = pool.empty() ? 0 : pool[0].samples / double(n_ * d_); if (std::string(name) != "outside") trace_sink.t[name].second += cur - trace_prev; trace_prev = cur; auto now = std::chrono::steady_clock::now(); trace_sink.t[name].first += std::chrono::duration<double, std::milli>(now - trace_sink.last).count(); trace_sink.last = now; } while (0)
+#else
+#define TRACE_POINT(name) do {} while (0)
+#endif
+
 namespace adasoftmax {
 namespace {
 
@@ -18,10 +32,11 @@ constexpr int kBins = ColumnOrder::kBins;
 constexpr uint8_t kExactLevel = std::numeric_limits<uint8_t>::max();
 // Arms are pulled in chunks of this many rows so a block of columns stays in cache while every
 // query of the batch uses it.
-constexpr uint32_t kChunk = 256;
+constexpr uint32_t kChunk = 2048;
 // A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's
-// contiguous column segments; sparser ones read their arms' rows.
-constexpr uint32_t kDenseRatio = 8;
+// contiguous column segments; sparser ones read their arms' rows. A row read costs a cache
+// line per column, a sweep 4 bytes per arm and column, and streams.
+constexpr uint32_t kDenseRatio = 32;
 
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
@@ -93,10 +108,9 @@ class BatchSampler {
   void InitState(const Query& query, QueryState& s);
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullLevel(int level, absl::Span<const PullJob> jobs);
-  void PullDense(QueryState& s, const uint32_t* arms, size_t count, uint32_t chunk_begin,
-                 uint32_t chunk_end, size_t block_begin, size_t block_end);
-  void PullRows(QueryState& s, const uint32_t* arms, size_t count, size_t block_begin,
-                size_t block_end);
+  void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
+                 uint32_t chunk_begin, uint32_t chunk_end);
+  void PullRows(QueryState& s, int level, const uint32_t* arms, size_t count);
   // Successive elimination step; clears `searching` once the top-k set is decided.
   void Eliminate(QueryState& s);
   void ComputeExact(QueryState& s, uint32_t i);
@@ -121,8 +135,12 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.level.assign(n_, 0);
   s.sum.assign(n_ * kBins, 0.0f);
   s.sum_sq.assign(n_ * kBins, 0.0f);
-  s.exact_logit.assign(n_, 0.0);
+  s.exact_logit.resize(n_);
+  s.survivors.clear();
+  s.winners.clear();
+  s.searching = true;
   s.pending.resize(order_.levels());
+  for (std::vector<uint32_t>& p : s.pending) p.clear();
   s.nonzero_prefix.resize(order_.levels());
   uint32_t nonzero = 0;
   size_t t = 0;
@@ -145,24 +163,22 @@ void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
   const int top = order_.last_level();
   for (int level = 0; level < top; ++level) {
     bool any = false;
-    for (const PullJob& job : jobs) {
-      std::vector<uint32_t>& pending = job.state->pending[level];
-      std::sort(pending.begin(), pending.end());
-      any |= !pending.empty();
-    }
+    for (const PullJob& job : jobs) any |= !job.state->pending[level].empty();
     if (!any) continue;
     PullLevel(level, jobs);
     for (const PullJob& job : jobs) {
       QueryState& s = *job.state;
       std::vector<uint32_t>& pending = s.pending[level];
+      std::vector<uint32_t>& next = s.pending[level + 1];
+      const size_t waiting = next.size();
       s.samples += static_cast<uint64_t>(pending.size()) *
                    (s.nonzero_prefix[level + 1] - s.nonzero_prefix[level]);
       for (uint32_t i : pending) {
         s.level[i] = static_cast<uint8_t>(level + 1);
-        if (level + 1 < job.max_level && Variance(s, i) > job.target(i)) {
-          s.pending[level + 1].push_back(i);
-        }
+        if (level + 1 < job.max_level && Variance(s, i) > job.target(i)) next.push_back(i);
       }
+      // Both parts are ascending; PullLevel walks arms in order.
+      std::inplace_merge(next.begin(), next.begin() + waiting, next.end());
       pending.clear();
     }
   }
@@ -191,29 +207,27 @@ void BatchSampler::PullLevel(int level, absl::Span<const PullJob> jobs) {
       const size_t count = last - first;
       if (count == 0) continue;
       if (count * kDenseRatio >= chunk_end - chunk_begin) {
-        PullDense(s, &pending[first], count, chunk_begin, chunk_end, block_begin, block_end);
+        PullDense(s, level, &pending[first], count, chunk_begin, chunk_end);
       } else {
-        PullRows(s, &pending[first], count, block_begin, block_end);
+        PullRows(s, level, &pending[first], count);
       }
     }
   }
 }
 
-// Sweeps the contiguous segments [chunk_begin, chunk_end) of the block's columns (one bin at a
-// time), then adds the partial sums of the listed arms.
-void BatchSampler::PullDense(QueryState& s, const uint32_t* arms, size_t count,
-                             uint32_t chunk_begin, uint32_t chunk_end, size_t block_begin,
-                             size_t block_end) {
+// Sweeps the contiguous segments [chunk_begin, chunk_end) of the block's columns, one bin run
+// at a time, then adds the run's partial sums to the listed arms.
+void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
+                             uint32_t chunk_begin, uint32_t chunk_end) {
   const uint32_t width = chunk_end - chunk_begin;
+  const size_t block_begin = order_.prefix(level);
   float* partial = chunk_sum_.data();
   float* partial_sq = chunk_sum_sq_.data();
   const float* columns = model_.columns().data();
-  size_t t = block_begin;
-  while (t < block_end) {
-    const uint8_t bin = order_.bin(t);
+  for (const ColumnOrder::Run& run : order_.runs(level)) {
     std::fill(partial, partial + width, 0.0f);
     std::fill(partial_sq, partial_sq + width, 0.0f);
-    for (; t < block_end && order_.bin(t) == bin; ++t) {
+    for (size_t t = run.begin; t < run.end; ++t) {
       const float x = s.block_x[t - block_begin];
       if (x == 0) continue;
       const float* a = columns + static_cast<size_t>(order_.column(t)) * n_ + chunk_begin;
@@ -225,25 +239,29 @@ void BatchSampler::PullDense(QueryState& s, const uint32_t* arms, size_t count,
     }
     for (size_t k = 0; k < count; ++k) {
       const uint32_t i = arms[k];
-      s.sum[static_cast<size_t>(i) * kBins + bin] += partial[i - chunk_begin];
-      s.sum_sq[static_cast<size_t>(i) * kBins + bin] += partial_sq[i - chunk_begin];
+      s.sum[static_cast<size_t>(i) * kBins + run.bin] += partial[i - chunk_begin];
+      s.sum_sq[static_cast<size_t>(i) * kBins + run.bin] += partial_sq[i - chunk_begin];
     }
   }
 }
 
 // Reads the block's columns from each listed arm's row.
-void BatchSampler::PullRows(QueryState& s, const uint32_t* arms, size_t count,
-                            size_t block_begin, size_t block_end) {
+void BatchSampler::PullRows(QueryState& s, int level, const uint32_t* arms, size_t count) {
   const float* rows = model_.rows().data();
+  const size_t block_begin = order_.prefix(level);
+  const absl::Span<const ColumnOrder::Run> runs = order_.runs(level);
   for (size_t k = 0; k < count; ++k) {
     const uint32_t i = arms[k];
     const float* row = rows + static_cast<size_t>(i) * d_;
-    float* sum = &s.sum[static_cast<size_t>(i) * kBins];
-    float* sum_sq = &s.sum_sq[static_cast<size_t>(i) * kBins];
-    for (size_t t = block_begin; t < block_end; ++t) {
-      const float v = row[order_.column(t)] * s.block_x[t - block_begin];
-      sum[order_.bin(t)] += v;
-      sum_sq[order_.bin(t)] += v * v;
+    for (const ColumnOrder::Run& run : runs) {
+      float sum = 0, sum_sq = 0;
+      for (size_t t = run.begin; t < run.end; ++t) {
+        const float v = row[order_.column(t)] * s.block_x[t - block_begin];
+        sum += v;
+        sum_sq += v * v;
+      }
+      s.sum[static_cast<size_t>(i) * kBins + run.bin] += sum;
+      s.sum_sq[static_cast<size_t>(i) * kBins + run.bin] += sum_sq;
     }
   }
 }
@@ -350,10 +368,15 @@ TopKResult BatchSampler::Finish(QueryState& s) {
 }
 
 std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
+  thread_local std::vector<QueryState> pool;
+  TRACE_POINT("outside");
   all_arms_.resize(n_);
   std::iota(all_arms_.begin(), all_arms_.end(), 0u);
-  std::vector<QueryState> states(queries.size());
+  // Per-thread states keep their buffers between calls: no page faults on the hot path.
+  if (pool.size() < queries.size()) pool.resize(queries.size());
+  const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
+  TRACE_POINT("init");
 
   // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget.
   {
@@ -366,6 +389,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     PullUntil(jobs);
   }
 
+  TRACE_POINT("warmup");
   // 2. Top-k search by successive elimination; the target variance halves every round.
   for (QueryState& s : states) {
     s.survivors = all_arms_;
@@ -383,11 +407,15 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     if (jobs.empty()) break;
     PullUntil(jobs);
     for (const PullJob& job : jobs) {
+#ifdef ADASOFTMAX_TRACE
+      if (getenv("ROUNDS")) fprintf(stderr, "round: survivors %zu target %g samples %.4f\n", job.state->survivors.size(), job.state->elimination_target, job.state->samples / double(n_ * d_));
+#endif
       Eliminate(*job.state);
       job.state->elimination_target /= 2;
     }
   }
 
+  TRACE_POINT("search");
   // 3. Exact winners. 4. Normaliser: pull every other arm to its own target.
   std::vector<PullJob> jobs;
   for (QueryState& s : states) {
@@ -395,11 +423,14 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     SetNormalizerTargets(s);
     jobs.push_back({&s, all_arms_, 0, &s.target, order_.last_level()});
   }
+  TRACE_POINT("targets");
   PullUntil(jobs);
+  TRACE_POINT("normalizer");
 
   std::vector<TopKResult> results;
   results.reserve(states.size());
   for (QueryState& s : states) results.push_back(Finish(s));
+  TRACE_POINT("finish");
   return results;
 }
 

@@ -84,6 +84,16 @@ ColumnOrder ColumnOrder::Draw(const Model& model,
   for (size_t t = 0; t < m; ++t) order.bins_[t] = bin_of[order.columns_[t]];
 
   for (int level = 0; level < order.levels(); ++level) {
+    order.run_begin_.push_back(order.runs_.size());
+    if (level == order.last_level()) break;
+    for (size_t t = order.prefix_[level]; t < order.prefix_[level + 1]; ++t) {
+      if (order.runs_.size() == order.run_begin_.back() || order.runs_.back().bin != order.bins_[t]) {
+        order.runs_.push_back({static_cast<uint32_t>(t), static_cast<uint32_t>(t), order.bins_[t]});
+      }
+      ++order.runs_.back().end;
+    }
+  }
+  for (int level = 0; level < order.levels(); ++level) {
     for (int b = 0; b < kBins; ++b) {
       const double q = std::max(kMinInclusion, order.InclusionProbability(order.prefix_[level], b));
       order.inverse_inclusion_.push_back(static_cast<float>(1.0 / q));

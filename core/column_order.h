@@ -52,6 +52,17 @@ class ColumnOrder {
   // The deepest level whose prefix holds at most max(prefix(1), fraction * size()) columns.
   int LevelForFraction(double fraction) const;
 
+  // Consecutive positions [begin, end) of one bin inside a level's new block.
+  struct Run {
+    uint32_t begin;
+    uint32_t end;
+    uint8_t bin;
+  };
+  // The runs covering positions [prefix(level), prefix(level + 1)). REQUIRES: level < last_level().
+  absl::Span<const Run> runs(int level) const {
+    return absl::MakeConstSpan(runs_).subspan(run_begin_[level], run_begin_[level + 1] - run_begin_[level]);
+  }
+
   // 1 / q_b and (1 - q_b) / q_b^2 for every bin at `level`.
   const float* inverse_inclusion(int level) const { return &inverse_inclusion_[level * kBins]; }
   const float* variance_factor(int level) const { return &variance_factor_[level * kBins]; }
@@ -64,6 +75,8 @@ class ColumnOrder {
   std::vector<uint8_t> bins_;
   std::vector<double> keys_;      // Gumbel key of columns_[t], descending before regrouping
   std::vector<size_t> prefix_;
+  std::vector<Run> runs_;
+  std::vector<size_t> run_begin_;  // first run of each level's block; one entry per level
   std::vector<float> inverse_inclusion_;
   std::vector<float> variance_factor_;
   double top_log_weight_ = 0;

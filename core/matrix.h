@@ -18,6 +18,11 @@ enum class Layout {
 class Matrix {
  public:
   Matrix() = default;
+  Matrix(Matrix&&) = default;
+  Matrix& operator=(Matrix&&) = default;
+  // Not copyable: a copy would alias an owned buffer. Use Copy().
+  Matrix(const Matrix&) = delete;
+  Matrix& operator=(const Matrix&) = delete;
 
   // A zero-filled matrix that owns its storage.
   static Matrix Owned(size_t rows, size_t cols, Layout layout);
