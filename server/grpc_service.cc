@@ -1,0 +1,194 @@
+#include "server/grpc_service.h"
+
+#include <deque>
+#include <memory>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpc/support/time.h"
+#include "server/grpc_status.h"
+
+namespace adasoftmax::server {
+namespace {
+
+absl::Status Unavailable() { return absl::UnavailableError("the server is still loading models"); }
+
+CallContext ContextOf(grpc::CallbackServerContext* context) {
+  CallContext call;
+  const gpr_timespec raw = context->raw_deadline();
+  if (gpr_time_cmp(raw, gpr_inf_future(raw.clock_type)) != 0) {
+    call.deadline = absl::FromChrono(context->deadline());
+  }
+  call.cancelled = [context] { return context->IsCancelled(); };
+  return call;
+}
+
+// One bidirectional stream. Each read request becomes a call of the backend; answers are
+// written in completion order, one write at a time. Reading pauses while kMaxInFlight requests
+// of this stream are unanswered (back-pressure instead of queue-full errors). The stream ends
+// with OK once the client has half-closed and every answer is written.
+class StreamReactor final
+    : public grpc::ServerBidiReactor<v1::TopKSoftmaxRequest, v1::TopKSoftmaxStreamResponse> {
+ public:
+  static constexpr int kMaxInFlight = 64;
+
+  StreamReactor(grpc::CallbackServerContext* context, InferenceService* backend)
+      : context_(context), backend_(backend) {
+    reading_ = std::make_unique<Item>();
+    StartRead(&reading_->request);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client half-closed (or the call is gone)
+      bool finish;
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;
+        finish = ShouldFinishLocked();
+      }
+      if (finish) Finish(grpc::Status::OK);
+      return;
+    }
+    Item* item = reading_.release();
+    bool read_more;
+    {
+      absl::MutexLock lock(&mu_);
+      ++in_flight_;
+      read_more = in_flight_ < kMaxInFlight;
+      read_paused_ = !read_more;
+    }
+    if (read_more) StartNextRead();
+    item->out.set_id(item->request.id());
+    if (backend_ == nullptr) {
+      Answered(item, Unavailable());
+      return;
+    }
+    backend_->TopKSoftmax(&item->request, item->out.mutable_response(), ContextOf(context_),
+                          [this, item](absl::Status status) { Answered(item, std::move(status)); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    Item* next = nullptr;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      writes_.pop_front();
+      if (!ok) {  // the call is gone: later answers are discarded
+        broken_ = true;
+        writes_.clear();
+      }
+      if (!writes_.empty()) {
+        next = writes_.front().get();
+      } else {
+        writing_ = false;
+        finish = ShouldFinishLocked();
+      }
+    }
+    if (next != nullptr) StartWrite(&next->out);
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct Item {
+    v1::TopKSoftmaxRequest request;
+    v1::TopKSoftmaxStreamResponse out;
+  };
+
+  // Reads into a fresh item. At most one read is outstanding: callers start one only after the
+  // previous read completed and no other path started one (see read_paused_).
+  void StartNextRead() {
+    reading_ = std::make_unique<Item>();
+    StartRead(&reading_->request);
+  }
+
+  void Answered(Item* item, absl::Status status) {
+    if (!status.ok()) {
+      v1::Error* error = item->out.mutable_error();  // clears the response
+      error->set_code(static_cast<int>(ToGrpcStatus(status).error_code()));
+      error->set_message(std::string(status.message()));
+    }
+    std::unique_ptr<Item> owned(item);
+    Item* write = nullptr;
+    bool resume_reading = false;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      --in_flight_;
+      if (read_paused_) {
+        read_paused_ = false;
+        resume_reading = true;
+      }
+      if (!broken_) {
+        writes_.push_back(std::move(owned));
+        if (!writing_) {
+          writing_ = true;
+          write = item;
+        }
+      }
+      finish = ShouldFinishLocked();
+    }
+    if (resume_reading) StartNextRead();
+    if (write != nullptr) StartWrite(&write->out);
+    if (finish) Finish(grpc::Status::OK);
+  }
+
+  // True exactly once: when the client has half-closed, every request is answered and every
+  // answer written.
+  bool ShouldFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || !reads_done_ || in_flight_ > 0 || writing_) return false;
+    finished_ = true;
+    return true;
+  }
+
+  grpc::CallbackServerContext* const context_;
+  InferenceService* const backend_;
+  std::unique_ptr<Item> reading_;  // owned by the one outstanding read
+  absl::Mutex mu_;
+  std::deque<std::unique_ptr<Item>> writes_ ABSL_GUARDED_BY(mu_);  // front is being written
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* SoftmaxGrpcService::TopKSoftmax(grpc::CallbackServerContext* context,
+                                                          const v1::TopKSoftmaxRequest* request,
+                                                          v1::TopKSoftmaxResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  InferenceService* backend = backend_.load();
+  if (backend == nullptr) {
+    reactor->Finish(ToGrpcStatus(Unavailable()));
+    return reactor;
+  }
+  backend->TopKSoftmax(request, response, ContextOf(context),
+                       [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SoftmaxGrpcService::ListModels(grpc::CallbackServerContext* context,
+                                                         const v1::ListModelsRequest* /*request*/,
+                                                         v1::ListModelsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  InferenceService* backend = backend_.load();
+  if (backend == nullptr) {
+    reactor->Finish(ToGrpcStatus(Unavailable()));
+    return reactor;
+  }
+  *response = backend->ListModels();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerBidiReactor<v1::TopKSoftmaxRequest, v1::TopKSoftmaxStreamResponse>*
+SoftmaxGrpcService::TopKSoftmaxStream(grpc::CallbackServerContext* context) {
+  return new StreamReactor(context, backend_.load());
+}
+
+}  // namespace adasoftmax::server

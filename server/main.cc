@@ -1,0 +1,176 @@
+// adasoftmax-server: serves top-k softmax over gRPC for the models of a model repository.
+//
+// Every flag falls back to an environment variable ADASOFTMAX_<FLAG NAME IN CAPITALS> when it
+// is not given on the command line (e.g. ADASOFTMAX_ADDRESS for --address). SIGTERM or SIGINT
+// drains in-flight calls (up to --shutdown_grace_s) and exits 0.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, model_repository, "",
+          "model repository: one folder per model holding a model.pbtxt. Default: the shipped "
+          "repository (deploy/models next to the build, or share/adasoftmax/models when "
+          "installed)");
+ABSL_FLAG(std::string, address, "127.0.0.1:50051", "gRPC address (port 0: pick a free port)");
+ABSL_FLAG(std::string, metrics_address, "127.0.0.1:9464",
+          "address of the Prometheus /metrics endpoint (port 0: pick a free port; empty: none)");
+ABSL_FLAG(int, max_batch_size, 32, "a batch runs once this many requests wait (1: no batching)");
+ABSL_FLAG(int64_t, batch_timeout_us, 500,
+          "... or once the oldest request has waited this many microseconds");
+ABSL_FLAG(int, max_queue_size, 1024,
+          "requests waiting per model beyond which new ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, threads, 0, "batch worker threads (0: one per core)");
+ABSL_FLAG(double, shutdown_grace_s, 10,
+          "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
+ABSL_FLAG(double, audit_fraction, 0.01,
+          "fraction of adaptive requests re-checked against the exact answer off the critical "
+          "path (per-model configs may override)");
+ABSL_FLAG(std::string, cache_dir, "",
+          "where synthetic models are generated and cached. Default: $XDG_CACHE_HOME/adasoftmax "
+          "or $HOME/.cache/adasoftmax");
+ABSL_FLAG(int, max_message_bytes, 4 << 20,
+          "largest request accepted; larger ones get RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS only");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require and verify client certificates (mTLS)");
+
+namespace {
+
+namespace fs = std::filesystem;
+
+void Log(const std::string& line) { std::fprintf(stderr, "adasoftmax-server: %s\n", line.c_str()); }
+
+// Sets every flag that the command line does not give from ADASOFTMAX_<NAME>. Must run before
+// absl::ParseCommandLine, which then overrides these values.
+bool ApplyEnvironment() {
+  constexpr const char* kFlags[] = {
+      "model_repository", "address",        "metrics_address", "max_batch_size",
+      "batch_timeout_us", "max_queue_size", "threads",         "shutdown_grace_s",
+      "audit_fraction",   "cache_dir",      "max_message_bytes", "tls_cert",
+      "tls_key",          "tls_client_ca"};
+  for (const char* name : kFlags) {
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    const std::string var = absl::StrCat("ADASOFTMAX_", absl::AsciiStrToUpper(name));
+    const char* value = std::getenv(var.c_str());
+    if (value == nullptr) continue;
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      Log(absl::StrCat(var, ": ", error));
+      return false;
+    }
+  }
+  return true;
+}
+
+fs::path ExecutableDir() {
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::current_path() : exe.parent_path();
+}
+
+// The shipped repository: deploy/models of the source tree holding build/bin/, else the
+// installed share/adasoftmax/models.
+std::string DefaultRepository() {
+  const fs::path dir = ExecutableDir();
+  const fs::path in_tree = dir / ".." / ".." / "deploy" / "models";
+  std::error_code ec;
+  if (fs::is_directory(in_tree, ec)) return fs::weakly_canonical(in_tree, ec).string();
+  return fs::weakly_canonical(dir / ".." / "share" / "adasoftmax" / "models", ec).string();
+}
+
+std::string DefaultCacheDir() {
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    return (fs::path(xdg) / "adasoftmax").string();
+  }
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+    return (fs::path(home) / ".cache" / "adasoftmax").string();
+  }
+  return (fs::temp_directory_path() / "adasoftmax-cache").string();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "serves top-k softmax over gRPC.\nusage: adasoftmax-server [--model_repository DIR] "
+      "[--address HOST:PORT] [flags]\nEvery flag falls back to ADASOFTMAX_<FLAG> from the "
+      "environment.");
+  if (!ApplyEnvironment()) return 2;
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken by sigwait below; block them before any thread starts so that every
+  // thread inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  using adasoftmax::server::ServerOptions;
+  ServerOptions options;
+  options.model_repository = absl::GetFlag(FLAGS_model_repository);
+  if (options.model_repository.empty()) options.model_repository = DefaultRepository();
+  options.address = absl::GetFlag(FLAGS_address);
+  options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.repository.cache_dir = absl::GetFlag(FLAGS_cache_dir);
+  if (options.repository.cache_dir.empty()) options.repository.cache_dir = DefaultCacheDir();
+  options.repository.audit_fraction = absl::GetFlag(FLAGS_audit_fraction);
+  const int max_batch = absl::GetFlag(FLAGS_max_batch_size);
+  const int max_queue = absl::GetFlag(FLAGS_max_queue_size);
+  const int64_t timeout_us = absl::GetFlag(FLAGS_batch_timeout_us);
+  if (max_batch < 1 || max_queue < 1 || timeout_us < 0) {
+    Log("--max_batch_size and --max_queue_size must be >= 1, --batch_timeout_us >= 0");
+    return 2;
+  }
+  options.repository.batching.max_batch_size = static_cast<size_t>(max_batch);
+  options.repository.batching.max_queue_size = static_cast<size_t>(max_queue);
+  options.repository.batching.batch_timeout = absl::Microseconds(timeout_us);
+  const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
+  if (!(grace_s >= 0)) {
+    Log("--shutdown_grace_s must be >= 0");
+    return 2;
+  }
+
+  Log(absl::StrCat("model repository ", options.model_repository));
+  auto server = adasoftmax::server::Server::Start(options, Log);
+  if (!server.ok()) {
+    Log(std::string(server.status().message()));
+    return 1;
+  }
+  if (absl::Status s = (*server)->LoadModels(); !s.ok()) {
+    Log(absl::StrCat("start-up failed: ", s.message()));
+    (*server)->Shutdown(absl::ZeroDuration());
+    return 1;
+  }
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  Log(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
+                   ": draining (up to ", grace_s, " s)"));
+  (*server)->Shutdown(absl::Seconds(grace_s));
+  Log("stopped");
+  return 0;
+}

@@ -1,0 +1,358 @@
+#include "server/model_repository.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <system_error>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/calibration.h"
+#include "core/status_macros.h"
+#include "core/synth.h"
+#include "core/tensor_io.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
+
+namespace adasoftmax::server {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kConfigFile[] = "model.pbtxt";
+
+// Collects the text-format parser's complaints as "path:line:column: message".
+class ErrorCollector final : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit ErrorCollector(std::string path) : path_(std::move(path)) {}
+  void AddError(int line, int column, const std::string& message) override {
+    if (errors_.empty()) errors_ = absl::StrFormat("%s:%d:%d: %s", path_, line + 1, column + 1, message);
+  }
+  const std::string& errors() const { return errors_; }
+
+ private:
+  std::string path_;
+  std::string errors_;
+};
+
+std::string Resolve(const std::string& dir, const std::string& path) {
+  if (path.empty() || fs::path(path).is_absolute()) return path;
+  return (fs::path(dir) / path).string();
+}
+
+absl::Status ValidateName(const std::string& name) {
+  if (name.empty()) return absl::InvalidArgumentError("name: is empty");
+  for (char c : name) {
+    if (!(absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '.')) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "name: '%s' may hold only letters, digits, '_', '-' and '.'", name));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckOpenUnit(std::string_view field, double value) {
+  if (!(value > 0 && value < 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: is %g but must be in (0, 1)", field, value));
+  }
+  return absl::OkStatus();
+}
+
+// A stable 64-bit FNV-1a hash (std::hash and absl::Hash may change between runs).
+uint64_t Fnv1a(std::string_view bytes) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+absl::StatusOr<SynthOptions> ToSynthOptions(const v1::SyntheticModel& s) {
+  if (s.n() < 2 || s.d() < 1) {
+    return absl::InvalidArgumentError("synthetic: n must be >= 2 and d >= 1");
+  }
+  SynthOptions o;
+  o.n = s.n();
+  o.d = s.d();
+  o.seed = s.seed();
+  if (s.has_queries()) o.queries = s.queries();
+  if (s.has_logit_spread()) o.logit_spread = s.logit_spread();
+  if (s.has_top1_min()) o.top1_min = s.top1_min();
+  if (s.has_top1_max()) o.top1_max = s.top1_max();
+  if (s.has_heavy_tailed()) o.heavy_tailed = s.heavy_tailed();
+  if (s.has_column_scale_spread()) o.column_scale_spread = s.column_scale_spread();
+  if (s.has_bias()) o.bias = s.bias();
+  return o;
+}
+
+// Writes through a temporary file and a rename, so a reader never sees a partial file.
+template <typename T>
+absl::Status WriteNpyAtomically(const std::string& path, const T& data) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  if (absl::Status s = WriteNpy(tmp, data); !s.ok()) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    return s;
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat(path, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// Reads the cached copy of a synthetic model; any failure means "regenerate".
+absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::string& dir,
+                                                                 const SynthOptions& o) {
+  ModelFiles files;
+  files.weights = (fs::path(dir) / "weights.npy").string();
+  if (o.bias) files.bias = (fs::path(dir) / "bias.npy").string();
+  // The queries are written last: their presence marks a complete cache.
+  if (!fs::exists(fs::path(dir) / "queries.npy")) {
+    return absl::NotFoundError(absl::StrCat(dir, ": no complete cached copy"));
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::Load(files));
+  if (model->n() != o.n || model->d() != o.d) {
+    return absl::DataLossError(absl::StrFormat("%s: cached weights are %d x %d, expected %d x %d",
+                                               files.weights, model->n(), model->d(), o.n, o.d));
+  }
+  return model;
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
+    const std::string& name, const v1::SyntheticModel& synthetic, const std::string& cache_dir,
+    const std::function<void(const std::string&)>& log, std::string* source) {
+  ASSIGN_OR_RETURN(const SynthOptions o, ToSynthOptions(synthetic));
+  if (cache_dir.empty()) return absl::InvalidArgumentError("synthetic: no --cache_dir to cache it in");
+  const std::string dir = SyntheticCacheDir(cache_dir, name, synthetic);
+  absl::StatusOr<std::shared_ptr<const Model>> cached = ReadCachedSynthetic(dir, o);
+  if (cached.ok()) {
+    *source = absl::StrCat("synthetic, cached in ", dir);
+    return cached;
+  }
+  if (log) {
+    log(absl::StrFormat("model %s: generating a synthetic %d x %d head into %s (%s)", name, o.n, o.d,
+                        dir, cached.status().message()));
+  }
+  ASSIGN_OR_RETURN(SynthData data, Synthesize(o));
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  absl::Status written =
+      ec ? absl::InternalError(absl::StrCat(dir, ": ", ec.message())) : absl::OkStatus();
+  if (written.ok()) written = WriteNpyAtomically((fs::path(dir) / "weights.npy").string(), data.weights);
+  if (written.ok() && o.bias) {
+    written = WriteNpyAtomically((fs::path(dir) / "bias.npy").string(),
+                                 absl::Span<const float>(data.bias));
+  }
+  if (written.ok()) written = WriteNpyAtomically((fs::path(dir) / "queries.npy").string(), data.queries);
+  if (written.ok()) {
+    *source = absl::StrCat("synthetic, generated into ", dir);
+  } else {
+    // Serving from memory is still correct; only the next start pays for generation again.
+    *source = "synthetic, generated (not cached)";
+    if (log) log(absl::StrCat("model ", name, ": could not cache: ", written.message()));
+  }
+  return Model::Create(std::move(data.weights), std::move(data.bias));
+}
+
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
+    const std::string& dir, const RepositoryOptions& options,
+    const std::function<void(const std::string&)>& log) {
+  auto served = std::make_unique<ServedModel>();
+  served->dir = dir;
+  const std::string config_path = (fs::path(dir) / kConfigFile).string();
+  std::ifstream in(config_path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(config_path, ": cannot be read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  ASSIGN_OR_RETURN(served->config, ParseModelConfig(text.str(), config_path));
+  const v1::ModelConfig& c = served->config;
+
+  served->name = c.name().empty() ? fs::path(dir).filename().string() : c.name();
+  RETURN_IF_ERROR(ValidateName(served->name));
+
+  // Weights.
+  if (c.weights().empty() == !c.has_synthetic()) {
+    return absl::InvalidArgumentError("exactly one of `weights` and `synthetic` must be set");
+  }
+  if (c.has_synthetic()) {
+    if (!c.bias().empty()) return absl::InvalidArgumentError("bias: not allowed with `synthetic`");
+    ASSIGN_OR_RETURN(served->model, LoadSynthetic(served->name, c.synthetic(), options.cache_dir,
+                                                  log, &served->source));
+  } else {
+    ModelFiles files{Resolve(dir, c.weights()), c.weights_tensor(), Resolve(dir, c.bias()),
+                     c.bias_tensor()};
+    ASSIGN_OR_RETURN(served->model, Model::Load(files));
+    served->source = files.weights;
+  }
+  if (!c.labels().empty()) {
+    ASSIGN_OR_RETURN(served->labels, ReadLabels(Resolve(dir, c.labels())));
+    if (served->labels.size() != served->model->n()) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("labels: %s has %d lines but the model has n = %d classes", c.labels(),
+                          served->labels.size(), served->model->n()));
+    }
+  }
+
+  // Adaptive settings: theory constants, then a calibration file, then manual overrides.
+  AdaptiveOptions adaptive;
+  if (!c.calibration().empty()) {
+    ASSIGN_OR_RETURN(const Calibration cal, ReadCalibration(Resolve(dir, c.calibration())));
+    adaptive.topk_multiplier = cal.topk_multiplier;
+    adaptive.normalizer_multiplier = cal.normalizer_multiplier;
+    served->calibration_mode = "calibrated";
+    // The multipliers hold for the parameters they were calibrated for: make those the defaults.
+    served->default_epsilon = cal.epsilon;
+    served->default_delta = cal.delta;
+    served->default_temperature = cal.temperature;
+  }
+  if (c.adaptive().has_topk_multiplier() || c.adaptive().has_normalizer_multiplier()) {
+    served->calibration_mode = "manual";
+  }
+  if (c.adaptive().has_topk_multiplier()) adaptive.topk_multiplier = c.adaptive().topk_multiplier();
+  if (c.adaptive().has_normalizer_multiplier()) {
+    adaptive.normalizer_multiplier = c.adaptive().normalizer_multiplier();
+  }
+  if (c.adaptive().has_warmup_fraction()) adaptive.warmup_fraction = c.adaptive().warmup_fraction();
+  if (absl::Status s = ValidateAdaptiveOptions(adaptive); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("adaptive: ", s.message()));
+  }
+
+  // Request defaults.
+  if (c.has_default_epsilon()) served->default_epsilon = c.default_epsilon();
+  if (c.has_default_delta()) served->default_delta = c.default_delta();
+  if (c.has_default_temperature()) served->default_temperature = c.default_temperature();
+  RETURN_IF_ERROR(CheckOpenUnit("default_epsilon", served->default_epsilon));
+  RETURN_IF_ERROR(CheckOpenUnit("default_delta", served->default_delta));
+  if (!(std::isfinite(served->default_temperature) && served->default_temperature > 0)) {
+    return absl::InvalidArgumentError("default_temperature: must be finite and > 0");
+  }
+  served->default_mode = c.default_mode() == v1::MODE_EXACT ? v1::MODE_EXACT : v1::MODE_ADAPTIVE;
+
+  // Batching and audit.
+  served->batching = options.batching;
+  const v1::BatchingConfig& b = c.batching();
+  if (b.has_max_batch_size()) served->batching.max_batch_size = b.max_batch_size();
+  if (b.has_batch_timeout_us()) {
+    served->batching.batch_timeout = absl::Microseconds(static_cast<int64_t>(b.batch_timeout_us()));
+  }
+  if (b.has_max_queue_size()) served->batching.max_queue_size = b.max_queue_size();
+  if (absl::Status s = ValidateBatchingOptions(served->batching); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("batching: ", s.message()));
+  }
+  served->audit_fraction = c.has_audit_fraction() ? c.audit_fraction() : options.audit_fraction;
+  if (!(served->audit_fraction >= 0 && served->audit_fraction <= 1)) {
+    return absl::InvalidArgumentError("audit_fraction: must be in [0, 1]");
+  }
+
+  served->adaptive = std::make_unique<AdaptiveSoftmax>(served->model, adaptive);
+  served->exact = std::make_unique<ExactSoftmax>(served->model);
+  return served;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ModelConfig> ParseModelConfig(std::string_view text, const std::string& path) {
+  v1::ModelConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors(path);
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(errors.errors().empty() ? path + ": cannot be parsed"
+                                                              : errors.errors());
+  }
+  return config;
+}
+
+absl::StatusOr<std::vector<std::string>> ListModelDirs(const std::string& root) {
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) {
+    return absl::NotFoundError(absl::StrCat("model repository ", root, ": not a directory"));
+  }
+  std::vector<std::string> dirs;
+  for (const fs::directory_entry& e : fs::directory_iterator(root, ec)) {
+    if (e.is_directory() && fs::exists(e.path() / kConfigFile)) dirs.push_back(e.path().string());
+  }
+  if (ec) return absl::InternalError(absl::StrCat(root, ": ", ec.message()));
+  if (dirs.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model repository ", root, ": holds no model (expected <model>/", kConfigFile, ")"));
+  }
+  std::sort(dirs.begin(), dirs.end());
+  return dirs;
+}
+
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(
+    const std::string& dir, const RepositoryOptions& options,
+    const std::function<void(const std::string&)>& log) {
+  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadModelImpl(dir, options, log);
+  if (!model.ok()) {
+    return absl::Status(model.status().code(),
+                        absl::StrCat("model ", dir, ": ", model.status().message()));
+  }
+  return model;
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> LoadRepository(
+    const std::string& root, const RepositoryOptions& options,
+    const std::function<void(const std::string&)>& log,
+    const std::function<void(const ServedModel&)>& on_loaded) {
+  ASSIGN_OR_RETURN(const std::vector<std::string> dirs, ListModelDirs(root));
+  std::vector<std::unique_ptr<ServedModel>> models;
+  std::set<std::string> names;
+  for (const std::string& dir : dirs) {
+    ASSIGN_OR_RETURN(std::unique_ptr<ServedModel> model, LoadModel(dir, options, log));
+    if (!names.insert(model->name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("model %s: the name '%s' is already taken", dir, model->name));
+    }
+    if (on_loaded) on_loaded(*model);
+    models.push_back(std::move(model));
+  }
+  return models;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot be read"));
+  std::vector<std::string> labels;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    labels.push_back(std::move(line));
+  }
+  return labels;
+}
+
+std::string SyntheticCacheDir(const std::string& cache_dir, const std::string& name,
+                              const v1::SyntheticModel& synthetic) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream out(&stream);
+    out.SetSerializationDeterministic(true);
+    synthetic.SerializeToCodedStream(&out);
+  }
+  const uint64_t hash = Fnv1a(absl::StrCat("adasoftmax-synthetic-v1:", bytes));
+  return (fs::path(cache_dir) / absl::StrFormat("%s-%016x", name, hash)).string();
+}
+
+std::string DescribeModel(const ServedModel& m) {
+  return absl::StrFormat(
+      "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
+      "max_batch_size=%d batch_timeout_us=%d audit_fraction=%g memory=%.1fMB from %s",
+      m.name, m.model->n(), m.model->d(), m.model->dtype(), m.model->has_bias() ? "yes" : "no",
+      m.labels.empty() ? "no" : "yes", m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive",
+      m.calibration_mode, m.batching.max_batch_size,
+      absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,
+      m.model->memory_bytes() / 1e6, m.source);
+}
+
+}  // namespace adasoftmax::server

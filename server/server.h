@@ -1,0 +1,100 @@
+#ifndef ADASOFTMAX_SERVER_SERVER_H_
+#define ADASOFTMAX_SERVER_SERVER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/batch_scheduler.h"
+#include "server/clock.h"
+#include "server/grpc_service.h"
+#include "server/inference_service.h"
+#include "server/metrics.h"
+#include "server/model_repository.h"
+
+namespace adasoftmax::server {
+
+struct ServerOptions {
+  // The model repository (see model_repository.h). REQUIRES: non-empty.
+  std::string model_repository;
+  // gRPC listening address; port 0 picks a free port (see Server::address()).
+  // Default: 127.0.0.1:50051.
+  std::string address = "127.0.0.1:50051";
+  // Address of the Prometheus /metrics endpoint; port 0 picks a free port; empty disables it.
+  // Default: 127.0.0.1:9464.
+  std::string metrics_address = "127.0.0.1:9464";
+  // Model defaults; see RepositoryOptions.
+  RepositoryOptions repository;
+  // Batch worker threads. REQUIRES: >= 1. Default: 2.
+  int threads = 2;
+  // Largest request message accepted; larger ones get RESOURCE_EXHAUSTED from gRPC.
+  // Default: 4 MiB.
+  int max_message_bytes = 4 << 20;
+  // PEM files. With a certificate and key the server speaks TLS only; with a client CA as well
+  // it requires and verifies client certificates (mTLS).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
+};
+
+// The adasoftmax server: gRPC (SoftmaxService, grpc.health.v1.Health, server reflection) and
+// the Prometheus endpoint around an InferenceService. Lifecycle: Start (listening; health
+// NOT_SERVING, RPCs UNAVAILABLE) -> LoadModels (health SERVING) -> Shutdown. Thread-safe.
+class Server {
+ public:
+  using LogFn = std::function<void(const std::string&)>;
+
+  // Binds both endpoints. `log` (may be empty) receives one line per event.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options,
+                                                       LogFn log = {}, const Clock* clock = nullptr);
+  ~Server();
+
+  // Loads every model of the repository, then reports SERVING. On error nothing is served and
+  // the health stays NOT_SERVING. REQUIRES: called once.
+  absl::Status LoadModels();
+
+  // Reports NOT_SERVING, stops accepting calls, lets in-flight calls finish for up to `grace`
+  // (then cancels them), answers what is still queued and stops the workers. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+  // The bound addresses, with the actual port when port 0 was asked for.
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  const std::string& metrics_address() const { return metrics_address_; }
+
+  prometheus::Registry& registry() { return *registry_; }
+  // REQUIRES: LoadModels succeeded.
+  InferenceService& service() { return *service_; }
+
+ private:
+  Server(const ServerOptions& options, LogFn log, const Clock* clock);
+
+  const ServerOptions options_;
+  const LogFn log_;
+  RealClock real_clock_;
+  const Clock* const clock_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<ProcessCollector> process_collector_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  SoftmaxGrpcService grpc_service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<InferenceService> service_;
+  std::string address_;
+  int port_ = 0;
+  std::string metrics_address_;
+  bool shut_down_ = false;
+};
+
+// Replaces the port of "host:port" (host may be "[v6]").
+std::string WithPort(const std::string& address, int port);
+
+}  // namespace adasoftmax::server
+
+#endif  // ADASOFTMAX_SERVER_SERVER_H_
