@@ -9,34 +9,22 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
-
-#ifdef ADASOFTMAX_TRACE
-#include <chrono>
-#include <cstdio>
-#include <map>
-#include <string>
-struct TraceSink { std::map<std::string, std::pair<double, double>> t; std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
-  ~TraceSink() { for (auto& [k, v] : t) fprintf(stderr, "%-12s %8.3f ms/call  samples %.4f\n", k.c_str(), v.first / 100, v.second / 100); } };
-static TraceSink trace_sink;
-static double trace_prev = 0;
-#define TRACE_POINT(name) do { double cur = pool.empty() ? 0 : pool[0].samples / double(n_ * d_); if (std::string(name) != "outside") trace_sink.t[name].second += cur - trace_prev; trace_prev = cur; auto now = std::chrono::steady_clock::now(); trace_sink.t[name].first += std::chrono::duration<double, std::milli>(now - trace_sink.last).count(); trace_sink.last = now; } while (0)
-#else
-#define TRACE_POINT(name) do {} while (0)
-#endif
+#include "core/huge_buffer.h"
+#include "core/panel_kernels.h"
 
 namespace adasoftmax {
 namespace {
 
-constexpr int kBins = ColumnOrder::kBins;
+constexpr int kBins = PanelOrder::kBins;
 // Level value of an arm whose logit was computed exactly from its full row.
 constexpr uint8_t kExactLevel = std::numeric_limits<uint8_t>::max();
 // Arms are pulled in chunks of this many rows so a block of columns stays in cache while every
 // query of the batch uses it.
 constexpr uint32_t kChunk = 2048;
-// A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's
-// contiguous column segments; sparser ones read their arms' rows. A row read costs a cache
-// line per column, a sweep 4 bytes per arm and column, and streams.
-constexpr uint32_t kDenseRatio = 32;
+// A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's slices of
+// each panel; sparser ones read their arms' slices one by one. Both read a cache line per arm
+// and panel, but a sweep streams while single slices wait on memory latency.
+constexpr uint32_t kDenseRatio = 4;
 
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
@@ -44,26 +32,28 @@ uint64_t FreshSeed() {
 }
 
 // Sampling state of one query of a batch. Per arm i and bin b, sum[i*kBins+b] and
-// sum_sq[i*kBins+b] hold the sums of A_ij x_j and (A_ij x_j)^2 over the columns of bin b in the
-// arm's prefix, prefix(level[i]).
+// sum_sq[i*kBins+b] hold the sums of a_ip and a_ip^2 over the panels p of bin b in the arm's
+// prefix, prefix(level[i]), where a_ip is panel p's part of A_i . x.
 struct QueryState {
   const Query* query = nullptr;
   double beta = 1;
   double delta_half = 0;  // delta' = delta / 2
   std::vector<uint8_t> level;
-  std::vector<float> sum;
-  std::vector<float> sum_sq;
-  std::vector<uint32_t> nonzero_prefix;  // columns with x_j != 0 in prefix(L), per level
+  HugeBuffer<float> sum;
+  HugeBuffer<float> sum_sq;
+  std::vector<uint64_t> entries_prefix;  // entries of a row in the panels of prefix(L) that
+                                         // this query reads, per level
   std::vector<double> exact_logit;       // valid where level == kExactLevel
   std::vector<uint32_t> survivors;
   std::vector<uint32_t> winners;
-  std::vector<double> target;            // per-arm variance target of the normaliser
+  std::vector<double> target;  // per-arm variance target of the normaliser
   double elimination_target = 0;
   bool searching = true;
   uint64_t samples = 0;
   // Scratch reused across levels.
   std::vector<std::vector<uint32_t>> pending;  // arms waiting at each level
-  std::vector<float> block_x;                  // x_j of the current block's columns
+  std::vector<float> block_x;                  // x's slices of the current block's panels
+  std::vector<double> lower, upper, scratch;   // per survivor, in Eliminate
 };
 
 // One query's request to PullUntil: pull `arms` (ascending) until the arm's variance is at most
@@ -71,7 +61,7 @@ struct QueryState {
 struct PullJob {
   QueryState* state;
   absl::Span<const uint32_t> arms;
-  double uniform_target;                      // used when per_arm_target is null
+  double uniform_target;  // used when per_arm_target is null
   const std::vector<double>* per_arm_target;
   int max_level;
 
@@ -80,7 +70,7 @@ struct PullJob {
 
 class BatchSampler {
  public:
-  BatchSampler(const Model& model, const ColumnOrder& order, const AdaptiveOptions& options)
+  BatchSampler(const Model& model, const PanelOrder& order, const AdaptiveOptions& options)
       : model_(model), order_(order), options_(options), n_(model.n()), d_(model.d()) {}
 
   std::vector<TopKResult> Run(absl::Span<const Query> queries);
@@ -108,8 +98,8 @@ class BatchSampler {
   void InitState(const Query& query, QueryState& s);
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullLevel(int level, absl::Span<const PullJob> jobs);
-  void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
-                 uint32_t chunk_begin, uint32_t chunk_end);
+  void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count, uint32_t chunk_begin,
+                 uint32_t chunk_end);
   void PullRows(QueryState& s, int level, const uint32_t* arms, size_t count);
   // Successive elimination step; clears `searching` once the top-k set is decided.
   void Eliminate(QueryState& s);
@@ -118,7 +108,7 @@ class BatchSampler {
   TopKResult Finish(QueryState& s);
 
   const Model& model_;
-  const ColumnOrder& order_;
+  const PanelOrder& order_;
   const AdaptiveOptions& options_;
   const size_t n_;
   const size_t d_;
@@ -133,20 +123,25 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.beta = query.options.temperature;
   s.delta_half = query.options.delta / 2;
   s.level.assign(n_, 0);
-  s.sum.assign(n_ * kBins, 0.0f);
-  s.sum_sq.assign(n_ * kBins, 0.0f);
+  s.sum.Reset(n_ * kBins);
+  s.sum_sq.Reset(n_ * kBins);
   s.exact_logit.resize(n_);
   s.survivors.clear();
   s.winners.clear();
   s.searching = true;
   s.pending.resize(order_.levels());
   for (std::vector<uint32_t>& p : s.pending) p.clear();
-  s.nonzero_prefix.resize(order_.levels());
-  uint32_t nonzero = 0;
+  s.entries_prefix.resize(order_.levels());
+  uint64_t entries = 0;
   size_t t = 0;
   for (int level = 0; level < order_.levels(); ++level) {
-    for (; t < order_.prefix(level); ++t) nonzero += query.x[order_.column(t)] != 0;
-    s.nonzero_prefix[level] = nonzero;
+    for (; t < order_.prefix(level); ++t) {
+      const size_t begin = order_.panel(t) * kLanes, end = std::min(d_, begin + kLanes);
+      bool read = false;
+      for (size_t j = begin; j < end; ++j) read |= query.x[j] != 0;
+      if (read) entries += end - begin;
+    }
+    s.entries_prefix[level] = entries;
   }
   s.samples = 0;
 }
@@ -172,7 +167,7 @@ void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
       std::vector<uint32_t>& next = s.pending[level + 1];
       const size_t waiting = next.size();
       s.samples += static_cast<uint64_t>(pending.size()) *
-                   (s.nonzero_prefix[level + 1] - s.nonzero_prefix[level]);
+                   (s.entries_prefix[level + 1] - s.entries_prefix[level]);
       for (uint32_t i : pending) {
         s.level[i] = static_cast<uint8_t>(level + 1);
         if (level + 1 < job.max_level && Variance(s, i) > job.target(i)) next.push_back(i);
@@ -189,9 +184,11 @@ void BatchSampler::PullLevel(int level, absl::Span<const PullJob> jobs) {
   const size_t block_end = order_.prefix(level + 1);
   for (const PullJob& job : jobs) {
     QueryState& s = *job.state;
-    s.block_x.resize(block_end - block_begin);
+    s.block_x.assign((block_end - block_begin) * kLanes, 0.0f);
     for (size_t t = block_begin; t < block_end; ++t) {
-      s.block_x[t - block_begin] = s.query->x[order_.column(t)];
+      const size_t begin = order_.panel(t) * kLanes, end = std::min(d_, begin + kLanes);
+      std::copy(s.query->x.begin() + begin, s.query->x.begin() + end,
+                s.block_x.begin() + (t - block_begin) * kLanes);
     }
   }
   std::vector<size_t> cursor(jobs.size(), 0);
@@ -215,27 +212,20 @@ void BatchSampler::PullLevel(int level, absl::Span<const PullJob> jobs) {
   }
 }
 
-// Sweeps the contiguous segments [chunk_begin, chunk_end) of the block's columns, one bin run
-// at a time, then adds the run's partial sums to the listed arms.
+// Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, then adds
+// the run's partial sums to the listed arms.
 void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
                              uint32_t chunk_begin, uint32_t chunk_end) {
   const uint32_t width = chunk_end - chunk_begin;
   const size_t block_begin = order_.prefix(level);
   float* partial = chunk_sum_.data();
   float* partial_sq = chunk_sum_sq_.data();
-  const float* columns = model_.columns().data();
-  for (const ColumnOrder::Run& run : order_.runs(level)) {
+  for (const PanelOrder::Run& run : order_.runs(level)) {
     std::fill(partial, partial + width, 0.0f);
     std::fill(partial_sq, partial_sq + width, 0.0f);
     for (size_t t = run.begin; t < run.end; ++t) {
-      const float x = s.block_x[t - block_begin];
-      if (x == 0) continue;
-      const float* a = columns + static_cast<size_t>(order_.column(t)) * n_ + chunk_begin;
-      for (uint32_t r = 0; r < width; ++r) {
-        const float v = a[r] * x;
-        partial[r] += v;
-        partial_sq[r] += v * v;
-      }
+      SweepPanel(model_.panel(order_.panel(t)) + size_t{chunk_begin} * kLanes,
+                 &s.block_x[(t - block_begin) * kLanes], width, partial, partial_sq);
     }
     for (size_t k = 0; k < count; ++k) {
       const uint32_t i = arms[k];
@@ -245,23 +235,29 @@ void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, siz
   }
 }
 
-// Reads the block's columns from each listed arm's row.
+// Reads each listed arm's slice (one cache line) of every panel in the block.
 void BatchSampler::PullRows(QueryState& s, int level, const uint32_t* arms, size_t count) {
-  const float* rows = model_.rows().data();
   const size_t block_begin = order_.prefix(level);
-  const absl::Span<const ColumnOrder::Run> runs = order_.runs(level);
+  const float* panels = model_.panel(0);
+  const size_t panel_stride = n_ * kLanes;
+  const size_t block_end = order_.prefix(level + 1);
+  // Single slices are latency-bound: request the slices of an arm a few arms ahead.
+  constexpr size_t kPrefetchDistance = 4;
+  auto prefetch = [&](uint32_t i) {
+    for (size_t t = block_begin; t < block_end; ++t) {
+      __builtin_prefetch(panels + order_.panel(t) * panel_stride + size_t{i} * kLanes);
+    }
+  };
+  for (size_t k = 0; k < std::min(count, kPrefetchDistance); ++k) prefetch(arms[k]);
   for (size_t k = 0; k < count; ++k) {
     const uint32_t i = arms[k];
-    const float* row = rows + static_cast<size_t>(i) * d_;
-    for (const ColumnOrder::Run& run : runs) {
-      float sum = 0, sum_sq = 0;
-      for (size_t t = run.begin; t < run.end; ++t) {
-        const float v = row[order_.column(t)] * s.block_x[t - block_begin];
-        sum += v;
-        sum_sq += v * v;
-      }
-      s.sum[static_cast<size_t>(i) * kBins + run.bin] += sum;
-      s.sum_sq[static_cast<size_t>(i) * kBins + run.bin] += sum_sq;
+    if (k + kPrefetchDistance < count) prefetch(arms[k + kPrefetchDistance]);
+    for (const PanelOrder::Run& run : order_.runs(level)) {
+      const SumAndSquares v = GatherArm(panels, panel_stride, order_.panel_data() + run.begin,
+                                        &s.block_x[(run.begin - block_begin) * kLanes],
+                                        run.end - run.begin, size_t{i} * kLanes);
+      s.sum[static_cast<size_t>(i) * kBins + run.bin] += v.sum;
+      s.sum_sq[static_cast<size_t>(i) * kBins + run.bin] += v.sum_sq;
     }
   }
 }
@@ -271,7 +267,10 @@ void BatchSampler::Eliminate(QueryState& s) {
   std::vector<uint32_t>& alive = s.survivors;
   if (alive.size() > k) {
     const double log_term = std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
-    std::vector<double> lower(alive.size()), upper(alive.size());
+    std::vector<double>& lower = s.lower;
+    std::vector<double>& upper = s.upper;
+    lower.resize(alive.size());
+    upper.resize(alive.size());
     bool all_exact = true;
     for (size_t a = 0; a < alive.size(); ++a) {
       const double var = Variance(s, alive[a]) * options_.topk_multiplier;
@@ -281,7 +280,8 @@ void BatchSampler::Eliminate(QueryState& s) {
       upper[a] = est + radius;
       all_exact &= radius == 0;
     }
-    std::vector<double> sorted_lower = lower;
+    std::vector<double>& sorted_lower = s.scratch;
+    sorted_lower.assign(lower.begin(), lower.end());
     std::nth_element(sorted_lower.begin(), sorted_lower.begin() + (k - 1), sorted_lower.end(),
                      std::greater<double>());
     const double threshold = sorted_lower[k - 1];
@@ -312,7 +312,7 @@ void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
   double dot = 0;
   for (size_t j = 0; j < d_; ++j) dot += static_cast<double>(row[j]) * x[j];
   const uint8_t level = s.level[i];
-  s.samples += d_ - s.nonzero_prefix[level];
+  s.samples += d_ - s.entries_prefix[level];
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;
 }
@@ -368,15 +368,13 @@ TopKResult BatchSampler::Finish(QueryState& s) {
 }
 
 std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
-  thread_local std::vector<QueryState> pool;
-  TRACE_POINT("outside");
   all_arms_.resize(n_);
   std::iota(all_arms_.begin(), all_arms_.end(), 0u);
   // Per-thread states keep their buffers between calls: no page faults on the hot path.
+  thread_local std::vector<QueryState> pool;
   if (pool.size() < queries.size()) pool.resize(queries.size());
   const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
-  TRACE_POINT("init");
 
   // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget.
   {
@@ -389,14 +387,14 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     PullUntil(jobs);
   }
 
-  TRACE_POINT("warmup");
-  // 2. Top-k search by successive elimination; the target variance halves every round.
+  // 2. Top-k search by successive elimination: the target variance starts at a quarter of the
+  // largest survivor's and halves every round.
   for (QueryState& s : states) {
     s.survivors = all_arms_;
     Eliminate(s);
-    double proxy = 0;
-    for (uint32_t i : s.survivors) proxy = std::max(proxy, Variance(s, i));
-    s.elimination_target = proxy / 4;
+    double largest = 0;
+    for (uint32_t i : s.survivors) largest = std::max(largest, Variance(s, i));
+    s.elimination_target = largest / 4;
   }
   for (;;) {
     std::vector<PullJob> jobs;
@@ -407,15 +405,11 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     if (jobs.empty()) break;
     PullUntil(jobs);
     for (const PullJob& job : jobs) {
-#ifdef ADASOFTMAX_TRACE
-      if (getenv("ROUNDS")) fprintf(stderr, "round: survivors %zu target %g samples %.4f\n", job.state->survivors.size(), job.state->elimination_target, job.state->samples / double(n_ * d_));
-#endif
       Eliminate(*job.state);
       job.state->elimination_target /= 2;
     }
   }
 
-  TRACE_POINT("search");
   // 3. Exact winners. 4. Normaliser: pull every other arm to its own target.
   std::vector<PullJob> jobs;
   for (QueryState& s : states) {
@@ -423,14 +417,11 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     SetNormalizerTargets(s);
     jobs.push_back({&s, all_arms_, 0, &s.target, order_.last_level()});
   }
-  TRACE_POINT("targets");
   PullUntil(jobs);
-  TRACE_POINT("normalizer");
 
   std::vector<TopKResult> results;
   results.reserve(states.size());
   for (QueryState& s : states) results.push_back(Finish(s));
-  TRACE_POINT("finish");
   return results;
 }
 
@@ -439,18 +430,16 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
   auto positive = [](double v) { return std::isfinite(v) && v > 0; };
   if (!positive(options.topk_multiplier)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("topk_multiplier: is %g but must be finite and > 0",
-                        options.topk_multiplier));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "topk_multiplier: is %g but must be finite and > 0", options.topk_multiplier));
   }
   if (!positive(options.normalizer_multiplier)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("normalizer_multiplier: is %g but must be finite and > 0",
-                        options.normalizer_multiplier));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "normalizer_multiplier: is %g but must be finite and > 0", options.normalizer_multiplier));
   }
   if (!(options.warmup_fraction > 0 && options.warmup_fraction <= 1)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "warmup_fraction: is %g but must be in (0, 1]", options.warmup_fraction));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("warmup_fraction: is %g but must be in (0, 1]", options.warmup_fraction));
   }
   return absl::OkStatus();
 }
@@ -465,7 +454,7 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   if (seed == 0) seed = FreshSeed();
   std::vector<absl::Span<const float>> xs;
   for (const Query& q : queries) xs.push_back(q.x);
-  const ColumnOrder order = ColumnOrder::Draw(*model_, xs, options_.importance, seed);
+  const PanelOrder order = PanelOrder::Draw(*model_, xs, options_.importance, seed);
   BatchSampler sampler(*model_, order, options_);
   return sampler.Run(queries);
 }

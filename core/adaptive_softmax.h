@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "core/column_order.h"
+#include "core/panel_order.h"
 #include "core/topk_softmax.h"
 
 namespace adasoftmax {

@@ -71,8 +71,8 @@ std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const
 
   std::vector<float> logits(static_cast<size_t>(n) * batch);
   if (batch == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, 1.0f, m.rows().data(), d,
-                queries[0].x.data(), 1, 0.0f, logits.data(), 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, 1.0f, m.rows().data(), d, queries[0].x.data(), 1,
+                0.0f, logits.data(), 1);
   } else {
     // Logits^T (batch x n) = X (batch x d) * A^T.
     std::vector<float> x(static_cast<size_t>(batch) * d);

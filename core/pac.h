@@ -17,8 +17,7 @@ struct ReferenceAnswer {
 };
 
 // REQUIRES: x.size() == model.d().
-ReferenceAnswer ComputeReference(const Model& model, absl::Span<const float> x,
-                                 double temperature);
+ReferenceAnswer ComputeReference(const Model& model, absl::Span<const float> x, double temperature);
 
 // The PAC criterion: `result` holds k classes that are a true top-k set (a class tied with
 // the k-th largest logit counts as top-k) and every returned probability is within a factor

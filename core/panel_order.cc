@@ -1,4 +1,4 @@
-#include "core/column_order.h"
+#include "core/panel_order.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,16 +16,15 @@ double Gumbel(std::mt19937_64& rng) {
   return -std::log(-std::log(u));
 }
 
-constexpr size_t kFirstPrefix = 16;
+constexpr size_t kFirstPrefix = std::max<size_t>(4, 16 / Model::kPanelWidth);
 constexpr double kGrowth = 1.5;
-// Keeps 1/q and (1-q)/q^2 finite in float for columns that were drawn against the odds.
+// Keeps 1/q and (1-q)/q^2 finite in float for panels that were drawn against the odds.
 constexpr double kMinInclusion = 1e-12;
 
 }  // namespace
 
-ColumnOrder ColumnOrder::Draw(const Model& model,
-                              absl::Span<const absl::Span<const float>> queries,
-                              const ImportanceOptions& importance, uint64_t seed) {
+PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
+                            const ImportanceOptions& importance, uint64_t seed) {
   const size_t d = model.d();
   std::vector<double> query_weight(d, 0.0);
   for (absl::Span<const float> x : queries) {
@@ -36,24 +35,30 @@ ColumnOrder ColumnOrder::Draw(const Model& model,
       if (x[j] != 0) query_weight[j] += importance.query ? std::fabs(x[j]) / l1 : 1.0;
     }
   }
-
-  std::vector<uint32_t> candidates;
-  std::vector<double> log_weight(d, 0.0);
+  const size_t panels = model.panels();
+  std::vector<double> weight(panels, 0.0);
   for (size_t j = 0; j < d; ++j) {
     const double atom = model.column_abs_sums()[j];
-    if (query_weight[j] == 0 || atom == 0) continue;  // contributes exactly zero
-    log_weight[j] = std::log(query_weight[j]) + (importance.atom ? std::log(atom) : 0.0);
-    candidates.push_back(static_cast<uint32_t>(j));
+    if (atom == 0) continue;  // an all-zero column contributes exactly zero
+    weight[j / Model::kPanelWidth] += query_weight[j] * (importance.atom ? atom : 1.0);
+  }
+  std::vector<uint32_t> candidates;
+  std::vector<double> log_weight(panels, 0.0);
+  for (size_t p = 0; p < panels; ++p) {
+    if (weight[p] == 0) continue;
+    log_weight[p] = std::log(weight[p]);
+    candidates.push_back(static_cast<uint32_t>(p));
   }
 
-  ColumnOrder order;
+  PanelOrder order;
   order.top_log_weight_ = -std::numeric_limits<double>::infinity();
-  for (uint32_t j : candidates) order.top_log_weight_ = std::max(order.top_log_weight_, log_weight[j]);
+  for (uint32_t j : candidates)
+    order.top_log_weight_ = std::max(order.top_log_weight_, log_weight[j]);
   const double log_ratio = std::log(kBinRatio);
 
   std::mt19937_64 rng(seed);
-  std::vector<double> key(d);
-  std::vector<uint8_t> bin_of(d);
+  std::vector<double> key(panels);
+  std::vector<uint8_t> bin_of(panels);
   for (uint32_t j : candidates) {
     const double steps = std::floor((order.top_log_weight_ - log_weight[j]) / log_ratio);
     bin_of[j] = static_cast<uint8_t>(std::min<double>(kBins - 1, steps));
@@ -79,15 +84,16 @@ ColumnOrder ColumnOrder::Draw(const Model& model,
                      [&](uint32_t a, uint32_t b) { return bin_of[a] < bin_of[b]; });
     begin = end;
   }
-  order.columns_ = std::move(candidates);
+  order.panels_ = std::move(candidates);
   order.bins_.resize(m);
-  for (size_t t = 0; t < m; ++t) order.bins_[t] = bin_of[order.columns_[t]];
+  for (size_t t = 0; t < m; ++t) order.bins_[t] = bin_of[order.panels_[t]];
 
   for (int level = 0; level < order.levels(); ++level) {
     order.run_begin_.push_back(order.runs_.size());
     if (level == order.last_level()) break;
     for (size_t t = order.prefix_[level]; t < order.prefix_[level + 1]; ++t) {
-      if (order.runs_.size() == order.run_begin_.back() || order.runs_.back().bin != order.bins_[t]) {
+      if (order.runs_.size() == order.run_begin_.back() ||
+          order.runs_.back().bin != order.bins_[t]) {
         order.runs_.push_back({static_cast<uint32_t>(t), static_cast<uint32_t>(t), order.bins_[t]});
       }
       ++order.runs_.back().end;
@@ -103,13 +109,13 @@ ColumnOrder ColumnOrder::Draw(const Model& model,
   return order;
 }
 
-double ColumnOrder::InclusionProbability(size_t t, int bin) const {
+double PanelOrder::InclusionProbability(size_t t, int bin) const {
   if (t >= keys_.size()) return 1.0;
   const double log_weight = top_log_weight_ - bin * std::log(kBinRatio);
   return -std::expm1(-std::exp(log_weight - keys_[t]));
 }
 
-int ColumnOrder::LevelForFraction(double fraction) const {
+int PanelOrder::LevelForFraction(double fraction) const {
   if (levels() == 1) return 0;
   const double limit = std::max<double>(prefix_[1], fraction * static_cast<double>(size()));
   int level = 1;

@@ -1,5 +1,5 @@
-#ifndef ADASOFTMAX_CORE_COLUMN_ORDER_H_
-#define ADASOFTMAX_CORE_COLUMN_ORDER_H_
+#ifndef ADASOFTMAX_CORE_PANEL_ORDER_H_
+#define ADASOFTMAX_CORE_PANEL_ORDER_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -10,46 +10,49 @@
 
 namespace adasoftmax {
 
-// Which importance weights the sampled column order uses. Both off gives a uniform order.
+// Which importance weights the sampled order uses. Both off gives a uniform order.
 struct ImportanceOptions {
   bool atom = true;   // weight column j by sum_i |A_ij|
   bool query = true;  // weight column j by |x_j| (by sum_q |x_qj| / |x_q|_1 for a batch)
 };
 
-// A random order of the columns a batch of queries reads, drawn as a weighted sample without
-// replacement (Gumbel-top-k), together with the Horvitz-Thompson inclusion probabilities of
-// every prefix the sampler stops at.
+// A random order of the column panels (Model::kPanelWidth adjacent columns) a batch of queries
+// reads, drawn as a weighted sample without replacement (Gumbel-top-k), together with the
+// Horvitz-Thompson inclusion probabilities of every prefix the sampler stops at. A panel is the
+// sampling unit because one arm's slice of it is one cache line: reading a unit for a single
+// arm wastes no bandwidth. A panel's weight is the sum of its columns' weights.
 //
 // Weights are rounded down to powers of 4 (kBins classes relative to the largest), so the
-// columns of one bin share an inclusion probability. A sampler therefore keeps, per arm and
-// bin, the running sums of A_ij x_j and (A_ij x_j)^2, and re-weights them in O(kBins) when
-// the prefix grows: its work is proportional to the samples taken. Rounding keeps the
-// estimator unbiased; it only costs a little of the variance reduction.
+// panels of one bin share an inclusion probability. A sampler therefore keeps, per arm and
+// bin, the running sums of a_ip and a_ip^2 (a_ip = the panel's part of A_i . x), and
+// re-weights them in O(kBins) when the prefix grows: its work is proportional to the samples
+// taken. Rounding keeps the estimator unbiased; it only costs a little variance reduction.
 //
-// Prefixes grow geometrically: level L covers the first prefix(L) columns of the order, with
-// prefix(0) = 0, prefix(1) = min(16, size()), prefix(L+1) = ceil(1.5 prefix(L)), and the last
+// Prefixes grow geometrically: level L covers the first prefix(L) panels of the order, with
+// prefix(0) = 0, prefix(1) = min(4, size()), prefix(L+1) = ceil(1.5 prefix(L)), and the last
 // level's prefix = size().
-// Within each level's new block the columns are grouped by bin, so a pull sweeps one bin at a
-// time. Columns with zero weight (x_j = 0 in every query) never appear.
+// Within each level's new block the panels are grouped by bin, so a pull sweeps one bin at a
+// time. Panels with zero weight (x_j = 0 in every query) never appear.
 // Immutable after Draw; thread-safe.
-class ColumnOrder {
+class PanelOrder {
  public:
   static constexpr int kBins = 8;
   static constexpr double kBinRatio = 4.0;
 
   // REQUIRES: each query has model.d() entries.
-  static ColumnOrder Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
-                          const ImportanceOptions& importance, uint64_t seed);
+  static PanelOrder Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
+                         const ImportanceOptions& importance, uint64_t seed);
 
-  // Number of columns with nonzero weight.
-  size_t size() const { return columns_.size(); }
-  uint32_t column(size_t t) const { return columns_[t]; }
+  // Number of panels with nonzero weight.
+  size_t size() const { return panels_.size(); }
+  uint32_t panel(size_t t) const { return panels_[t]; }
+  const uint32_t* panel_data() const { return panels_.data(); }
   uint8_t bin(size_t t) const { return bins_[t]; }
 
   int levels() const { return static_cast<int>(prefix_.size()); }
   int last_level() const { return levels() - 1; }
   size_t prefix(int level) const { return prefix_[level]; }
-  // The deepest level whose prefix holds at most max(prefix(1), fraction * size()) columns.
+  // The deepest level whose prefix holds at most max(prefix(1), fraction * size()) panels.
   int LevelForFraction(double fraction) const;
 
   // Consecutive positions [begin, end) of one bin inside a level's new block.
@@ -60,20 +63,21 @@ class ColumnOrder {
   };
   // The runs covering positions [prefix(level), prefix(level + 1)). REQUIRES: level < last_level().
   absl::Span<const Run> runs(int level) const {
-    return absl::MakeConstSpan(runs_).subspan(run_begin_[level], run_begin_[level + 1] - run_begin_[level]);
+    return absl::MakeConstSpan(runs_).subspan(run_begin_[level],
+                                              run_begin_[level + 1] - run_begin_[level]);
   }
 
   // 1 / q_b and (1 - q_b) / q_b^2 for every bin at `level`.
   const float* inverse_inclusion(int level) const { return &inverse_inclusion_[level * kBins]; }
   const float* variance_factor(int level) const { return &variance_factor_[level * kBins]; }
 
-  // Inclusion probability of a column of `bin` after the first t columns were read, for any t.
+  // Inclusion probability of a panel of `bin` after the first t panels were read, for any t.
   double InclusionProbability(size_t t, int bin) const;
 
  private:
-  std::vector<uint32_t> columns_;
+  std::vector<uint32_t> panels_;
   std::vector<uint8_t> bins_;
-  std::vector<double> keys_;      // Gumbel key of columns_[t], descending before regrouping
+  std::vector<double> keys_;  // Gumbel keys in descending order (before regrouping by bin)
   std::vector<size_t> prefix_;
   std::vector<Run> runs_;
   std::vector<size_t> run_begin_;  // first run of each level's block; one entry per level
@@ -84,4 +88,4 @@ class ColumnOrder {
 
 }  // namespace adasoftmax
 
-#endif  // ADASOFTMAX_CORE_COLUMN_ORDER_H_
+#endif  // ADASOFTMAX_CORE_PANEL_ORDER_H_

@@ -1,0 +1,30 @@
+#ifndef ADASOFTMAX_CORE_PANEL_KERNELS_H_
+#define ADASOFTMAX_CORE_PANEL_KERNELS_H_
+
+// The sampler's inner loops over column panels (see Model). Each is compiled for AVX-512, AVX2
+// and baseline x86-64 and picked at load time for the CPU it runs on.
+
+#include <cstddef>
+#include <cstdint>
+
+namespace adasoftmax {
+
+inline constexpr size_t kLanes = 1;  // == Model::kPanelWidth
+
+// For r in [0, arms): v = slices[r * kLanes, (r + 1) * kLanes) . x; partial[r] += v;
+// partial_sq[r] += v * v. `slices` are consecutive arms' slices of one panel.
+void SweepPanel(const float* slices, const float* x, size_t arms, float* partial,
+                float* partial_sq);
+
+// For one arm: sum and sum of squares of v_u = slice_u . x_u over `count` panels, where
+// slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes.
+struct SumAndSquares {
+  float sum = 0;
+  float sum_sq = 0;
+};
+SumAndSquares GatherArm(const float* panels, size_t panel_stride, const uint32_t* ids,
+                        const float* xs, size_t count, size_t arm_offset);
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_PANEL_KERNELS_H_
