@@ -13,6 +13,12 @@ int CalibrateCommand(int argc, char** argv);  // adasoftmax calibrate
 int SynthCommand(int argc, char** argv);      // adasoftmax synth
 int DemoCommand(int argc, char** argv);       // adasoftmax demo
 
+// Online commands against a running adasoftmax-server (client/online_commands.cc).
+int QueryCommand(int argc, char** argv);    // adasoftmax query
+int ModelsCommand(int argc, char** argv);   // adasoftmax models
+int HealthCommand(int argc, char** argv);   // adasoftmax health
+int LoadgenCommand(int argc, char** argv);  // adasoftmax loadgen
+
 }  // namespace adasoftmax::client
 
 #endif  // ADASOFTMAX_CLIENT_COMMANDS_H_

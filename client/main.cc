@@ -23,6 +23,13 @@ constexpr Command kCommands[] = {
     {"calibrate", adasoftmax::client::CalibrateCommand,
      "choose variance multipliers that keep the failure rate bound below delta"},
     {"synth", adasoftmax::client::SynthCommand, "write a synthetic LM-head-like model and queries"},
+    {"query", adasoftmax::client::QueryCommand,
+     "ask a running server for the top-k softmax of queries"},
+    {"models", adasoftmax::client::ModelsCommand, "list the models a running server serves"},
+    {"health", adasoftmax::client::HealthCommand,
+     "a running server's health; exit status 0 only when SERVING"},
+    {"loadgen", adasoftmax::client::LoadgenCommand,
+     "closed-loop load against a running server: QPS, latency, samples per query (JSON)"},
 };
 
 void PrintUsage(std::FILE* out) {

@@ -146,6 +146,13 @@ class BatchScheduler {
     }
   }
 
+  // Makes the workers look at the queues now, e.g. after a task was cancelled, so that it is
+  // dropped at once rather than at the next timeout.
+  void Wake() {
+    absl::MutexLock lock(&mu_);  // a worker between its check and its wait cannot miss this
+    wakeup_.SignalAll();
+  }
+
   // Tasks waiting in `queue`.
   size_t queued(QueueId queue) const {
     absl::MutexLock lock(&mu_);
@@ -213,13 +220,14 @@ class BatchScheduler {
     return true;
   }
 
-  // When the earliest batch timeout expires; InfiniteFuture when every queue is empty.
+  // When the next queue times out or the next task deadline passes; InfiniteFuture when every
+  // queue is empty.
   absl::Time NextTimeoutLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     absl::Time wake = absl::InfiniteFuture();
     for (const auto& q : queues_) {
-      if (!q->tasks.empty()) {
-        wake = std::min(wake, q->tasks.front().enqueued + q->options.batch_timeout);
-      }
+      if (q->tasks.empty()) continue;
+      wake = std::min(wake, q->tasks.front().enqueued + q->options.batch_timeout);
+      for (const Entry& e : q->tasks) wake = std::min(wake, e.task->deadline());
     }
     return wake;
   }

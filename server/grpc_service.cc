@@ -89,6 +89,10 @@ class StreamReactor final
     if (finish) Finish(grpc::Status::OK);
   }
 
+  void OnCancel() override {
+    if (backend_ != nullptr) backend_->NotifyCancelled();
+  }
+
   void OnDone() override { delete this; }
 
  private:
@@ -156,17 +160,29 @@ class StreamReactor final
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// A unary call whose cancellation wakes the batcher, so the queued request is dropped at once.
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryReactor(InferenceService* backend) : backend_(backend) {}
+  void OnCancel() override { backend_->NotifyCancelled(); }
+  void OnDone() override { delete this; }
+
+ private:
+  InferenceService* const backend_;
+};
+
 }  // namespace
 
 grpc::ServerUnaryReactor* SoftmaxGrpcService::TopKSoftmax(grpc::CallbackServerContext* context,
                                                           const v1::TopKSoftmaxRequest* request,
                                                           v1::TopKSoftmaxResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   InferenceService* backend = backend_.load();
   if (backend == nullptr) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpcStatus(Unavailable()));
     return reactor;
   }
+  auto* reactor = new UnaryReactor(backend);
   backend->TopKSoftmax(request, response, ContextOf(context),
                        [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
   return reactor;

@@ -65,6 +65,13 @@ InferenceService::InferenceService(const Options& options, const Clock* clock, M
 
 InferenceService::~InferenceService() { Shutdown(); }
 
+void InferenceService::NotifyCancelled() { scheduler_->Wake(); }
+
+size_t InferenceService::queued(const std::string& model) const {
+  auto it = by_name_.find(model);
+  return it == by_name_.end() ? 0 : scheduler_->queued(it->second->queue);
+}
+
 bool InferenceService::ProcessReadyBatch() { return scheduler_->ProcessReadyBatch(); }
 
 void InferenceService::Shutdown() {

@@ -64,6 +64,13 @@ class InferenceService {
 
   v1::ListModelsResponse ListModels() const;
 
+  // Tells the service that some caller went away, so that its queued request is dropped now
+  // rather than at the next batch timeout.
+  void NotifyCancelled();
+
+  // Requests of `model` waiting for a batch; 0 for an unknown model.
+  size_t queued(const std::string& model) const;
+
   // Stops accepting requests (UNAVAILABLE), answers every queued one and waits for running
   // batches. Idempotent.
   void Shutdown();

@@ -143,11 +143,12 @@ absl::Status Server::LoadModels() {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  if (grpc_server_ != nullptr) {
-    grpc_server_->GetHealthCheckService()->Shutdown();  // NOT_SERVING, for good
-    grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
-  }
+  if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();
+  // Answer everything queued now (no waiting for batch timeouts); requests arriving from here
+  // on get UNAVAILABLE, so clients retry elsewhere.
   if (service_ != nullptr) service_->Shutdown();
+  // Then close the listener; calls still open (streams) get the grace period to end.
+  if (grpc_server_ != nullptr) grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
 }
 
 }  // namespace adasoftmax::server

@@ -59,8 +59,9 @@ class Server {
   // the health stays NOT_SERVING. REQUIRES: called once.
   absl::Status LoadModels();
 
-  // Reports NOT_SERVING, stops accepting calls, lets in-flight calls finish for up to `grace`
-  // (then cancels them), answers what is still queued and stops the workers. Idempotent.
+  // Reports NOT_SERVING, answers every queued request at once and stops the workers (new
+  // requests get UNAVAILABLE), then closes the listener, giving calls still open (streams) up
+  // to `grace` before they are cancelled. Idempotent.
   void Shutdown(absl::Duration grace);
 
   // The bound addresses, with the actual port when port 0 was asked for.

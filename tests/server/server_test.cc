@@ -1,0 +1,391 @@
+// The server in-process on a loopback port chosen by the kernel, driven through the C++
+// client: health transitions, answers against the exact path, every bad input, streaming,
+// queue limits, deadlines.
+
+#include "server/server.h"
+
+#include <cmath>
+#include <limits>
+#include <regex>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "client/grpc_client.h"
+#include "core/exact_softmax.h"
+#include "core/model.h"
+#include "core/pac.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "prometheus/text_serializer.h"
+#include "tests/server/fake_clock.h"
+#include "tests/server/test_util.h"
+
+namespace adasoftmax::server {
+namespace {
+
+using ::adasoftmax::client::Client;
+using ::adasoftmax::client::HealthStatus;
+using ::adasoftmax::client::Result;
+using ::adasoftmax::client::TopKOptions;
+using ::adasoftmax::testing::QueryRow;
+using ::adasoftmax::testing::TempDir;
+using ::adasoftmax::testing::WriteModel;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr size_t kN = 600;
+constexpr size_t kD = 48;
+
+SynthOptions SmallModel(uint64_t seed = 3) {
+  SynthOptions o;
+  o.n = kN;
+  o.d = kD;
+  o.queries = 40;
+  o.seed = seed;
+  o.bias = true;
+  return o;
+}
+
+std::string MetricsText(prometheus::Registry& registry) {
+  return prometheus::TextSerializer().Serialize(registry.Collect());
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  // Writes the repository: "small" (labels, bias) plus whatever `extra_models` adds.
+  void SetUp() override { data_ = WriteModel(dir_.Sub("repo/small"), SmallModel()); }
+
+  void StartServer(const Clock* clock = nullptr, int max_message_bytes = 64 << 10) {
+    ServerOptions o;
+    o.model_repository = dir_.Sub("repo");
+    o.address = "127.0.0.1:0";
+    o.metrics_address = "";
+    o.threads = 2;
+    o.max_message_bytes = max_message_bytes;
+    o.repository.cache_dir = dir_.Sub("cache");
+    o.repository.batching.batch_timeout = absl::Microseconds(200);
+    auto server = Server::Start(o, {}, clock);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto channel = client::MakeChannel(server_->address());
+    ASSERT_TRUE(channel.ok());
+    client_ = std::make_unique<Client>(*channel);
+  }
+
+  void StartAndLoad(const Clock* clock = nullptr) {
+    StartServer(clock);
+    ASSERT_TRUE(server_->LoadModels().ok());
+  }
+
+  absl::Span<const float> Row(size_t r) const { return QueryRow(data_.queries, r); }
+
+  TempDir dir_;
+  SynthData data_;
+  FakeClock fake_clock_;  // outlives server_
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_F(ServerTest, HealthIsNotServingUntilEveryModelIsLoaded) {
+  StartServer();
+  EXPECT_EQ(*client_->Health(), HealthStatus::kNotServing);
+  EXPECT_EQ(*client_->Health("adasoftmax.v1.SoftmaxService"), HealthStatus::kNotServing);
+  EXPECT_EQ(client_->TopKSoftmax("small", Row(0)).status().code(),
+            absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(server_->LoadModels().ok());
+  EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
+  EXPECT_EQ(*client_->Health("adasoftmax.v1.SoftmaxService"), HealthStatus::kServing);
+  EXPECT_TRUE(client_->TopKSoftmax("small", Row(0)).ok());
+  server_->Shutdown(absl::Seconds(1));
+  EXPECT_FALSE(client_->Health().ok());
+}
+
+TEST_F(ServerTest, ModelThatFailsToLoadStopsStartUpAndStaysNotServing) {
+  testing::WriteTextFile(dir_.Sub("repo/broken/model.pbtxt"), "weights: \"missing.npy\"\n");
+  StartServer();
+  const absl::Status s = server_->LoadModels();
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("broken"));
+  EXPECT_THAT(s.message(), HasSubstr("missing.npy"));
+  EXPECT_EQ(*client_->Health(), HealthStatus::kNotServing);
+}
+
+TEST_F(ServerTest, AnswersMatchTheExactPath) {
+  StartAndLoad();
+  auto model = Model::Load({dir_.Sub("repo/small/weights.npy"), "", dir_.Sub("repo/small/bias.npy"), ""});
+  ASSERT_TRUE(model.ok());
+  ExactSoftmax exact(*model);
+  for (size_t q = 0; q < 10; ++q) {
+    adasoftmax::Query local{Row(q), {.k = 5}};
+    const TopKResult want = exact.Run(absl::MakeConstSpan(&local, 1)).front();
+
+    TopKOptions o;
+    o.k = 5;
+    o.mode = v1::MODE_EXACT;
+    absl::StatusOr<Result> got = client_->TopKSoftmax("small", Row(q), o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->indices, want.indices);
+    EXPECT_EQ(got->mode, v1::MODE_EXACT);
+    EXPECT_EQ(got->samples, kN * kD);
+    for (size_t i = 0; i < 5; ++i) {
+      EXPECT_NEAR(got->probabilities[i], want.probabilities[i], 1e-9);
+      EXPECT_EQ(got->labels[i], absl::StrCat("class", want.indices[i]));
+    }
+
+    // Adaptive, seeded (reproducible): must meet the PAC criterion against the exact answer.
+    o.mode = v1::MODE_ADAPTIVE;
+    o.seed = 100 + q;
+    o.epsilon = 0.1;
+    absl::StatusOr<Result> adaptive = client_->TopKSoftmax("small", Row(q), o);
+    ASSERT_TRUE(adaptive.ok()) << adaptive.status();
+    EXPECT_EQ(adaptive->mode, v1::MODE_ADAPTIVE);
+    EXPECT_EQ(adaptive->batch_size, 1u);
+    TopKResult as_result;
+    as_result.indices = adaptive->indices;
+    as_result.probabilities = adaptive->probabilities;
+    EXPECT_TRUE(MeetsPac(as_result, ComputeReference(**model, Row(q), 1.0), 5, 0.1)) << q;
+  }
+}
+
+TEST_F(ServerTest, SeededRequestIsReproducible) {
+  StartAndLoad();
+  TopKOptions o;
+  o.k = 3;
+  o.seed = 42;
+  absl::StatusOr<Result> a = client_->TopKSoftmax("small", Row(1), o);
+  absl::StatusOr<Result> b = client_->TopKSoftmax("small", Row(1), o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->indices, b->indices);
+  EXPECT_EQ(a->probabilities, b->probabilities);
+  EXPECT_EQ(a->log_partition, b->log_partition);
+  EXPECT_EQ(a->samples, b->samples);
+}
+
+// One bad request per rule; each gets INVALID_ARGUMENT naming its field (or the code given),
+// and the server keeps answering good requests.
+TEST_F(ServerTest, EveryBadInputGetsAClearErrorAndChangesNothing) {
+  StartAndLoad();
+  std::vector<float> good(Row(0).begin(), Row(0).end());
+  std::vector<float> nan = good, inf = good, short_query(good.begin(), good.end() - 1);
+  nan[3] = std::numeric_limits<float>::quiet_NaN();
+  inf[7] = -std::numeric_limits<float>::infinity();
+  struct Case {
+    std::string name;
+    std::string model = "small";
+    std::vector<float> query;
+    TopKOptions options;
+    absl::StatusCode code = absl::StatusCode::kInvalidArgument;
+    std::string field;
+  };
+  auto with = [&](auto set) {
+    TopKOptions o;
+    set(o);
+    return o;
+  };
+  const std::vector<Case> cases = {
+      {"wrong length", "small", short_query, {}, absl::StatusCode::kInvalidArgument, "query"},
+      {"empty query", "small", {}, {}, absl::StatusCode::kInvalidArgument, "query"},
+      {"NaN", "small", nan, {}, absl::StatusCode::kInvalidArgument, "query"},
+      {"Inf", "small", inf, {}, absl::StatusCode::kInvalidArgument, "query"},
+      {"k = 0", "small", good, with([](TopKOptions& o) { o.k = 0; }),
+       absl::StatusCode::kInvalidArgument, "k"},
+      {"k > n", "small", good, with([](TopKOptions& o) { o.k = kN + 1; }),
+       absl::StatusCode::kInvalidArgument, "k"},
+      {"epsilon 0", "small", good, with([](TopKOptions& o) { o.epsilon = 0; }),
+       absl::StatusCode::kInvalidArgument, "epsilon"},
+      {"epsilon 1", "small", good, with([](TopKOptions& o) { o.epsilon = 1; }),
+       absl::StatusCode::kInvalidArgument, "epsilon"},
+      {"epsilon NaN", "small", good,
+       with([](TopKOptions& o) { o.epsilon = std::numeric_limits<double>::quiet_NaN(); }),
+       absl::StatusCode::kInvalidArgument, "epsilon"},
+      {"delta 0", "small", good, with([](TopKOptions& o) { o.delta = 0; }),
+       absl::StatusCode::kInvalidArgument, "delta"},
+      {"delta 1.5", "small", good, with([](TopKOptions& o) { o.delta = 1.5; }),
+       absl::StatusCode::kInvalidArgument, "delta"},
+      {"temperature 0", "small", good, with([](TopKOptions& o) { o.temperature = 0; }),
+       absl::StatusCode::kInvalidArgument, "temperature"},
+      {"temperature -1", "small", good, with([](TopKOptions& o) { o.temperature = -1; }),
+       absl::StatusCode::kInvalidArgument, "temperature"},
+      {"mode 7", "small", good, with([](TopKOptions& o) { o.mode = static_cast<v1::Mode>(7); }),
+       absl::StatusCode::kInvalidArgument, "mode"},
+      {"unknown model", "nope", good, {}, absl::StatusCode::kNotFound, "model"},
+      {"oversized message", "small", std::vector<float>(100000, 1.0f), {},
+       absl::StatusCode::kResourceExhausted, ""},
+  };
+  for (const Case& c : cases) {
+    for (v1::Mode mode : {v1::MODE_ADAPTIVE, v1::MODE_EXACT}) {
+      TopKOptions o = c.options;
+      if (o.mode == v1::MODE_UNSPECIFIED) o.mode = mode;
+      absl::StatusOr<Result> r = client_->TopKSoftmax(c.model, c.query, o);
+      EXPECT_EQ(r.status().code(), c.code) << c.name << ": " << r.status();
+      if (!c.field.empty()) {
+        EXPECT_THAT(r.status().message(), HasSubstr(c.field + ":")) << c.name;
+      }
+    }
+  }
+  TopKOptions k2;
+  k2.k = 2;
+  absl::StatusOr<Result> ok = client_->TopKSoftmax("small", good, k2);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->indices.size(), 2u);
+  EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
+  const std::string metrics = MetricsText(server_->registry());
+  EXPECT_THAT(metrics, HasSubstr("code=\"INVALID_ARGUMENT\""));
+  EXPECT_THAT(metrics, HasSubstr("model=\"<unknown>\""));
+}
+
+// Bad requests mixed into the same batches as good ones disturb nothing.
+TEST_F(ServerTest, BadRequestsDoNotDisturbGoodOnesInTheSameBatch) {
+  StartAndLoad();
+  std::vector<std::thread> callers;
+  std::atomic<int> good_ok{0}, bad_rejected{0};
+  for (int t = 0; t < 8; ++t) {
+    callers.emplace_back([&, t] {
+      for (int i = 0; i < 10; ++i) {
+        TopKOptions o;
+        o.k = 2;
+        if (t % 2 == 1) {
+          o.epsilon = 2;  // bad
+          if (client_->TopKSoftmax("small", Row(i), o).status().code() ==
+              absl::StatusCode::kInvalidArgument) {
+            ++bad_rejected;
+          }
+        } else if (client_->TopKSoftmax("small", Row(i), o).ok()) {
+          ++good_ok;
+        }
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(good_ok, 40);
+  EXPECT_EQ(bad_rejected, 40);
+}
+
+TEST_F(ServerTest, StreamAnswersEveryRequestAndReportsErrorsPerRequest) {
+  StartAndLoad();
+  std::vector<absl::Span<const float>> queries;
+  for (size_t q = 0; q < 30; ++q) queries.push_back(Row(q));
+  std::vector<float> bad(kD - 1, 0.5f);
+  queries.push_back(bad);
+  TopKOptions o;
+  o.k = 3;
+  o.mode = v1::MODE_EXACT;
+  auto results = client_->TopKSoftmaxStream("small", queries, o);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 31u);
+  for (size_t q = 0; q < 30; ++q) {
+    ASSERT_TRUE((*results)[q].ok()) << q << ": " << (*results)[q].status();
+    absl::StatusOr<Result> single = client_->TopKSoftmax("small", Row(q), o);
+    EXPECT_EQ((*results)[q]->indices, single->indices);
+  }
+  EXPECT_EQ((*results)[30].status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT((*results)[30].status().message(), HasSubstr("query:"));
+}
+
+TEST_F(ServerTest, ListModelsDescribesTheModels) {
+  testing::WriteModel(dir_.Sub("repo/tuned"), SmallModel(9),
+                      "name: \"tuned\"\ndefault_epsilon: 0.2\ndefault_mode: MODE_EXACT\n"
+                      "adaptive { topk_multiplier: 0.5 }\nbatching { max_batch_size: 4 }\n"
+                      "audit_fraction: 0.5\n");
+  StartAndLoad();
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->size(), 2u);
+  const v1::ModelInfo& small = (*models)[0];
+  EXPECT_EQ(small.name(), "small");
+  EXPECT_EQ(small.n(), kN);
+  EXPECT_EQ(small.d(), kD);
+  EXPECT_EQ(small.dtype(), "float32");
+  EXPECT_TRUE(small.has_bias());
+  EXPECT_TRUE(small.has_labels());
+  EXPECT_EQ(small.default_epsilon(), 0.3);
+  EXPECT_EQ(small.default_delta(), 0.01);
+  EXPECT_EQ(small.default_mode(), v1::MODE_ADAPTIVE);
+  EXPECT_EQ(small.calibration_mode(), "theory");
+  const v1::ModelInfo& tuned = (*models)[1];
+  EXPECT_EQ(tuned.name(), "tuned");
+  EXPECT_EQ(tuned.default_epsilon(), 0.2);
+  EXPECT_EQ(tuned.default_mode(), v1::MODE_EXACT);
+  EXPECT_EQ(tuned.calibration_mode(), "manual");
+  EXPECT_EQ(tuned.topk_multiplier(), 0.5);
+  EXPECT_EQ(tuned.max_batch_size(), 4u);
+  EXPECT_EQ(tuned.audit_fraction(), 0.5);
+  // The default mode applies to requests that leave it unset.
+  absl::StatusOr<Result> r = client_->TopKSoftmax("tuned", Row(0));
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->mode, v1::MODE_EXACT);
+}
+
+// A frozen fake clock: batches never time out, so requests stay queued until the queue is
+// full or the server shuts down.
+TEST_F(ServerTest, FullQueueAnswersResourceExhaustedAtOnce) {
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                         "weights: \"weights.npy\"\nbias: \"bias.npy\"\n"
+                         "batching { max_batch_size: 8 max_queue_size: 2 batch_timeout_us: 1000 }\n");
+  StartAndLoad(&fake_clock_);
+  std::vector<std::thread> waiting;
+  std::atomic<int> answered{0};
+  for (int i = 0; i < 2; ++i) {
+    waiting.emplace_back([&, i] {
+      if (client_->TopKSoftmax("small", Row(i)).ok()) ++answered;
+    });
+  }
+  while (server_->service().queued("small") < 2) std::this_thread::yield();
+  const absl::Status full = client_->TopKSoftmax("small", Row(2)).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_THAT(full.message(), HasSubstr("queue"));
+  server_->Shutdown(absl::Seconds(5));  // drains: the two queued requests are answered
+  for (auto& t : waiting) t.join();
+  EXPECT_EQ(answered, 2);
+}
+
+TEST_F(ServerTest, DeadlineWhileQueuedIsDeadlineExceededAndTheWorkIsDropped) {
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                         "weights: \"weights.npy\"\nbias: \"bias.npy\"\n"
+                         "batching { max_batch_size: 64 batch_timeout_us: 60000000 }\n");
+  StartAndLoad();
+  TopKOptions o;
+  o.timeout = absl::Milliseconds(300);
+  EXPECT_EQ(client_->TopKSoftmax("small", Row(0), o).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  // The server drops the request at its deadline (or at the cancellation that the deadline
+  // causes), without running it.
+  const std::string dropped =
+      "adasoftmax_requests_total\\{code=\"(DEADLINE_EXCEEDED|CANCELLED)\",mode=\"adaptive\","
+      "model=\"small\"\\} 1";
+  std::string metrics;
+  for (absl::Time end = absl::Now() + absl::Seconds(10); absl::Now() < end;) {
+    metrics = MetricsText(server_->registry());
+    if (std::regex_search(metrics, std::regex(dropped))) break;
+    std::this_thread::yield();
+  }
+  EXPECT_THAT(metrics, ::testing::ContainsRegex(dropped));
+  EXPECT_EQ(server_->service().queued("small"), 0u);
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_samples_per_query_count{mode=\"adaptive\",model=\"small\"} 0"));
+}
+
+TEST_F(ServerTest, ConcurrentCallersShareBatches) {
+  StartAndLoad();
+  std::vector<std::thread> callers;
+  std::atomic<uint32_t> largest{0};
+  for (int t = 0; t < 8; ++t) {
+    callers.emplace_back([&, t] {
+      for (int i = 0; i < 15; ++i) {
+        absl::StatusOr<Result> r = client_->TopKSoftmax("small", Row((t * 15 + i) % 40));
+        ASSERT_TRUE(r.ok()) << r.status();
+        uint32_t seen = largest.load();
+        while (r->batch_size > seen && !largest.compare_exchange_weak(seen, r->batch_size)) {
+        }
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_GT(largest.load(), 1u);
+}
+
+}  // namespace
+}  // namespace adasoftmax::server
