@@ -1,0 +1,162 @@
+#include "core/adaptive_softmax.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/exact_softmax.h"
+#include "core/pac.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/core/test_models.h"
+
+namespace adasoftmax {
+namespace {
+
+using ::testing::HasSubstr;
+
+testing::ModelAndQueries HeavyHead() {
+  return testing::SynthHead(
+      {.n = 4000, .d = 256, .queries = 20, .seed = 3, .heavy_tailed = true});
+}
+
+bool SameBits(const TopKResult& a, const TopKResult& b) {
+  auto same = [](const std::vector<double>& x, const std::vector<double>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * 8) == 0;
+  };
+  return a.indices == b.indices && same(a.probabilities, b.probabilities) &&
+         same(a.logits, b.logits) && a.samples == b.samples &&
+         std::memcmp(&a.log_partition, &b.log_partition, 8) == 0;
+}
+
+TEST(AdaptiveSoftmaxTest, SameSeedSameAnswerBitForBit) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  for (size_t q = 0; q < 5; ++q) {
+    const Query query{head.query(q), {.k = 2, .seed = 42 + q}};
+    EXPECT_TRUE(SameBits(*adaptive.Answer(query), *adaptive.Answer(query)));
+  }
+}
+
+TEST(AdaptiveSoftmaxTest, NoSeedDrawsAFreshOrderPerQuery) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  const Query query{head.query(0), {}};
+  // Different orders read different numbers of entries; 8 identical counts would mean one order.
+  std::vector<uint64_t> samples;
+  for (int r = 0; r < 8; ++r) samples.push_back(adaptive.Answer(query)->samples);
+  EXPECT_NE(std::count(samples.begin(), samples.end(), samples[0]), 8);
+}
+
+TEST(AdaptiveSoftmaxTest, ReadsLessThanTheMatrixAndCountsExactWinnerRows) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  const Model& m = *head.model;
+  for (size_t q = 0; q < 10; ++q) {
+    const TopKResult r = *adaptive.Answer({head.query(q), {.k = 3, .seed = q + 1}});
+    EXPECT_GE(r.samples, 3 * m.d());  // the winners' rows at least
+    EXPECT_LT(r.sample_fraction, 1.0);
+    EXPECT_DOUBLE_EQ(r.sample_fraction, double(r.samples) / (m.n() * m.d()));
+    const ReferenceAnswer ref = ComputeReference(m, head.query(q), 1.0);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(r.logits[i], ref.logits[r.indices[i]], 1e-9);  // winners are exact
+    }
+  }
+}
+
+TEST(AdaptiveSoftmaxTest, ElimnationKeepsTheBestArm) {
+  testing::ModelAndQueries head = testing::OcrHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  const ExactSoftmax exact(head.model);
+  int agree = 0;
+  for (size_t q = 0; q < 200; ++q) {
+    const Query query{head.query(q), {.seed = q + 1}};
+    agree += adaptive.Answer(query)->indices[0] == exact.Answer(query)->indices[0];
+  }
+  // delta = 0.01: more than 6 misses in 200 has probability < 1e-4 under the guarantee.
+  EXPECT_GE(agree, 194);
+}
+
+TEST(AdaptiveSoftmaxTest, TerminatesOnExactTiesAndPrefersLowerIndices) {
+  // Rows 2, 5 and 7 are identical and the largest: any k-subset of them is a true top-k.
+  Matrix a = Matrix::Owned(10, 8, Layout::kRowMajor);
+  for (size_t i = 0; i < 10; ++i) {
+    for (size_t j = 0; j < 8; ++j) {
+      const bool top = i == 2 || i == 5 || i == 7;
+      a.mutable_data()[i * 8 + j] = top ? 1.0f : 0.1f * static_cast<float>(i % 3);
+    }
+  }
+  auto model = *Model::Create(std::move(a), {});
+  const std::vector<float> x(8, 1.0f);
+  const AdaptiveSoftmax adaptive(model);
+  const TopKResult r = *adaptive.Answer({x, {.k = 2, .seed = 9}});
+  EXPECT_EQ(r.indices, (std::vector<uint32_t>{2, 5}));
+  EXPECT_TRUE(MeetsPac(r, ComputeReference(*model, x, 1.0), 2, 0.3));
+}
+
+TEST(AdaptiveSoftmaxTest, AnyKFromOneToN) {
+  testing::ModelAndQueries head = testing::SynthHead({.n = 50, .d = 32, .queries = 2, .seed = 5});
+  const AdaptiveSoftmax adaptive(head.model);
+  for (uint32_t k : {1u, 7u, 49u, 50u}) {
+    const TopKResult r = *adaptive.Answer({head.query(0), {.k = k, .seed = 3}});
+    EXPECT_EQ(r.indices.size(), k);
+    EXPECT_TRUE(MeetsPac(r, ComputeReference(*head.model, head.query(0), 1.0), k, 0.3)) << k;
+  }
+  // k = n reads every row exactly.
+  EXPECT_TRUE(adaptive.Answer({head.query(1), {.k = 50, .seed = 3}})->exact);
+}
+
+TEST(AdaptiveSoftmaxTest, AllZeroQueryIsExactFromTheBiasAlone) {
+  testing::ModelAndQueries head = testing::OcrHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  const std::vector<float> zero(head.model->d(), 0.0f);
+  const TopKResult r = *adaptive.Answer({zero, {.k = 3}});
+  EXPECT_TRUE(MeetsPac(r, ComputeReference(*head.model, zero, 1.0), 3, 1e-6));
+}
+
+TEST(AdaptiveSoftmaxTest, NormaliserMeetsEpsilonWithTemperatureAndBias) {
+  testing::ModelAndQueries head = testing::OcrHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  int failures = 0;
+  for (size_t q = 0; q < 300; ++q) {
+    for (double epsilon : {0.3, 0.05}) {
+      const Query query{head.query(q), {.epsilon = epsilon, .temperature = 0.7, .seed = q + 1}};
+      const TopKResult r = *adaptive.Answer(query);
+      const ReferenceAnswer ref = ComputeReference(*head.model, query.x, 0.7);
+      failures += std::fabs(r.log_partition - ref.log_partition) > std::log1p(epsilon);
+    }
+  }
+  // 600 queries at delta = 0.01: more than 15 failures has probability < 1e-4.
+  EXPECT_LE(failures, 15);
+}
+
+TEST(AdaptiveSoftmaxTest, BatchSharesOneOrderAndKeepsEachQuerysGuarantee) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 16; ++q) batch.push_back({head.query(q), {.k = 1 + q % 3, .seed = 11}});
+  const std::vector<TopKResult> results = adaptive.Run(batch);
+  ASSERT_EQ(results.size(), batch.size());
+  int failures = 0;
+  for (size_t q = 0; q < batch.size(); ++q) {
+    failures += !MeetsPac(results[q], ComputeReference(*head.model, batch[q].x, 1.0),
+                          batch[q].options.k, 0.3);
+  }
+  EXPECT_LE(failures, 1);
+  // Same seed for the whole batch: reproducible too.
+  const std::vector<TopKResult> again = adaptive.Run(batch);
+  for (size_t q = 0; q < batch.size(); ++q) EXPECT_TRUE(SameBits(results[q], again[q]));
+}
+
+TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
+  EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
+  EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),
+              HasSubstr("topk_multiplier"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.normalizer_multiplier = NAN}).message(),
+              HasSubstr("normalizer_multiplier"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.warmup_fraction = 1.5}).message(),
+              HasSubstr("warmup_fraction"));
+}
+
+}  // namespace
+}  // namespace adasoftmax

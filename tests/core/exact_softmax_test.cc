@@ -1,0 +1,92 @@
+#include "core/exact_softmax.h"
+
+#include <cmath>
+#include <vector>
+
+#include "core/pac.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/core/test_models.h"
+
+namespace adasoftmax {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+TEST(ExactSoftmaxTest, MatchesNaiveDoublePrecisionSoftmaxOnTheOcrHead) {
+  testing::ModelAndQueries head = testing::OcrHead();
+  const ExactSoftmax exact(head.model);
+  for (size_t q = 0; q < 50; ++q) {
+    for (double temperature : {1.0, 0.5}) {
+      const Query query{head.query(q), {.k = 5, .temperature = temperature}};
+      absl::StatusOr<TopKResult> result = exact.Answer(query);
+      ASSERT_TRUE(result.ok()) << result.status();
+      const ReferenceAnswer ref = ComputeReference(*head.model, query.x, temperature);
+      EXPECT_NEAR(result->log_partition, ref.log_partition, 1e-4);
+      EXPECT_TRUE(MeetsPac(*result, ref, 5, 1e-3));
+      for (size_t r = 0; r < 5; ++r) {
+        EXPECT_NEAR(result->logits[r], ref.logits[result->indices[r]], 1e-4);
+        if (r > 0) EXPECT_GE(result->logits[r - 1], result->logits[r]);
+      }
+      EXPECT_EQ(result->sample_fraction, 1.0);
+      EXPECT_TRUE(result->exact);
+    }
+  }
+}
+
+TEST(ExactSoftmaxTest, BatchAnswersEqualSingleAnswers) {
+  testing::ModelAndQueries head = testing::OcrHead();
+  const ExactSoftmax exact(head.model);
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 7; ++q) batch.push_back({head.query(q), {.k = 3}});
+  const std::vector<TopKResult> together = exact.Run(batch);
+  ASSERT_EQ(together.size(), batch.size());
+  for (size_t q = 0; q < batch.size(); ++q) {
+    const TopKResult alone = exact.Run({&batch[q], 1})[0];
+    EXPECT_EQ(together[q].indices, alone.indices);
+    EXPECT_NEAR(together[q].log_partition, alone.log_partition, 1e-4);
+  }
+}
+
+TEST(ExactSoftmaxTest, SoftmaxTopKBreaksTiesByLowerIndexAndHandlesKEqualsN) {
+  const std::vector<float> raw = {1, 3, 3, 0, 3};
+  const TopKResult top = SoftmaxTopK(raw, {}, 1.0, 2);
+  EXPECT_THAT(top.indices, ElementsAre(1, 2));
+  const TopKResult all = SoftmaxTopK(raw, {}, 1.0, 5);
+  EXPECT_THAT(all.indices, ElementsAre(1, 2, 4, 0, 3));
+  double total = 0;
+  for (double p : all.probabilities) total += p;
+  EXPECT_NEAR(total, 1.0, 1e-12);
+  const double z = std::log(std::exp(1.0) + 3 * std::exp(3.0) + 1.0);
+  EXPECT_NEAR(all.log_partition, z, 1e-12);
+}
+
+TEST(ValidateQueryTest, EachInvalidInputGetsItsOwnError) {
+  testing::ModelAndQueries head = testing::OcrHead();
+  const Model& model = *head.model;
+  std::vector<float> x(head.query(0).begin(), head.query(0).end());
+  auto error = [&](absl::Span<const float> query, QueryOptions options) {
+    return ValidateQuery(model, {query, options});
+  };
+  EXPECT_TRUE(error(x, {}).ok());
+  EXPECT_THAT(error(absl::MakeConstSpan(x).subspan(1), {}).message(),
+              HasSubstr("query: has 119 entries but the model has d = 120"));
+  EXPECT_THAT(error(x, {.k = 0}).message(), HasSubstr("k: is 0"));
+  EXPECT_THAT(error(x, {.k = 6626}).message(), HasSubstr("k: is 6626 but must be in [1, n = 6625]"));
+  EXPECT_THAT(error(x, {.epsilon = 0}).message(), HasSubstr("epsilon"));
+  EXPECT_THAT(error(x, {.epsilon = 1}).message(), HasSubstr("epsilon"));
+  EXPECT_THAT(error(x, {.delta = 0}).message(), HasSubstr("delta"));
+  EXPECT_THAT(error(x, {.delta = 1.5}).message(), HasSubstr("delta"));
+  EXPECT_THAT(error(x, {.temperature = 0}).message(), HasSubstr("temperature"));
+  EXPECT_THAT(error(x, {.temperature = -1}).message(), HasSubstr("temperature"));
+  EXPECT_THAT(error(x, {.temperature = INFINITY}).message(), HasSubstr("temperature"));
+  for (float bad : {NAN, INFINITY}) {
+    x[7] = bad;
+    EXPECT_THAT(error(x, {}).message(), HasSubstr("query: entry 7"));
+  }
+  EXPECT_EQ(error(x, {}).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace adasoftmax

@@ -1,0 +1,130 @@
+#include "core/panel_order.h"
+
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/core/test_models.h"
+
+namespace adasoftmax {
+namespace {
+
+using testing::SynthHead;
+
+// A small head whose columns differ in scale, so importance weights matter.
+testing::ModelAndQueries SmallHead() {
+  return SynthHead({.n = 300, .d = 40, .queries = 4, .seed = 7, .heavy_tailed = true,
+                    .column_scale_spread = 1.0});
+}
+
+TEST(PanelOrderTest, IsAPermutationOfTheNonzeroColumnsWithGrowingPrefixes) {
+  testing::ModelAndQueries head = SmallHead();
+  std::vector<float> x(head.query(0).begin(), head.query(0).end());
+  x[3] = x[17] = 0;
+  const std::vector<absl::Span<const float>> xs = {x};
+  const PanelOrder order = PanelOrder::Draw(*head.model, xs, {}, 1);
+  ASSERT_EQ(order.size(), 38u);
+  std::vector<int> seen(40, 0);
+  for (size_t t = 0; t < order.size(); ++t) ++seen[order.panel(t)];
+  EXPECT_EQ(seen[3], 0);
+  EXPECT_EQ(seen[17], 0);
+  for (int j = 0; j < 40; ++j) {
+    if (j != 3 && j != 17) EXPECT_EQ(seen[j], 1) << j;
+  }
+  EXPECT_EQ(order.prefix(0), 0u);
+  EXPECT_EQ(order.prefix(order.last_level()), order.size());
+  for (int level = 0; level + 1 < order.levels(); ++level) {
+    EXPECT_LT(order.prefix(level), order.prefix(level + 1));
+  }
+  EXPECT_EQ(order.InclusionProbability(order.size(), 0), 1.0);
+}
+
+TEST(PanelOrderTest, SameSeedSameOrderOtherSeedOtherOrder) {
+  testing::ModelAndQueries head = SmallHead();
+  const std::vector<absl::Span<const float>> xs = {head.query(0)};
+  const PanelOrder a = PanelOrder::Draw(*head.model, xs, {}, 5);
+  const PanelOrder b = PanelOrder::Draw(*head.model, xs, {}, 5);
+  const PanelOrder c = PanelOrder::Draw(*head.model, xs, {}, 6);
+  bool differs = false;
+  for (size_t t = 0; t < a.size(); ++t) {
+    EXPECT_EQ(a.panel(t), b.panel(t));
+    differs |= a.panel(t) != c.panel(t);
+  }
+  EXPECT_TRUE(differs);
+}
+
+// Gumbel-top-k with rank conditioning: q_j is column j's inclusion probability given the other
+// keys, so 1{j in prefix} / q_j must average to 1 for every column.
+TEST(PanelOrderTest, InclusionProbabilitiesMatchMonteCarloFrequencies) {
+  testing::ModelAndQueries head = SmallHead();
+  const std::vector<absl::Span<const float>> xs = {head.query(1)};
+  constexpr int kDraws = 20000;
+  const size_t d = head.model->d();
+  for (int level : {1, 2}) {
+    std::vector<double> sum(d, 0), sum_sq(d, 0);
+    for (int draw = 0; draw < kDraws; ++draw) {
+      const PanelOrder order = PanelOrder::Draw(*head.model, xs, {}, 1000 + draw);
+      for (size_t t = 0; t < order.prefix(level); ++t) {
+        const double w = order.inverse_inclusion(level)[order.bin(t)];
+        sum[order.panel(t)] += w;
+        sum_sq[order.panel(t)] += w * w;
+      }
+    }
+    for (size_t j = 0; j < d; ++j) {
+      const double mean = sum[j] / kDraws;
+      const double se = std::sqrt((sum_sq[j] / kDraws - mean * mean) / kDraws);
+      EXPECT_NEAR(mean, 1.0, 4.5 * se + 1e-3) << "column " << j << " level " << level;
+    }
+  }
+}
+
+// The Horvitz-Thompson estimate of A_i . x at every level is unbiased, and its variance estimate
+// matches the Monte Carlo variance.
+TEST(PanelOrderTest, EstimatorIsUnbiasedAndVarianceIsCalibrated) {
+  testing::ModelAndQueries head = SmallHead();
+  const absl::Span<const float> x = head.query(2);
+  const std::vector<absl::Span<const float>> xs = {x};
+  const Model& model = *head.model;
+  const size_t d = model.d();
+  constexpr int kDraws = 20000;
+  for (size_t arm : {0u, 123u}) {
+    double truth = 0;
+    for (size_t j = 0; j < d; ++j) truth += double{model.rows().at(arm, j)} * x[j];
+    for (int level : {1, 2, 3}) {
+      double mean = 0, mean_sq = 0, mean_var_estimate = 0;
+      for (int draw = 0; draw < kDraws; ++draw) {
+        const PanelOrder order = PanelOrder::Draw(model, xs, {}, 77 + draw);
+        const float* inverse = order.inverse_inclusion(level);
+        const float* factor = order.variance_factor(level);
+        double estimate = 0, variance = 0;
+        for (size_t t = 0; t < order.prefix(level); ++t) {
+          const double a = double{model.rows().at(arm, order.panel(t))} * x[order.panel(t)];
+          estimate += a * inverse[order.bin(t)];
+          variance += a * a * factor[order.bin(t)];
+        }
+        mean += estimate / kDraws;
+        mean_sq += estimate * estimate / kDraws;
+        mean_var_estimate += variance / kDraws;
+      }
+      const double variance = mean_sq - mean * mean;
+      EXPECT_NEAR(mean, truth, 4.5 * std::sqrt(variance / kDraws))
+          << "arm " << arm << " level " << level;
+      EXPECT_NEAR(mean_var_estimate / variance, 1.0, 0.15) << "arm " << arm << " level " << level;
+    }
+  }
+}
+
+TEST(PanelOrderTest, ImportanceFlagsChangeTheOrder) {
+  testing::ModelAndQueries head = SmallHead();
+  const std::vector<absl::Span<const float>> xs = {head.query(0)};
+  // With both weights off, every column shares bin 0: the order is uniform.
+  const PanelOrder uniform = PanelOrder::Draw(*head.model, xs, {.atom = false, .query = false}, 3);
+  for (size_t t = 0; t < uniform.size(); ++t) EXPECT_EQ(uniform.bin(t), 0);
+  const PanelOrder weighted = PanelOrder::Draw(*head.model, xs, {}, 3);
+  bool spread = false;
+  for (size_t t = 0; t < weighted.size(); ++t) spread |= weighted.bin(t) != 0;
+  EXPECT_TRUE(spread);
+}
+
+}  // namespace
+}  // namespace adasoftmax

@@ -1,0 +1,50 @@
+#ifndef ADASOFTMAX_TESTS_CORE_TEST_MODELS_H_
+#define ADASOFTMAX_TESTS_CORE_TEST_MODELS_H_
+
+// Models and queries shared by the core tests.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/types/span.h"
+#include "core/matrix.h"
+#include "core/model.h"
+#include "core/synth.h"
+#include "core/tensor_io.h"
+#include "gtest/gtest.h"
+
+namespace adasoftmax::testing {
+
+struct ModelAndQueries {
+  std::shared_ptr<const Model> model;
+  Matrix queries;  // one query per row
+
+  absl::Span<const float> query(size_t q) const {
+    return absl::MakeConstSpan(queries.data() + q * queries.cols(), queries.cols());
+  }
+};
+
+// The shipped real OCR head with bias and its real queries (tests run from the repository root).
+inline ModelAndQueries OcrHead() {
+  const std::string dir = "tests/data/ppocrv4-rec/";
+  absl::StatusOr<std::shared_ptr<const Model>> model =
+      Model::Load({.weights = dir + "weights.npy", .bias = dir + "bias.npy"});
+  EXPECT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<LoadedMatrix> queries = ReadMatrix(dir + "queries.npy");
+  EXPECT_TRUE(queries.ok()) << queries.status();
+  return {*std::move(model), std::move(queries->matrix)};
+}
+
+inline ModelAndQueries SynthHead(const SynthOptions& options) {
+  absl::StatusOr<SynthData> data = Synthesize(options);
+  EXPECT_TRUE(data.ok()) << data.status();
+  absl::StatusOr<std::shared_ptr<const Model>> model =
+      Model::Create(std::move(data->weights), std::move(data->bias));
+  EXPECT_TRUE(model.ok()) << model.status();
+  return {*std::move(model), std::move(data->queries)};
+}
+
+}  // namespace adasoftmax::testing
+
+#endif  // ADASOFTMAX_TESTS_CORE_TEST_MODELS_H_
