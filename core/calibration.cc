@@ -1,0 +1,432 @@
+#include "core/calibration.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <sstream>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "core/pac.h"
+#include "core/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace adasoftmax {
+namespace {
+
+// log P(X <= failures) for X ~ Binomial(trials, p), 0 < p < 1.
+double LogBinomialCdf(size_t failures, size_t trials, double p) {
+  const double n = static_cast<double>(trials);
+  const double log_p = std::log(p), log_q = std::log1p(-p);
+  const double lgamma_n1 = std::lgamma(n + 1);
+  std::vector<double> terms;
+  terms.reserve(failures + 1);
+  double max = -INFINITY;
+  for (size_t i = 0; i <= failures; ++i) {
+    const double x = static_cast<double>(i);
+    const double t =
+        lgamma_n1 - std::lgamma(x + 1) - std::lgamma(n - x + 1) + x * log_p + (n - x) * log_q;
+    terms.push_back(t);
+    max = std::max(max, t);
+  }
+  double sum = 0;
+  for (double t : terms) sum += std::exp(t - max);
+  return max + std::log(sum);
+}
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The nonzero seed of query `row`, independent of grid point and thread count.
+uint64_t QuerySeed(uint64_t seed, size_t row) {
+  const uint64_t s = SplitMix64(SplitMix64(seed) ^ (row + 1));
+  return s == 0 ? 1 : s;
+}
+
+// Calls fn(i) for i in [0, count) on up to `threads` threads. fn returns false to stop: items
+// not yet started are then skipped.
+void ParallelFor(size_t count, int threads, const std::function<bool(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  auto worker = [&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      const size_t i = next.fetch_add(1);
+      if (i >= count) return;
+      if (!fn(i)) stop.store(true);
+    }
+  };
+  const size_t workers = std::min<size_t>(std::max(threads, 1), count);
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < workers; ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+}
+
+struct Split {
+  size_t begin = 0;
+  size_t end = 0;
+  size_t size() const { return end - begin; }
+};
+
+struct Evaluation {
+  size_t failures = 0;
+  bool complete = false;  // false when stopped early for exceeding max_failures
+  double mean_sample_fraction = 0;
+};
+
+// The state shared by every evaluation of one Calibrate call.
+class Evaluator {
+ public:
+  Evaluator(std::shared_ptr<const Model> model, const Matrix& rows, const QueryOptions& query,
+            const AdaptiveOptions& base, const CalibrationOptions& options)
+      : model_(std::move(model)), rows_(rows), query_(query), base_(base), options_(options) {}
+
+  absl::Span<const float> Row(size_t r) const {
+    return absl::MakeConstSpan(rows_.data() + r * rows_.cols(), rows_.cols());
+  }
+
+  void ComputeReferences() {
+    references_.resize(rows_.rows());
+    ParallelFor(rows_.rows(), options_.threads, [&](size_t r) {
+      references_[r] = ComputeReference(*model_, Row(r), query_.temperature);
+      return true;
+    });
+  }
+
+  // Answers the queries of `split` with the multipliers (t, z); stops once failures exceed
+  // max_failures.
+  Evaluation Evaluate(double t, double z, Split split, size_t max_failures) const {
+    AdaptiveOptions adaptive = base_;
+    adaptive.topk_multiplier = t;
+    adaptive.normalizer_multiplier = z;
+    const AdaptiveSoftmax solver(model_, adaptive);
+    std::vector<double> fractions(split.size(), 0);
+    std::atomic<size_t> failures{0};
+    std::atomic<size_t> done{0};
+    ParallelFor(split.size(), options_.threads, [&](size_t i) {
+      const size_t r = split.begin + i;
+      Query q{Row(r), query_};
+      q.options.seed = QuerySeed(options_.seed, r);
+      const TopKResult result = std::move(solver.Run(absl::MakeConstSpan(&q, 1)).front());
+      fractions[i] = result.sample_fraction;
+      done.fetch_add(1);
+      if (!MeetsPac(result, references_[r], query_.k, query_.epsilon)) {
+        return failures.fetch_add(1) + 1 <= max_failures;
+      }
+      return true;
+    });
+    Evaluation e;
+    e.failures = failures.load();
+    e.complete = done.load() == split.size() && e.failures <= max_failures;
+    if (e.complete) {
+      double sum = 0;
+      for (double f : fractions) sum += f;  // in row order, so the mean is reproducible
+      e.mean_sample_fraction = split.size() > 0 ? sum / split.size() : 0;
+    }
+    return e;
+  }
+
+ private:
+  std::shared_ptr<const Model> model_;
+  const Matrix& rows_;
+  QueryOptions query_;
+  AdaptiveOptions base_;
+  CalibrationOptions options_;
+  std::vector<ReferenceAnswer> references_;
+};
+
+absl::Status ValidateGrid(const char* name, const std::vector<double>& grid) {
+  if (grid.empty()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: is empty", name));
+  }
+  for (double v : grid) {
+    if (!(std::isfinite(v) && v > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: holds %g but every entry must be finite and > 0", name, v));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<double> SortedUnique(std::vector<double> v, bool descending) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  if (descending) std::reverse(v.begin(), v.end());
+  return v;
+}
+
+// Sizes of the split of `total` queries.
+Split CalibrationSplit(size_t total, double holdout_fraction) {
+  const size_t holdout = static_cast<size_t>(std::llround(holdout_fraction * total));
+  return Split{0, total - std::min(holdout, total)};
+}
+
+// The fewest queries in total whose calibration split holds at least `needed` queries.
+size_t TotalQueriesFor(size_t needed, double holdout_fraction) {
+  size_t total = needed;
+  while (CalibrationSplit(total, holdout_fraction).size() < needed) ++total;
+  return total;
+}
+
+}  // namespace
+
+double ClopperPearsonUpper(size_t failures, size_t trials, double confidence) {
+  if (trials == 0 || failures >= trials) return 1.0;
+  const double log_alpha = std::log1p(-confidence);
+  if (failures == 0) {
+    // Closed form of the same equation (1 - p)^n = 1 - confidence.
+    return -std::expm1(log_alpha / static_cast<double>(trials));
+  }
+  // The CDF decreases in p; find p with LogBinomialCdf(p) = log(1 - confidence).
+  double lo = 0, hi = 1;
+  for (int it = 0; it < 200 && hi - lo > 1e-15; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    if (LogBinomialCdf(failures, trials, mid) > log_alpha) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return hi;
+}
+
+size_t MinimumTrials(double rate, double confidence) {
+  return static_cast<size_t>(std::ceil(std::log1p(-confidence) / std::log1p(-rate) - 1e-9));
+}
+
+absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const Matrix& queries,
+                                      const QueryOptions& query_options,
+                                      const AdaptiveOptions& base,
+                                      const CalibrationOptions& options) {
+  if (model == nullptr) return absl::InvalidArgumentError("model: is null");
+  if (!(options.holdout_fraction > 0 && options.holdout_fraction < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("holdout_fraction: is %g but must be in (0, 1)", options.holdout_fraction));
+  }
+  if (!(options.confidence > 0 && options.confidence < 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("confidence: is %g but must be in (0, 1)", options.confidence));
+  }
+  RETURN_IF_ERROR(ValidateGrid("topk_grid", options.topk_grid));
+  RETURN_IF_ERROR(ValidateGrid("normalizer_grid", options.normalizer_grid));
+  if (options.threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("threads: is %d but must be >= 1", options.threads));
+  }
+  RETURN_IF_ERROR(ValidateAdaptiveOptions(base));
+  if (queries.cols() != model->d()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "queries: have %d columns but the model has d = %d", queries.cols(), model->d()));
+  }
+  const size_t total = queries.rows();
+  const Split calibration = CalibrationSplit(total, options.holdout_fraction);
+  const Split holdout{calibration.end, total};
+  if (calibration.size() == 0 || holdout.size() == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "queries: %d queries with holdout_fraction %g leave %d for calibration and %d held "
+        "out; both must be non-empty",
+        total, options.holdout_fraction, calibration.size(), holdout.size()));
+  }
+  const Matrix row_copy =
+      queries.layout() == Layout::kRowMajor ? Matrix() : queries.Copy(Layout::kRowMajor);
+  const Matrix& rows = queries.layout() == Layout::kRowMajor ? queries : row_copy;
+  for (size_t r = 0; r < total; ++r) {
+    const Query q{absl::MakeConstSpan(rows.data() + r * rows.cols(), rows.cols()), query_options};
+    if (absl::Status s = ValidateQuery(*model, q); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrFormat("queries: row %d: %s", r, s.message()));
+    }
+  }
+
+  const double delta = query_options.delta;
+  const size_t needed = MinimumTrials(delta, options.confidence);
+  if (ClopperPearsonUpper(0, calibration.size(), options.confidence) > delta) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "queries: %d calibration queries cannot bound the failure rate at or below delta = %g "
+        "with confidence %g; that needs at least %d calibration queries even with 0 failures "
+        "(%d queries in total with holdout_fraction %g)",
+        calibration.size(), delta, options.confidence, needed,
+        TotalQueriesFor(needed, options.holdout_fraction), options.holdout_fraction));
+  }
+  // The most failures a qualifying pair may have.
+  size_t max_failures = 0;
+  while (max_failures + 1 < calibration.size() &&
+         ClopperPearsonUpper(max_failures + 1, calibration.size(), options.confidence) <= delta) {
+    ++max_failures;
+  }
+
+  Evaluator evaluator(model, rows, query_options, base, options);
+  evaluator.ComputeReferences();
+
+  struct Point {
+    double t, z;
+    bool qualifies;
+  };
+  std::vector<Point> visited;
+  const std::vector<double> topk = SortedUnique(options.topk_grid, /*descending=*/false);
+  const std::vector<double> normalizer = SortedUnique(options.normalizer_grid, /*descending=*/true);
+  bool found = false;
+  Point best{};
+  Evaluation best_eval;
+  for (double t : topk) {
+    for (double z : normalizer) {
+      bool skip = false;
+      for (const Point& p : visited) {
+        if (!p.qualifies && t <= p.t && z <= p.z) skip = true;  // would fail too
+        if (p.qualifies && t >= p.t && z >= p.z) skip = true;   // would read more
+      }
+      if (skip) continue;
+      const Evaluation e = evaluator.Evaluate(t, z, calibration, max_failures);
+      visited.push_back({t, z, e.complete});
+      if (!e.complete) continue;
+      if (!found || e.mean_sample_fraction < best_eval.mean_sample_fraction) {
+        found = true;
+        best = visited.back();
+        best_eval = e;
+      }
+    }
+  }
+  if (!found) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "no multiplier pair qualifies: each of the %d evaluated pairs had more than %d PAC "
+        "failures among %d calibration queries, the most that keeps the Clopper-Pearson bound "
+        "at or below delta = %g; try larger multipliers or more queries (0 failures needs at "
+        "least %d calibration queries; a pair whose true failure rate is near delta needs "
+        "many more)",
+        visited.size(), max_failures, calibration.size(), delta, needed));
+  }
+
+  Calibration c;
+  c.topk_multiplier = best.t;
+  c.normalizer_multiplier = best.z;
+  c.k = query_options.k;
+  c.epsilon = query_options.epsilon;
+  c.delta = delta;
+  c.temperature = query_options.temperature;
+  c.confidence = options.confidence;
+  c.calibration_queries = calibration.size();
+  c.calibration_failures = best_eval.failures;
+  c.failure_bound = ClopperPearsonUpper(best_eval.failures, calibration.size(), options.confidence);
+  c.calibration_mean_sample_fraction = best_eval.mean_sample_fraction;
+  const Evaluation held =
+      evaluator.Evaluate(best.t, best.z, holdout, std::numeric_limits<size_t>::max());
+  c.holdout_queries = holdout.size();
+  c.holdout_failures = held.failures;
+  c.holdout_failure_rate = static_cast<double>(held.failures) / holdout.size();
+  c.holdout_mean_sample_fraction = held.mean_sample_fraction;
+  return c;
+}
+
+absl::Status WriteCalibration(const std::string& path, const Calibration& c) {
+  nlohmann::ordered_json j;
+  j["topk_multiplier"] = c.topk_multiplier;
+  j["normalizer_multiplier"] = c.normalizer_multiplier;
+  j["k"] = c.k;
+  j["epsilon"] = c.epsilon;
+  j["delta"] = c.delta;
+  j["temperature"] = c.temperature;
+  j["confidence"] = c.confidence;
+  j["calibration_queries"] = c.calibration_queries;
+  j["calibration_failures"] = c.calibration_failures;
+  j["failure_bound"] = c.failure_bound;
+  j["calibration_mean_sample_fraction"] = c.calibration_mean_sample_fraction;
+  j["holdout_queries"] = c.holdout_queries;
+  j["holdout_failures"] = c.holdout_failures;
+  j["holdout_failure_rate"] = c.holdout_failure_rate;
+  j["holdout_mean_sample_fraction"] = c.holdout_mean_sample_fraction;
+  std::ofstream out(path, std::ios::trunc);
+  if (!out) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("%s: cannot open for writing: %s", path, std::strerror(errno)));
+  }
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out) return absl::InternalError(absl::StrFormat("%s: write failed", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrFormat("%s: cannot open: %s", path, std::strerror(errno)));
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: not valid JSON", path));
+  }
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: not a JSON object", path));
+  }
+  auto bad = [&](const char* key, const std::string& problem) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s: %s", path, key, problem));
+  };
+  // A number in [lo, hi] (open ends when lo_open / hi_open).
+  auto number = [&](const char* key, double lo, bool lo_open, double hi, bool hi_open,
+                    double* out) -> absl::Status {
+    const auto it = j.find(key);
+    if (it == j.end()) return bad(key, "missing");
+    if (!it->is_number()) return bad(key, "expected a number, got " + it->dump());
+    const double v = it->get<double>();
+    const bool ok =
+        std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+    if (!ok) {
+      return bad(key, absl::StrFormat("is %g but must be in %s%g, %g%s", v, lo_open ? "(" : "[", lo,
+                                      hi, hi_open ? ")" : "]"));
+    }
+    *out = v;
+    return absl::OkStatus();
+  };
+  auto count = [&](const char* key, uint64_t min, uint64_t* out) -> absl::Status {
+    const auto it = j.find(key);
+    if (it == j.end()) return bad(key, "missing");
+    if (!it->is_number_unsigned() && !(it->is_number_integer() && it->get<int64_t>() >= 0)) {
+      return bad(key, "expected a non-negative integer, got " + it->dump());
+    }
+    const uint64_t v = it->get<uint64_t>();
+    if (v < min) return bad(key, absl::StrFormat("is %d but must be >= %d", v, min));
+    *out = v;
+    return absl::OkStatus();
+  };
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  Calibration c;
+  RETURN_IF_ERROR(number("topk_multiplier", 0, true, kInf, true, &c.topk_multiplier));
+  RETURN_IF_ERROR(number("normalizer_multiplier", 0, true, kInf, true, &c.normalizer_multiplier));
+  uint64_t k = 0;
+  RETURN_IF_ERROR(count("k", 1, &k));
+  if (k > std::numeric_limits<uint32_t>::max()) return bad("k", "is too large");
+  c.k = static_cast<uint32_t>(k);
+  RETURN_IF_ERROR(number("epsilon", 0, true, 1, true, &c.epsilon));
+  RETURN_IF_ERROR(number("delta", 0, true, 1, true, &c.delta));
+  RETURN_IF_ERROR(number("temperature", 0, true, kInf, true, &c.temperature));
+  RETURN_IF_ERROR(number("confidence", 0, true, 1, true, &c.confidence));
+  RETURN_IF_ERROR(count("calibration_queries", 1, &c.calibration_queries));
+  RETURN_IF_ERROR(count("calibration_failures", 0, &c.calibration_failures));
+  if (c.calibration_failures > c.calibration_queries) {
+    return bad("calibration_failures", "exceeds calibration_queries");
+  }
+  RETURN_IF_ERROR(number("failure_bound", 0, false, 1, false, &c.failure_bound));
+  RETURN_IF_ERROR(number("calibration_mean_sample_fraction", 0, false, 1, false,
+                         &c.calibration_mean_sample_fraction));
+  RETURN_IF_ERROR(count("holdout_queries", 0, &c.holdout_queries));
+  RETURN_IF_ERROR(count("holdout_failures", 0, &c.holdout_failures));
+  if (c.holdout_failures > c.holdout_queries) {
+    return bad("holdout_failures", "exceeds holdout_queries");
+  }
+  RETURN_IF_ERROR(number("holdout_failure_rate", 0, false, 1, false, &c.holdout_failure_rate));
+  RETURN_IF_ERROR(
+      number("holdout_mean_sample_fraction", 0, false, 1, false, &c.holdout_mean_sample_fraction));
+  return c;
+}
+
+}  // namespace adasoftmax

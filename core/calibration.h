@@ -1,0 +1,117 @@
+#ifndef ADASOFTMAX_CORE_CALIBRATION_H_
+#define ADASOFTMAX_CORE_CALIBRATION_H_
+
+// Calibration of the adaptive path's variance multipliers ("Learn then Test", Angelopoulos et
+// al. 2021): pick the cheapest multipliers whose Clopper-Pearson upper confidence bound on the
+// PAC failure rate, measured on calibration queries, is at most delta; then report the failure
+// rate of that choice on held-out queries that played no part in the choice.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/adaptive_softmax.h"
+#include "core/matrix.h"
+#include "core/model.h"
+#include "core/topk_softmax.h"
+
+namespace adasoftmax {
+
+// One-sided Clopper-Pearson upper bound on a binomial rate: the p at which observing at most
+// `failures` of `trials` has probability 1 - confidence. Computed by bisection on the binomial
+// CDF, summed in log space (lgamma), so it stays accurate for trials up to 1e6.
+// Returns 1 when trials == 0 or failures >= trials.
+// REQUIRES: 0 < confidence < 1.
+double ClopperPearsonUpper(size_t failures, size_t trials, double confidence);
+
+// The fewest trials that can bound a rate at or below `rate` with 0 failures:
+// ceil(log(1 - confidence) / log(1 - rate)). REQUIRES: 0 < rate, confidence < 1.
+size_t MinimumTrials(double rate, double confidence);
+
+struct CalibrationOptions {
+  // Share of the queries held out for verification: the last round(holdout_fraction * N)
+  // queries. REQUIRES: in (0, 1), and both splits non-empty. Default: 0.3.
+  double holdout_fraction = 0.3;
+  // Confidence of the Clopper-Pearson bound. REQUIRES: in (0, 1). Default: 0.95.
+  double confidence = 0.95;
+  // Candidate top-k and normaliser multipliers (log-spaced, below and above 1: smaller is
+  // cheaper and riskier). REQUIRES: non-empty, every entry finite and > 0.
+  std::vector<double> topk_grid = {1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3};
+  std::vector<double> normalizer_grid = {1e-5, 1e-4, 1e-3, 0.01, 0.1, 1, 3};
+  // Query q (row index) runs with a nonzero seed derived from (seed, q), the same at every grid
+  // point (common random numbers), so calibration is reproducible and comparisons between grid
+  // points are not blurred by sampling noise. Default: 1.
+  uint64_t seed = 1;
+  // Worker threads evaluating queries in parallel; results do not depend on it.
+  // REQUIRES: >= 1. Default: 1.
+  int threads = 1;
+};
+
+// The result of Calibrate, and the contents of a calibration file.
+struct Calibration {
+  double topk_multiplier = 1;
+  double normalizer_multiplier = 1;
+  // The query parameters the multipliers were calibrated for.
+  uint32_t k = 1;
+  double epsilon = 0.3;
+  double delta = 0.01;
+  double temperature = 1;
+  double confidence = 0.95;
+  // Calibration split: size, PAC failures of the chosen multipliers, their Clopper-Pearson
+  // upper bound (<= delta) and mean samples / (n * d).
+  uint64_t calibration_queries = 0;
+  uint64_t calibration_failures = 0;
+  double failure_bound = 0;
+  double calibration_mean_sample_fraction = 0;
+  // Held-out split, answered with the chosen multipliers.
+  uint64_t holdout_queries = 0;
+  uint64_t holdout_failures = 0;
+  double holdout_failure_rate = 0;
+  double holdout_mean_sample_fraction = 0;
+};
+
+// Chooses the multipliers for `model` and the queries' parameters (k, epsilon, delta,
+// temperature from `query_options`; its seed is ignored in favour of options.seed).
+// `queries` holds one query per row (d columns); the first N - round(holdout_fraction * N) rows
+// calibrate, the rest are held out. The other fields of `base` (warm-up fraction, importance)
+// are kept.
+//
+// Every query is answered alone (a batch of 1) and checked with MeetsPac against its exact
+// double-precision reference (ComputeReference, computed once per query: memory 8 n bytes per
+// query). A grid pair qualifies when ClopperPearsonUpper(failures, calibration queries,
+// confidence) <= delta; among qualifying pairs the one with the fewest mean samples wins.
+//
+// Pruning, which assumes that failures and samples are monotone in each multiplier (larger
+// multipliers read more and fail less): pairs are visited by increasing top-k multiplier and,
+// within one, by decreasing normaliser multiplier; a pair is skipped when it is at most a
+// failed pair in both multipliers (it would fail too) or at least a qualifying pair in both (it
+// would read more). This walks the boundary of the qualifying region, about
+// |topk_grid| + |normalizer_grid| evaluations instead of their product; a pair's evaluation
+// stops as soon as its failures exceed what the bound allows.
+//
+// The bound holds for each pair separately; choosing the cheapest of several qualifying pairs
+// is what the held-out split checks.
+//
+// Errors: InvalidArgument naming the field for bad options or queries; FailedPrecondition when
+// the calibration split is too small for any pair to qualify, or when none does, with the
+// number of calibration queries needed at least.
+absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const Matrix& queries,
+                                      const QueryOptions& query_options,
+                                      const AdaptiveOptions& base,
+                                      const CalibrationOptions& options);
+
+// Writes `calibration` as a pretty-printed JSON object with one key per field.
+absl::Status WriteCalibration(const std::string& path, const Calibration& calibration);
+
+// Reads a file written by WriteCalibration. Every key is required; errors are
+// InvalidArgument("<path>: <key>: <problem>") for missing keys, wrong types and out-of-range
+// values (e.g. non-positive multipliers), NotFound for a missing file.
+absl::StatusOr<Calibration> ReadCalibration(const std::string& path);
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_CALIBRATION_H_

@@ -1,0 +1,286 @@
+// End-to-end tests of the offline `adasoftmax` commands: the binary is run as a subprocess.
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+
+struct Output {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  return lines;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const char* bin_dir = std::getenv("ADASOFTMAX_BIN_DIR");
+    ASSERT_NE(bin_dir, nullptr) << "ADASOFTMAX_BIN_DIR is not set";
+    binary_ = new std::string(absl::StrCat(bin_dir, "/adasoftmax"));
+    dir_ = new std::string(absl::StrCat(::testing::TempDir(), "/cli_test_", getpid()));
+    std::filesystem::create_directories(*dir_);
+    // 120 queries: enough for a calibration at delta 0.05 (59 calibration queries at least).
+    const Output synth = Run({"synth", "--n", "600", "--d", "32", "--queries", "120", "--seed", "3",
+                              "--bias", "--out-dir", Path("data")});
+    ASSERT_EQ(synth.code, 0) << synth.err;
+    // Queries of the wrong length for the model above.
+    const Output other =
+        Run({"synth", "--n", "50", "--d", "16", "--queries", "4", "--out-dir", Path("other")});
+    ASSERT_EQ(other.code, 0) << other.err;
+    std::ofstream labels(Path("labels.txt"));
+    for (int i = 0; i < 600; ++i) labels << "class" << i << "\n";
+  }
+
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete binary_;
+    delete dir_;
+  }
+
+  static std::string Path(const std::string& name) { return absl::StrCat(*dir_, "/", name); }
+
+  // Runs the binary with `args` (each single-quoted for the shell) and captures its output.
+  static Output Run(const std::vector<std::string>& args) {
+    static int counter = 0;
+    const std::string out = Path(absl::StrCat("stdout", counter));
+    const std::string err = Path(absl::StrCat("stderr", counter++));
+    std::string command = absl::StrCat("'", *binary_, "'");
+    for (const std::string& a : args) absl::StrAppend(&command, " '", a, "'");
+    absl::StrAppend(&command, " >'", out, "' 2>'", err, "'");
+    const int status = std::system(command.c_str());
+    Output o;
+    o.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    o.out = ReadFile(out);
+    o.err = ReadFile(err);
+    return o;
+  }
+
+  static std::vector<std::string> ModelArgs() {
+    return {"--weights", Path("data/weights.npy"), "--bias", Path("data/bias.npy"),
+            "--queries", Path("data/queries.npy")};
+  }
+
+  static std::vector<std::string> With(std::vector<std::string> a,
+                                       const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  }
+
+  // Asserts a failure with exit code `code` and exactly one stderr line containing `needle`.
+  static void ExpectOneLineError(const Output& o, int code, const std::string& needle) {
+    EXPECT_EQ(o.code, code) << o.err;
+    const std::vector<std::string> lines = Lines(o.err);
+    ASSERT_EQ(lines.size(), 1u) << o.err;
+    EXPECT_THAT(lines[0], HasSubstr("adasoftmax "));
+    EXPECT_THAT(lines[0], HasSubstr(needle));
+  }
+
+  static std::string* binary_;
+  static std::string* dir_;
+};
+
+std::string* CliTest::binary_ = nullptr;
+std::string* CliTest::dir_ = nullptr;
+
+TEST_F(CliTest, SynthWritesTheFiles) {
+  const Output o =
+      Run({"synth", "--n", "100", "--d", "8", "--queries", "5", "--out-dir", Path("small")});
+  ASSERT_EQ(o.code, 0) << o.err;
+  const Json summary = Json::parse(o.out);
+  EXPECT_EQ(summary["n"], 100);
+  EXPECT_EQ(summary["d"], 8);
+  EXPECT_EQ(summary["queries"], 5);
+  EXPECT_FALSE(summary["files"].contains("bias"));
+  EXPECT_TRUE(std::filesystem::exists(Path("small/weights.npy")));
+  EXPECT_TRUE(std::filesystem::exists(Path("small/queries.npy")));
+  EXPECT_FALSE(std::filesystem::exists(Path("small/bias.npy")));
+  EXPECT_EQ(Lines(ReadFile(Path("small/targets.txt"))).size(), 5u);
+  EXPECT_TRUE(std::filesystem::exists(Path("data/bias.npy")));
+}
+
+TEST_F(CliTest, RunWritesOneJsonLinePerQuery) {
+  const Output ok =
+      Run(With({"run"}, With(ModelArgs(), {"--k", "2", "--labels", Path("labels.txt"), "--seed",
+                                           "11", "--out", Path("run.jsonl")})));
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  const std::vector<std::string> lines = Lines(ReadFile(Path("run.jsonl")));
+  ASSERT_EQ(lines.size(), 120u);
+  const std::vector<std::string> targets = Lines(ReadFile(Path("data/targets.txt")));
+  int top1_hits = 0;
+  for (size_t q = 0; q < lines.size(); ++q) {
+    const Json j = Json::parse(lines[q]);
+    EXPECT_EQ(j["query"], q);
+    for (const char* key : {"indices", "probabilities", "logits", "log_partition", "samples",
+                            "sample_fraction", "latency_us", "labels"}) {
+      EXPECT_TRUE(j.contains(key)) << key;
+    }
+    ASSERT_EQ(j["indices"].size(), 2u);
+    EXPECT_EQ(j["probabilities"].size(), 2u);
+    EXPECT_EQ(j["logits"].size(), 2u);
+    EXPECT_EQ(j["labels"][0], absl::StrCat("class", j["indices"][0].get<int>()));
+    EXPECT_GT(j["sample_fraction"].get<double>(), 0);
+    EXPECT_LE(j["sample_fraction"].get<double>(), 1);
+    if (std::to_string(j["indices"][0].get<int>()) == targets[q]) ++top1_hits;
+  }
+  EXPECT_GE(top1_hits, 115);  // the planted top class, up to rare PAC failures
+}
+
+TEST_F(CliTest, SameSeedGivesTheSameAnswers) {
+  auto answers = [&](const std::string& out, const std::string& threads) {
+    const Output o = Run(With(
+        {"run"}, With(ModelArgs(), {"--seed", "42", "--threads", threads, "--out", Path(out)})));
+    EXPECT_EQ(o.code, 0) << o.err;
+    std::vector<std::string> lines;
+    for (const std::string& line : Lines(ReadFile(Path(out)))) {
+      Json j = Json::parse(line);
+      j.erase("latency_us");
+      lines.push_back(j.dump());
+    }
+    return lines;
+  };
+  const std::vector<std::string> first = answers("seed1.jsonl", "1");
+  const std::vector<std::string> second = answers("seed2.jsonl", "2");
+  ASSERT_EQ(first.size(), 120u);
+  EXPECT_EQ(first, second);
+}
+
+TEST_F(CliTest, ExactModeReadsEverything) {
+  const Output o = Run(With({"run"}, With(ModelArgs(), {"--mode", "exact", "--out", "-"})));
+  ASSERT_EQ(o.code, 0) << o.err;
+  const std::vector<std::string> lines = Lines(o.out);
+  ASSERT_EQ(lines.size(), 120u);
+  EXPECT_TRUE(Json::parse(lines[0])["exact"].get<bool>());
+}
+
+TEST_F(CliTest, HelpListsTheFlags) {
+  const Output run = Run({"run", "--help"});
+  EXPECT_EQ(run.code, 0);
+  for (const char* flag : {"--weights", "--queries", "--bias", "--tensor", "--labels", "--k",
+                           "--epsilon", "--delta", "--temperature", "--mode", "--multipliers",
+                           "--calibration", "--seed", "--threads", "--out"}) {
+    EXPECT_THAT(run.out, HasSubstr(flag)) << flag;
+  }
+  EXPECT_THAT(Run({"bench", "--help"}).out, HasSubstr("--queries-offset"));
+  EXPECT_THAT(Run({"calibrate", "--help"}).out, HasSubstr("--holdout-fraction"));
+  EXPECT_THAT(Run({"synth", "--help"}).out, HasSubstr("--column-scale-spread"));
+  EXPECT_THAT(Run({"demo", "--help"}).out, HasSubstr("--queries-count"));
+}
+
+TEST_F(CliTest, UsageErrorsExitTwoWithOneLine) {
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--bogus", "1", "--out", "x"}))), 2,
+                     "--bogus");
+  ExpectOneLineError(Run({"run", "--queries", Path("data/queries.npy"), "--out", "x"}), 2,
+                     "--weights: required flag is missing");
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--k", "abc", "--out", "x"}))), 2,
+                     "--k: expected a positive integer, got 'abc'");
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--epsilon", "2", "--out", "x"}))), 2,
+                     "--epsilon");
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--out"}))), 2, "--out: missing value");
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--mode", "fast", "--out", "x"}))), 2,
+                     "--mode");
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--multipliers", "0.1,0.1",
+                                                          "--calibration", "c", "--out", "x"}))),
+                     2, "mutually exclusive");
+  EXPECT_EQ(Run({"no-such-command"}).code, 2);
+}
+
+TEST_F(CliTest, BadInputsExitOneWithOneLine) {
+  ExpectOneLineError(Run({"run", "--weights", Path("missing.npy"), "--queries",
+                          Path("data/queries.npy"), "--out", Path("x.jsonl")}),
+                     1, "missing.npy");
+  ExpectOneLineError(Run({"run", "--weights", Path("data/weights.npy"), "--queries",
+                          Path("other/queries.npy"), "--out", Path("x.jsonl")}),
+                     1, "queries.npy: row 0: query: has 16 entries but the model has d = 32");
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--k", "601", "--out", "x"}))), 1,
+                     "--k: is 601");
+  ExpectOneLineError(
+      Run(With({"run"}, With(ModelArgs(), {"--calibration", Path("labels.txt"), "--out", "x"}))), 1,
+      "labels.txt: not valid JSON");
+}
+
+TEST_F(CliTest, BenchPrintsJson) {
+  const Output o =
+      Run(With({"bench"}, With(ModelArgs(), {"--limit", "20", "--warmup", "2", "--queries-offset",
+                                             "10", "--seed", "1"})));
+  ASSERT_EQ(o.code, 0) << o.err;
+  const Json j = Json::parse(o.out);
+  EXPECT_EQ(j["queries"], 20);
+  EXPECT_EQ(j["n"], 600);
+  EXPECT_EQ(j["d"], 32);
+  EXPECT_EQ(j["mode"], "theory");
+  for (const char* key :
+       {"exact_median_ms", "exact_p99_ms", "adaptive_median_ms", "adaptive_p99_ms", "speedup",
+        "mean_sample_fraction", "median_sample_fraction", "pac_failures"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  const double rate = j["pac_success_rate"].get<double>();
+  EXPECT_GE(rate, 0.9);
+  EXPECT_LE(rate, 1.0);
+  ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--queries-offset", "120"}))), 1,
+                     "--queries-offset");
+}
+
+TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
+  const std::string file = Path("calibration.json");
+  const Output o = Run(
+      With({"calibrate"}, With(ModelArgs(), {"--delta", "0.05", "--threads", "2", "--out", file})));
+  ASSERT_EQ(o.code, 0) << o.err;
+  const Json printed = Json::parse(o.out);
+  EXPECT_EQ(printed, Json::parse(ReadFile(file)));
+  EXPECT_LE(printed["failure_bound"].get<double>(), 0.05);
+  EXPECT_EQ(printed["calibration_queries"], 84);
+  EXPECT_EQ(printed["holdout_queries"], 36);
+
+  // run takes k, epsilon, delta from the file and says nothing when they are not overridden.
+  const Output run = Run(With({"run"}, With(ModelArgs(), {"--calibration", file, "--seed", "1",
+                                                          "--out", Path("calibrated.jsonl")})));
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(run.err, "");
+  EXPECT_EQ(Lines(ReadFile(Path("calibrated.jsonl"))).size(), 120u);
+
+  const Output bench = Run(With(
+      {"bench"}, With(ModelArgs(), {"--calibration", file, "--limit", "10", "--warmup", "1"})));
+  ASSERT_EQ(bench.code, 0) << bench.err;
+  const Json j = Json::parse(bench.out);
+  EXPECT_EQ(j["mode"], "calibrated");
+  EXPECT_EQ(j["delta"], 0.05);
+  EXPECT_EQ(j["multipliers"][0], printed["topk_multiplier"]);
+
+  // Too few queries for the bound: the error names the count needed.
+  const Output few =
+      Run(With({"calibrate"}, With(ModelArgs(), {"--delta", "0.01", "--out", Path("never.json")})));
+  EXPECT_EQ(few.code, 1);
+  EXPECT_THAT(few.err, HasSubstr("at least 299 calibration queries"));
+  EXPECT_FALSE(std::filesystem::exists(Path("never.json")));
+}
+
+}  // namespace
