@@ -323,6 +323,11 @@ int Run(int argc, char** argv) {
   absl::StatusOr<Inputs> in = LoadInputs(flags, f);
   if (!in.ok()) return flags.Error(in.status());
 
+  // Opened before the work, so an unwritable path fails fast.
+  std::FILE* out = out_path == "-" ? stdout : std::fopen(out_path.c_str(), "w");
+  if (out == nullptr) {
+    return flags.Error(absl::StrCat(out_path, ": cannot open for writing"));
+  }
   std::unique_ptr<TopKSoftmax> solver;
   if (mode == "exact") {
     solver = std::make_unique<ExactSoftmax>(in->model);
@@ -338,10 +343,6 @@ int Run(int argc, char** argv) {
     results[r] = TimedAnswer(*solver, q, &micros[r]);
   });
 
-  std::FILE* out = out_path == "-" ? stdout : std::fopen(out_path.c_str(), "w");
-  if (out == nullptr) {
-    return flags.Error(absl::StrCat(out_path, ": cannot open for writing"));
-  }
   for (size_t r = 0; r < count; ++r) {
     const std::string line = ResultJson(*in, r, results[r], micros[r], !f.labels.empty()).dump();
     std::fprintf(out, "%s\n", line.c_str());
