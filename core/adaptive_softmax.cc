@@ -24,7 +24,7 @@ constexpr uint32_t kChunk = 2048;
 // A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's slices of
 // each panel; sparser ones read their arms' slices one by one. Both read a cache line per arm
 // and panel, but a sweep streams while single slices wait on memory latency.
-constexpr uint32_t kDenseRatio = 4;
+constexpr uint32_t kDenseRatio = 16;
 
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
