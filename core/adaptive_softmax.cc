@@ -22,8 +22,8 @@ constexpr uint8_t kExactLevel = std::numeric_limits<uint8_t>::max();
 // query of the batch uses it.
 constexpr uint32_t kChunk = 2048;
 // A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's slices of
-// each panel; sparser ones read their arms' slices one by one. Both read a cache line per arm
-// and panel, but a sweep streams while single slices wait on memory latency.
+// each panel (streaming, 4 bytes per arm and column, wasted on inactive arms); sparser ones
+// gather their arms' columns from the rows (latency-bound, a cache line per arm and column).
 constexpr uint32_t kDenseRatio = 16;
 
 uint64_t FreshSeed() {
@@ -235,17 +235,17 @@ void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, siz
   }
 }
 
-// Reads each listed arm's slice (one cache line) of every panel in the block.
+// Reads the block's columns of each listed arm from its row: the columns are scattered, but
+// within one row they share DRAM pages and prefetch streams, unlike single column-panel slices.
 void BatchSampler::PullRows(QueryState& s, int level, const uint32_t* arms, size_t count) {
   const size_t block_begin = order_.prefix(level);
-  const float* panels = model_.panel(0);
-  const size_t panel_stride = n_ * kLanes;
   const size_t block_end = order_.prefix(level + 1);
-  // Single slices are latency-bound: request the slices of an arm a few arms ahead.
+  const float* rows = model_.rows().data();
+  // Gathers are latency-bound: request the columns of an arm a few arms ahead.
   constexpr size_t kPrefetchDistance = 4;
   auto prefetch = [&](uint32_t i) {
     for (size_t t = block_begin; t < block_end; ++t) {
-      __builtin_prefetch(panels + order_.panel(t) * panel_stride + size_t{i} * kLanes);
+      __builtin_prefetch(rows + size_t{i} * d_ + order_.panel(t) * kLanes);
     }
   };
   for (size_t k = 0; k < std::min(count, kPrefetchDistance); ++k) prefetch(arms[k]);
@@ -253,9 +253,9 @@ void BatchSampler::PullRows(QueryState& s, int level, const uint32_t* arms, size
     const uint32_t i = arms[k];
     if (k + kPrefetchDistance < count) prefetch(arms[k + kPrefetchDistance]);
     for (const PanelOrder::Run& run : order_.runs(level)) {
-      const SumAndSquares v = GatherArm(panels, panel_stride, order_.panel_data() + run.begin,
+      const SumAndSquares v = GatherArm(rows, kLanes, order_.panel_data() + run.begin,
                                         &s.block_x[(run.begin - block_begin) * kLanes],
-                                        run.end - run.begin, size_t{i} * kLanes);
+                                        run.end - run.begin, size_t{i} * d_);
       s.sum[static_cast<size_t>(i) * kBins + run.bin] += v.sum;
       s.sum_sq[static_cast<size_t>(i) * kBins + run.bin] += v.sum_sq;
     }

@@ -17,7 +17,9 @@ void SweepPanel(const float* slices, const float* x, size_t arms, float* partial
                 float* partial_sq);
 
 // For one arm: sum and sum of squares of v_u = slice_u . x_u over `count` panels, where
-// slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes.
+// slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes. Reads the
+// column panels (panel_stride = n * kLanes, arm_offset = i * kLanes) or the row-major matrix
+// (panel_stride = kLanes, arm_offset = i * d) alike.
 struct SumAndSquares {
   float sum = 0;
   float sum_sq = 0;
