@@ -48,7 +48,8 @@ absl::StatusOr<std::unique_ptr<InferenceService>> InferenceService::Create(
         service->scheduler_->AddQueue(
             served->batching,
             [self, e](Scheduler::Batch batch) { self->ProcessBatch(*e, std::move(batch)); },
-            [self](std::unique_ptr<Task> task, absl::Status why) {
+            [self, e](std::unique_ptr<Task> task, absl::Status why) {
+              e->metrics->AddQueued(-1);
               self->Finish(*task, std::move(why));
             }));
     e->served = std::move(served);
@@ -128,7 +129,9 @@ void InferenceService::TopKSoftmax(const v1::TopKSoftmaxRequest* request,
     Finish(*task, absl::DeadlineExceededError("the deadline passed before the request arrived"));
     return;
   }
+  entry.metrics->AddQueued(1);
   if (absl::Status s = scheduler_->Schedule(entry.queue, &task); !s.ok()) {
+    entry.metrics->AddQueued(-1);
     Finish(*task, std::move(s));  // Schedule left the task with us
   }
 }
@@ -136,6 +139,7 @@ void InferenceService::TopKSoftmax(const v1::TopKSoftmaxRequest* request,
 void InferenceService::ProcessBatch(Entry& entry, Scheduler::Batch batch) {
   const absl::Time start = clock_->Now();
   std::vector<std::unique_ptr<Task>> adaptive, exact;
+  entry.metrics->AddQueued(-static_cast<double>(batch.size()));
   for (std::unique_ptr<Task>& task : batch) {
     entry.metrics->ObserveQueueDuration(start - task->arrival);
     (task->mode == MetricMode::kAdaptive ? adaptive : exact).push_back(std::move(task));

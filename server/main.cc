@@ -105,6 +105,14 @@ std::string DefaultCacheDir() {
   return (fs::temp_directory_path() / "adasoftmax-cache").string();
 }
 
+// Ends the process once the server is shut down (nothing is left to flush). Skips the
+// destructors on purpose: the metrics endpoint's web server (civetweb) takes up to its 2-s poll
+// quantum to stop, which would only delay the exit.
+[[noreturn]] void Exit(int code) {
+  std::fflush(stderr);
+  std::_Exit(code);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -163,7 +171,7 @@ int main(int argc, char** argv) {
   if (absl::Status s = (*server)->LoadModels(); !s.ok()) {
     Log(absl::StrCat("start-up failed: ", s.message()));
     (*server)->Shutdown(absl::ZeroDuration());
-    return 1;
+    Exit(1);
   }
 
   int signal = 0;
@@ -172,5 +180,5 @@ int main(int argc, char** argv) {
                    ": draining (up to ", grace_s, " s)"));
   (*server)->Shutdown(absl::Seconds(grace_s));
   Log("stopped");
-  return 0;
+  Exit(0);
 }

@@ -27,9 +27,16 @@ Histogram::BucketBoundaries Exponential(double start, double factor, int count) 
   return b;
 }
 
-// Quarter decades from 1e2 to 1e9.
+// Quarter decades from 1e2 to 1e9, rounded to three digits (100, 178, 316, 562, 1000, ...).
 const Histogram::BucketBoundaries& SampleBuckets() {
-  static const auto* b = new Histogram::BucketBoundaries(Exponential(1e2, std::pow(10, 0.25), 29));
+  static const auto* b = [] {
+    auto* bounds = new Histogram::BucketBoundaries;
+    for (double decade = 1; decade <= 1e6; decade *= 10) {
+      for (double mantissa : {100.0, 178.0, 316.0, 562.0}) bounds->push_back(mantissa * decade);
+    }
+    bounds->push_back(1e9);
+    return bounds;
+  }();
   return *b;
 }
 const Histogram::BucketBoundaries& FractionBuckets() {
@@ -144,6 +151,10 @@ Metrics::Metrics(prometheus::Registry& registry)
                       .Name("adasoftmax_model_info")
                       .Help("Served models (value 1), with their shape and weight dtype.")
                       .Register(registry)),
+      queue_size_(prometheus::BuildGauge()
+                      .Name("adasoftmax_queue_size")
+                      .Help("Requests waiting for a batch to start.")
+                      .Register(registry)),
       audit_queries_(prometheus::BuildCounter()
                          .Name("adasoftmax_audit_queries_total")
                          .Help("Adaptive answers re-checked against the exact answer.")
@@ -168,6 +179,7 @@ ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
   }
   m->queue_duration_ = &queue_duration_.Add({{"model", name}}, QueueBuckets());
   m->batch_size_ = &batch_size_.Add({{"model", name}}, BatchBuckets());
+  m->queued_ = &queue_size_.Add({{"model", name}});
   m->audit_queries_ = &audit_queries_.Add({{"model", name}});
   m->audit_failures_ = &audit_failures_.Add({{"model", name}});
   model_info_

@@ -35,6 +35,8 @@ class ModelMetrics {
   void ObserveRequestDuration(MetricMode mode, absl::Duration d);
   void ObserveQueueDuration(absl::Duration d);
   void ObserveBatchSize(size_t size);
+  // Requests waiting for a batch: +1 before a request is queued, -1 when it leaves the queue.
+  void AddQueued(double delta) { queued_->Increment(delta); }
   void CountAudit(bool failed);
 
  private:
@@ -46,6 +48,7 @@ class ModelMetrics {
   prometheus::Histogram* duration_[2] = {};
   prometheus::Histogram* queue_duration_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
+  prometheus::Gauge* queued_ = nullptr;
   prometheus::Counter* audit_queries_ = nullptr;
   prometheus::Counter* audit_failures_ = nullptr;
 };
@@ -58,6 +61,7 @@ class ModelMetrics {
 //   adasoftmax_queue_duration_seconds{model}              histogram
 //   adasoftmax_batch_size{model}                          histogram
 //   adasoftmax_model_info{model,n,d,dtype}                gauge = 1
+//   adasoftmax_queue_size{model}                          gauge: requests waiting for a batch
 //   adasoftmax_audit_queries_total{model}                 counter
 //   adasoftmax_audit_failures_total{model}                counter
 // Thread-safe.
@@ -86,6 +90,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& queue_duration_;
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Gauge>& model_info_;
+  prometheus::Family<prometheus::Gauge>& queue_size_;
   prometheus::Family<prometheus::Counter>& audit_queries_;
   prometheus::Family<prometheus::Counter>& audit_failures_;
   std::vector<std::unique_ptr<ModelMetrics>> models_;

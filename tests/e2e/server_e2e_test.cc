@@ -1,0 +1,415 @@
+// End to end: the real adasoftmax-server binary on an ephemeral loopback port, driven by the
+// C++ client and the `adasoftmax` CLI, with small synthetic models written by the test.
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/grpc_client.h"
+#include "core/exact_softmax.h"
+#include "core/model.h"
+#include "core/pac.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/e2e/server_process.h"
+#include "tests/e2e/subprocess.h"
+#include "tests/server/test_util.h"
+
+namespace adasoftmax::testing {
+namespace {
+
+using ::adasoftmax::client::Client;
+using ::adasoftmax::client::HealthStatus;
+using ::adasoftmax::client::Result;
+using ::adasoftmax::client::TopKOptions;
+using ::testing::HasSubstr;
+
+constexpr size_t kN = 2000;
+constexpr size_t kD = 64;
+
+SynthOptions SmallModel(uint64_t seed) {
+  SynthOptions o;
+  o.n = kN;
+  o.d = kD;
+  o.queries = 64;
+  o.seed = seed;
+  o.bias = true;
+  return o;
+}
+
+std::unique_ptr<Client> Connect(const std::string& address) {
+  auto channel = client::MakeChannel(address);
+  EXPECT_TRUE(channel.ok()) << channel.status();
+  return std::make_unique<Client>(*channel);
+}
+
+// One server for the suite: model "small" (theory multipliers) and model "audit" (multipliers
+// far too small, every request audited, so the audit really finds failures).
+class ServerE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir;
+    data_ = new SynthData(WriteModel(dir_->Sub("repo/small"), SmallModel(11)));
+    WriteModel(dir_->Sub("repo/audit"), SmallModel(12),
+               "adaptive { topk_multiplier: 1e-6 normalizer_multiplier: 1e-8 }\n"
+               "audit_fraction: 1\ndefault_epsilon: 0.02\n");
+    server_ = new ServerProcess(StartServerProcess(
+        dir_->Sub("repo"), dir_->Sub("cache"),
+        {"--batch_timeout_us=3000", "--max_batch_size=16", "--max_message_bytes=65536",
+         "--audit_fraction=0"}));
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete data_;
+    delete dir_;
+  }
+
+  void SetUp() override {
+    ASSERT_FALSE(server_->address.empty());
+    client_ = Connect(server_->address);
+  }
+
+  static absl::Span<const float> Row(size_t r) { return QueryRow(data_->queries, r); }
+  static std::vector<Sample> Scrape() {
+    return ParseMetrics(HttpGet("http://" + server_->metrics_address + "/metrics"));
+  }
+  static std::string Cli() { return BinDir() + "/adasoftmax"; }
+
+  static TempDir* dir_;
+  static SynthData* data_;
+  static ServerProcess* server_;
+  std::unique_ptr<Client> client_;
+};
+
+TempDir* ServerE2eTest::dir_ = nullptr;
+SynthData* ServerE2eTest::data_ = nullptr;
+ServerProcess* ServerE2eTest::server_ = nullptr;
+
+TEST_F(ServerE2eTest, AnswersMatchTheExactPath) {
+  auto model = Model::Load({dir_->Sub("repo/small/weights.npy"), "",
+                            dir_->Sub("repo/small/bias.npy"), ""});
+  ASSERT_TRUE(model.ok()) << model.status();
+  ExactSoftmax exact(*model);
+  for (size_t q = 0; q < 16; ++q) {
+    adasoftmax::Query local{Row(q), {.k = 3}};
+    const TopKResult want = exact.Run(absl::MakeConstSpan(&local, 1)).front();
+    TopKOptions o;
+    o.k = 3;
+    o.mode = v1::MODE_EXACT;
+    absl::StatusOr<Result> got = client_->TopKSoftmax("small", Row(q), o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->indices, want.indices);
+    EXPECT_NEAR(got->log_partition, want.log_partition, 1e-9);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_NEAR(got->probabilities[i], want.probabilities[i], 1e-9);
+      EXPECT_EQ(got->labels[i], absl::StrCat("class", want.indices[i]));
+    }
+
+    o.mode = v1::MODE_ADAPTIVE;
+    o.seed = 1000 + q;
+    absl::StatusOr<Result> adaptive = client_->TopKSoftmax("small", Row(q), o);
+    ASSERT_TRUE(adaptive.ok()) << adaptive.status();
+    TopKResult r;
+    r.indices = adaptive->indices;
+    r.probabilities = adaptive->probabilities;
+    EXPECT_TRUE(MeetsPac(r, ComputeReference(**model, Row(q), 1.0), 3, 0.3)) << "query " << q;
+    EXPECT_GT(adaptive->samples, 0u);
+    EXPECT_LE(adaptive->samples, kN * kD);
+  }
+}
+
+TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
+  TopKOptions exact;
+  exact.mode = v1::MODE_EXACT;
+  ASSERT_TRUE(client_->TopKSoftmax("small", Row(0)).ok());
+  ASSERT_TRUE(client_->TopKSoftmax("small", Row(1), exact).ok());
+  const std::string text = HttpGet("http://" + server_->metrics_address + "/metrics");
+  const std::vector<Sample> samples = ParseMetrics(text);
+  std::set<std::string> names;
+  for (const Sample& s : samples) names.insert(s.name);
+  for (const char* name :
+       {"adasoftmax_requests_total", "adasoftmax_samples_per_query_bucket",
+        "adasoftmax_samples_per_query_sum", "adasoftmax_samples_per_query_count",
+        "adasoftmax_sample_fraction_bucket", "adasoftmax_request_duration_seconds_bucket",
+        "adasoftmax_queue_duration_seconds_bucket", "adasoftmax_batch_size_bucket",
+        "adasoftmax_model_info", "adasoftmax_audit_queries_total",
+        "adasoftmax_audit_failures_total", "process_resident_memory_bytes",
+        "process_start_time_seconds"}) {
+    EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
+  }
+  EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
+  EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_requests_total counter"));
+  EXPECT_EQ(FindSample(samples, "adasoftmax_model_info",
+                       {{"model", "small"}, {"n", "2000"}, {"d", "64"}, {"dtype", "float32"}}),
+            1.0);
+  EXPECT_GE(*FindSample(samples, "adasoftmax_requests_total",
+                        {{"model", "small"}, {"mode", "exact"}, {"code", "OK"}}),
+            1.0);
+  // Sample buckets span 1e2..1e9; exact requests read n * d.
+  EXPECT_TRUE(FindSample(samples, "adasoftmax_samples_per_query_bucket", {{"le", "100"}}));
+  EXPECT_TRUE(FindSample(samples, "adasoftmax_samples_per_query_bucket", {{"le", "1000000000"}}));
+  EXPECT_TRUE(FindSample(samples, "adasoftmax_sample_fraction_bucket", {{"le", "0.005"}}));
+  EXPECT_TRUE(FindSample(samples, "adasoftmax_sample_fraction_bucket", {{"le", "1"}}));
+  EXPECT_GE(*FindSample(samples, "adasoftmax_samples_per_query_sum",
+                        {{"model", "small"}, {"mode", "exact"}}),
+            static_cast<double>(kN * kD));
+  EXPECT_GT(*FindSample(samples, "process_resident_memory_bytes"), 1e6);
+}
+
+TEST_F(ServerE2eTest, EveryBadInputIsRejectedByTheRealServer) {
+  std::vector<float> good(Row(0).begin(), Row(0).end());
+  std::vector<float> nan = good, inf = good, wrong(good.begin(), good.begin() + 10);
+  nan[1] = std::numeric_limits<float>::quiet_NaN();
+  inf[2] = std::numeric_limits<float>::infinity();
+  auto expect = [&](const std::string& model, const std::vector<float>& q, TopKOptions o,
+                    absl::StatusCode code, const std::string& field) {
+    for (v1::Mode mode : {v1::MODE_ADAPTIVE, v1::MODE_EXACT}) {
+      o.mode = mode;
+      absl::Status s = client_->TopKSoftmax(model, q, o).status();
+      EXPECT_EQ(s.code(), code) << field << ": " << s;
+      if (!field.empty()) EXPECT_THAT(s.message(), HasSubstr(field + ":"));
+    }
+  };
+  const auto k = [](uint32_t k) {
+    TopKOptions o;
+    o.k = k;
+    return o;
+  };
+  TopKOptions eps0, eps1, delta0, delta1, temp0, tempneg;
+  eps0.epsilon = 0;
+  eps1.epsilon = 1;
+  delta0.delta = 0;
+  delta1.delta = 1;
+  temp0.temperature = 0;
+  tempneg.temperature = -2;
+  const absl::StatusCode invalid = absl::StatusCode::kInvalidArgument;
+  expect("small", wrong, {}, invalid, "query");
+  expect("small", nan, {}, invalid, "query");
+  expect("small", inf, {}, invalid, "query");
+  expect("small", good, k(0), invalid, "k");
+  expect("small", good, k(kN + 1), invalid, "k");
+  expect("small", good, eps0, invalid, "epsilon");
+  expect("small", good, eps1, invalid, "epsilon");
+  expect("small", good, delta0, invalid, "delta");
+  expect("small", good, delta1, invalid, "delta");
+  expect("small", good, temp0, invalid, "temperature");
+  expect("small", good, tempneg, invalid, "temperature");
+  expect("no-such-model", good, {}, absl::StatusCode::kNotFound, "model");
+  expect("small", std::vector<float>(50000, 0.5f), {}, absl::StatusCode::kResourceExhausted, "");
+  // Nothing changed: good requests are answered and the server is healthy.
+  EXPECT_TRUE(client_->TopKSoftmax("small", good).ok());
+  EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
+}
+
+TEST_F(ServerE2eTest, ConcurrentClientsProduceBatchesLargerThanOne) {
+  const auto before = FindSample(Scrape(), "adasoftmax_batch_size_count", {{"model", "small"}});
+  std::atomic<uint32_t> largest{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 16; ++t) {
+    callers.emplace_back([&, t] {
+      std::unique_ptr<Client> client = Connect(server_->address);
+      for (int i = 0; i < 12; ++i) {
+        absl::StatusOr<Result> r = client->TopKSoftmax("small", Row((t * 12 + i) % 64));
+        if (!r.ok()) {
+          ++failures;
+          continue;
+        }
+        uint32_t seen = largest.load();
+        while (r->batch_size > seen && !largest.compare_exchange_weak(seen, r->batch_size)) {
+        }
+      }
+    });
+  }
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_GT(largest.load(), 1u);
+  // The histogram saw batches of more than one request.
+  const std::vector<Sample> after = Scrape();
+  const double count = *FindSample(after, "adasoftmax_batch_size_count", {{"model", "small"}});
+  const double sum = *FindSample(after, "adasoftmax_batch_size_sum", {{"model", "small"}});
+  const double ones = *FindSample(after, "adasoftmax_batch_size_bucket", {{"model", "small"}, {"le", "1"}});
+  EXPECT_LT(ones, count);
+  EXPECT_GT(sum, count);
+  EXPECT_GT(count, before.value_or(0));
+}
+
+TEST_F(ServerE2eTest, AuditFindsTheFailuresOfAnUnderSampledModel) {
+  const int kQueries = 40;
+  TopKOptions o;
+  o.k = 2;
+  for (int q = 0; q < kQueries; ++q) {
+    ASSERT_TRUE(client_->TopKSoftmax("audit", QueryRow(data_->queries, q), o).ok());
+  }
+  const double audited =
+      WaitForMetric(server_->metrics_address, "adasoftmax_audit_queries_total",
+                    {{"model", "audit"}}, kQueries);
+  EXPECT_EQ(audited, kQueries);
+  const std::vector<Sample> samples = Scrape();
+  const double failures =
+      *FindSample(samples, "adasoftmax_audit_failures_total", {{"model", "audit"}});
+  EXPECT_GT(failures, 0) << "multipliers this small should break the guarantee";
+  EXPECT_LE(failures, kQueries);
+  // The model with the default fraction (0 here) is never audited.
+  EXPECT_EQ(*FindSample(samples, "adasoftmax_audit_queries_total", {{"model", "small"}}), 0);
+}
+
+TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
+  std::vector<std::string> values;
+  for (float v : Row(5)) values.push_back(absl::StrCat(v));
+  CommandResult r = RunCommand({Cli(), "query", "--target", server_->address, "--model", "small",
+                                "--vector", absl::StrJoin(values, ","), "--k", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("'class"));
+  EXPECT_THAT(r.out, HasSubstr("samples"));
+
+  CommandResult j = RunCommand({Cli(), "query", "--target", server_->address, "--model", "small",
+                                "--queries", dir_->Sub("repo/small/queries.npy"), "--k", "2",
+                                "--mode", "exact", "--json"});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit(j.out, '\n', absl::SkipEmpty())) {
+    const nlohmann::json answer = nlohmann::json::parse(line);
+    EXPECT_EQ(answer["indices"].size(), 2u);
+    EXPECT_EQ(answer["labels"].size(), 2u);
+    EXPECT_EQ(answer["mode"], "exact");
+    EXPECT_EQ(answer["samples"], kN * kD);
+    ++lines;
+  }
+  EXPECT_EQ(lines, 64);
+
+  CommandResult bad = RunCommand({Cli(), "query", "--target", server_->address, "--model",
+                                  "small", "--vector", "1,2,3"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("query:"));
+}
+
+TEST_F(ServerE2eTest, CliModelsHealthAndLoadgen) {
+  CommandResult models = RunCommand({Cli(), "models", "--target", server_->address, "--json"});
+  ASSERT_EQ(models.exit_code, 0) << models.err;
+  const nlohmann::json list = nlohmann::json::parse(models.out);
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0]["name"], "audit");
+  EXPECT_EQ(list[0]["calibration_mode"], "manual");
+  EXPECT_EQ(list[1]["name"], "small");
+  EXPECT_EQ(list[1]["n"], kN);
+
+  CommandResult health = RunCommand({Cli(), "health", "--target", server_->address});
+  EXPECT_EQ(health.exit_code, 0) << health.err;
+  EXPECT_THAT(health.out, HasSubstr("SERVING"));
+  CommandResult nobody = RunCommand({Cli(), "health", "--target", "127.0.0.1:1", "--timeout-s", "2"});
+  EXPECT_NE(nobody.exit_code, 0);
+
+  CommandResult load = RunCommand({Cli(), "loadgen", "--target", server_->address, "--model",
+                                   "small", "--queries", dir_->Sub("repo/small/queries.npy"),
+                                   "--concurrency", "4", "--duration-s", "1"});
+  ASSERT_EQ(load.exit_code, 0) << load.err;
+  const nlohmann::json report = nlohmann::json::parse(load.out);
+  EXPECT_GT(report["qps"].get<double>(), 0);
+  EXPECT_EQ(report["errors"], 0);
+  EXPECT_GT(report["ok"].get<int>(), 0);
+  for (const char* key : {"p50", "p90", "p99"}) {
+    EXPECT_GT(report["latency_ms"][key].get<double>(), 0) << key;
+  }
+  EXPECT_GT(report["mean_samples_per_query"].get<double>(), 0);
+}
+
+// Health is NOT_SERVING while a model loads. The model's labels file is a FIFO: loading blocks
+// on it until the test writes the labels, so the loading phase lasts exactly as long as the
+// test wants.
+TEST(ServerStartupTest, HealthIsNotServingUntilEveryModelIsLoaded) {
+  TempDir dir;
+  WriteModel(dir.Sub("repo/slow"), SmallModel(21));
+  const std::string fifo = dir.Sub("repo/slow/labels.fifo");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  WriteTextFile(dir.Sub("repo/slow/model.pbtxt"),
+                "weights: \"weights.npy\"\nbias: \"bias.npy\"\nlabels: \"labels.fifo\"\n");
+  ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {}, false);
+  ASSERT_FALSE(server.address.empty());
+  const std::string cli = BinDir() + "/adasoftmax";
+
+  CommandResult loading = RunCommand({cli, "health", "--target", server.address});
+  EXPECT_EQ(loading.exit_code, 1) << loading.err;
+  EXPECT_THAT(loading.out, HasSubstr("NOT_SERVING"));
+  std::unique_ptr<Client> client = Connect(server.address);
+  std::vector<float> query(kD, 0.1f);
+  EXPECT_EQ(client->TopKSoftmax("slow", query).status().code(), absl::StatusCode::kUnavailable);
+
+  {
+    std::ofstream labels(fifo);  // unblocks the loader
+    for (size_t i = 0; i < kN; ++i) labels << "label" << i << "\n";
+  }
+  ASSERT_TRUE(server.process->WaitForLine("serving on", absl::Seconds(60)))
+      << server.process->Stderr();
+  CommandResult ready = RunCommand({cli, "health", "--target", server.address});
+  EXPECT_EQ(ready.exit_code, 0) << ready.err;
+  EXPECT_THAT(ready.out, HasSubstr("SERVING"));
+  absl::StatusOr<Result> r = client->TopKSoftmax("slow", query);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(r->labels[0], HasSubstr("label"));
+
+  client.reset();  // an open idle connection would make gRPC's shutdown wait for it
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0);
+  CommandResult gone = RunCommand({cli, "health", "--target", server.address, "--timeout-s", "2"});
+  EXPECT_NE(gone.exit_code, 0);
+}
+
+TEST(ServerStartupTest, ModelThatFailsToLoadStopsStartUpWithAClearMessage) {
+  TempDir dir;
+  WriteModel(dir.Sub("repo/good"), SmallModel(22));
+  WriteTextFile(dir.Sub("repo/bad/model.pbtxt"), "weights: \"weights.npy\"\nbogus_field: 1\n");
+  ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {}, false);
+  ASSERT_NE(server.process, nullptr);
+  EXPECT_EQ(server.process->Wait(), 1);
+  const std::string log = server.process->Stderr();
+  EXPECT_THAT(log, HasSubstr("bad"));
+  EXPECT_THAT(log, HasSubstr("bogus_field"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("serving on")));
+}
+
+// SIGTERM while requests wait in the queue (the batch timeout is far away): they are all
+// answered, and the process exits 0 long before the timeout would have fired.
+TEST(ServerShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
+  TempDir dir;
+  const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(23));
+  ServerProcess server = StartServerProcess(
+      dir.Sub("repo"), dir.Sub("cache"),
+      {"--batch_timeout_us=60000000", "--max_batch_size=64", "--shutdown_grace_s=30"});
+  ASSERT_FALSE(server.address.empty());
+  constexpr int kCalls = 6;
+  std::atomic<int> answered{0};
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCalls; ++i) {
+    callers.emplace_back([&, i] {
+      std::unique_ptr<Client> client = Connect(server.address);
+      absl::StatusOr<Result> r = client->TopKSoftmax("small", QueryRow(data.queries, i));
+      if (r.ok()) ++answered;
+    });
+  }
+  ASSERT_EQ(WaitForMetric(server.metrics_address, "adasoftmax_queue_size", {{"model", "small"}},
+                          kCalls),
+            kCalls);
+  const absl::Time signalled = absl::Now();
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
+  for (auto& t : callers) t.join();
+  EXPECT_EQ(answered, kCalls);
+  EXPECT_LT(absl::Now() - signalled, absl::Seconds(20));
+  EXPECT_THAT(server.process->Stderr(), HasSubstr("draining"));
+}
+
+}  // namespace
+}  // namespace adasoftmax::testing
