@@ -135,6 +135,11 @@ int main(int argc, char** argv) {
   ServerOptions options;
   options.model_repository = absl::GetFlag(FLAGS_model_repository);
   if (options.model_repository.empty()) options.model_repository = DefaultRepository();
+  {
+    std::error_code ec;
+    const fs::path absolute = fs::absolute(options.model_repository, ec);
+    if (!ec) options.model_repository = absolute.string();
+  }
   options.address = absl::GetFlag(FLAGS_address);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.threads = absl::GetFlag(FLAGS_threads);

@@ -368,6 +368,37 @@ TEST_F(ServerTest, DeadlineWhileQueuedIsDeadlineExceededAndTheWorkIsDropped) {
   EXPECT_THAT(metrics, HasSubstr("adasoftmax_samples_per_query_count{mode=\"adaptive\",model=\"small\"} 0"));
 }
 
+// A cancelled call leaves the queue at once (not at the batch timeout, a minute away) and is
+// never computed.
+TEST_F(ServerTest, CancelledCallIsDroppedWithoutComputing) {
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                         "weights: \"weights.npy\"\nbias: \"bias.npy\"\n"
+                         "batching { max_batch_size: 64 batch_timeout_us: 60000000 }\n");
+  StartAndLoad();
+  auto channel = client::MakeChannel(server_->address());
+  auto stub = v1::SoftmaxService::NewStub(*channel);
+  grpc::ClientContext context;
+  v1::TopKSoftmaxRequest request;
+  request.set_model("small");
+  request.set_k(1);
+  request.mutable_query()->Assign(Row(0).begin(), Row(0).end());
+  v1::TopKSoftmaxResponse response;
+  grpc::Status status;
+  std::thread call([&] { status = stub->TopKSoftmax(&context, request, &response); });
+  while (server_->service().queued("small") < 1) std::this_thread::yield();
+  context.TryCancel();
+  call.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  const absl::Time start = absl::Now();
+  while (server_->service().queued("small") > 0 && absl::Now() - start < absl::Seconds(10)) {
+    std::this_thread::yield();
+  }
+  EXPECT_EQ(server_->service().queued("small"), 0u);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_THAT(MetricsText(server_->registry()),
+              HasSubstr("adasoftmax_samples_per_query_count{mode=\"adaptive\",model=\"small\"} 0"));
+}
+
 TEST_F(ServerTest, ConcurrentCallersShareBatches) {
   StartAndLoad();
   std::vector<std::thread> callers;

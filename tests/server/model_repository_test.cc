@@ -1,0 +1,237 @@
+#include "server/model_repository.h"
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/calibration.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/server/test_util.h"
+
+namespace adasoftmax::server {
+namespace {
+
+using ::adasoftmax::testing::TempDir;
+using ::adasoftmax::testing::WriteModel;
+using ::adasoftmax::testing::WriteTextFile;
+using ::testing::HasSubstr;
+
+SynthOptions Tiny(uint64_t seed = 5) {
+  SynthOptions o;
+  o.n = 300;
+  o.d = 24;
+  o.queries = 4;
+  o.seed = seed;
+  o.bias = true;
+  return o;
+}
+
+class ModelRepositoryTest : public ::testing::Test {
+ protected:
+  RepositoryOptions Options() const {
+    RepositoryOptions o;
+    o.cache_dir = dir_.Sub("cache");
+    o.batching.max_batch_size = 7;
+    o.audit_fraction = 0.25;
+    return o;
+  }
+  absl::StatusOr<std::unique_ptr<ServedModel>> Load(const std::string& name) {
+    std::vector<std::string> log;
+    auto model = LoadModel(dir_.Sub("repo/" + name), Options(),
+                           [this](const std::string& line) { log_.push_back(line); });
+    return model;
+  }
+
+  TempDir dir_;
+  std::vector<std::string> log_;
+};
+
+TEST_F(ModelRepositoryTest, LoadsFilesLabelsAndDefaults) {
+  WriteModel(dir_.Sub("repo/m"), Tiny());
+  auto m = Load("m");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->name, "m");  // the folder's name
+  EXPECT_EQ((*m)->model->n(), 300u);
+  EXPECT_EQ((*m)->model->d(), 24u);
+  EXPECT_TRUE((*m)->model->has_bias());
+  ASSERT_EQ((*m)->labels.size(), 300u);
+  EXPECT_EQ((*m)->labels[299], "class299");
+  EXPECT_EQ((*m)->default_epsilon, 0.3);
+  EXPECT_EQ((*m)->default_delta, 0.01);
+  EXPECT_EQ((*m)->default_temperature, 1.0);
+  EXPECT_EQ((*m)->default_mode, v1::MODE_ADAPTIVE);
+  EXPECT_EQ((*m)->calibration_mode, "theory");
+  EXPECT_EQ((*m)->batching.max_batch_size, 7u);  // the server-wide setting
+  EXPECT_EQ((*m)->audit_fraction, 0.25);
+}
+
+TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
+  WriteModel(dir_.Sub("repo/m"), Tiny(),
+             "name: \"renamed\"\ndefault_epsilon: 0.1\ndefault_delta: 0.05\n"
+             "default_temperature: 2\ndefault_mode: MODE_EXACT\n"
+             "batching { max_batch_size: 3 batch_timeout_us: 250 max_queue_size: 9 }\n"
+             "audit_fraction: 0\nadaptive { normalizer_multiplier: 0.5 warmup_fraction: 0.2 }\n");
+  auto m = Load("m");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->name, "renamed");
+  EXPECT_EQ((*m)->default_epsilon, 0.1);
+  EXPECT_EQ((*m)->default_delta, 0.05);
+  EXPECT_EQ((*m)->default_temperature, 2.0);
+  EXPECT_EQ((*m)->default_mode, v1::MODE_EXACT);
+  EXPECT_EQ((*m)->batching.max_batch_size, 3u);
+  EXPECT_EQ((*m)->batching.batch_timeout, absl::Microseconds(250));
+  EXPECT_EQ((*m)->batching.max_queue_size, 9u);
+  EXPECT_EQ((*m)->audit_fraction, 0.0);
+  EXPECT_EQ((*m)->calibration_mode, "manual");
+  EXPECT_EQ((*m)->adaptive->options().normalizer_multiplier, 0.5);
+  EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 1.0);
+  EXPECT_EQ((*m)->adaptive->options().warmup_fraction, 0.2);
+}
+
+TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
+  Calibration cal;
+  cal.topk_multiplier = 0.03;
+  cal.normalizer_multiplier = 1e-4;
+  cal.epsilon = 0.25;
+  cal.delta = 0.02;
+  cal.calibration_queries = 500;
+  cal.holdout_queries = 200;
+  WriteModel(dir_.Sub("repo/m"), Tiny(), "calibration: \"calibration.json\"\n");
+  ASSERT_TRUE(WriteCalibration(dir_.Sub("repo/m/calibration.json"), cal).ok());
+  auto m = Load("m");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->calibration_mode, "calibrated");
+  EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.03);
+  EXPECT_EQ((*m)->adaptive->options().normalizer_multiplier, 1e-4);
+  EXPECT_EQ((*m)->default_epsilon, 0.25);
+  EXPECT_EQ((*m)->default_delta, 0.02);
+}
+
+TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
+  struct Case {
+    std::string config;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {"weights: \"weights.npy\"\nunknown_field: 3\n", "unknown_field"},
+      {"weights: \"weights.npy\"\ndefault_epsilon: 1.5\n", "default_epsilon"},
+      {"weights: \"weights.npy\"\ndefault_delta: 0\n", "default_delta"},
+      {"weights: \"weights.npy\"\ndefault_temperature: -1\n", "default_temperature"},
+      {"weights: \"weights.npy\"\nbatching { max_batch_size: 0 }\n", "max_batch_size"},
+      {"weights: \"weights.npy\"\naudit_fraction: 2\n", "audit_fraction"},
+      {"weights: \"weights.npy\"\nadaptive { topk_multiplier: -1 }\n", "adaptive"},
+      {"weights: \"missing.npy\"\n", "missing.npy"},
+      {"weights: \"weights.npy\"\nlabels: \"short.txt\"\n", "labels"},
+      {"weights: \"weights.npy\"\ncalibration: \"nope.json\"\n", "nope.json"},
+      {"", "exactly one of `weights` and `synthetic`"},
+      {"weights: \"weights.npy\"\nsynthetic { n: 10 d: 2 }\n", "exactly one"},
+      {"weights: \"weights.npy\"\nname: \"bad name!\"\n", "name"},
+  };
+  WriteModel(dir_.Sub("repo/m"), Tiny());
+  WriteTextFile(dir_.Sub("repo/m/short.txt"), "a\nb\n");
+  for (const Case& c : cases) {
+    WriteTextFile(dir_.Sub("repo/m/model.pbtxt"), c.config);
+    auto m = Load("m");
+    ASSERT_FALSE(m.ok()) << c.config;
+    EXPECT_THAT(m.status().message(), HasSubstr(c.expected)) << c.config;
+    EXPECT_THAT(m.status().message(), HasSubstr("repo/m")) << c.config;  // names the model
+  }
+}
+
+TEST_F(ModelRepositoryTest, RepositoryLoadsEveryModelInOrderAndRejectsDuplicates) {
+  WriteModel(dir_.Sub("repo/b"), Tiny(1));
+  WriteModel(dir_.Sub("repo/a"), Tiny(2));
+  std::filesystem::create_directories(dir_.Sub("repo/not-a-model"));
+  std::vector<std::string> loaded;
+  auto models = LoadRepository(dir_.Sub("repo"), Options(), {},
+                               [&](const ServedModel& m) { loaded.push_back(m.name); });
+  ASSERT_TRUE(models.ok()) << models.status();
+  EXPECT_EQ(loaded, (std::vector<std::string>{"a", "b"}));
+
+  WriteModel(dir_.Sub("repo/c"), Tiny(3), "name: \"a\"\n");
+  auto duplicate = LoadRepository(dir_.Sub("repo"), Options());
+  EXPECT_THAT(duplicate.status().message(), HasSubstr("already taken"));
+
+  EXPECT_EQ(LoadRepository(dir_.Sub("nowhere"), Options()).status().code(),
+            absl::StatusCode::kNotFound);
+  std::filesystem::create_directories(dir_.Sub("empty"));
+  EXPECT_EQ(LoadRepository(dir_.Sub("empty"), Options()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// A synthetic model is generated once, reloaded from the cache afterwards, and regenerated
+// (identically) when the cache is corrupt.
+TEST_F(ModelRepositoryTest, SyntheticModelIsCachedAndRegeneratedWhenCorrupt) {
+  WriteTextFile(dir_.Sub("repo/syn/model.pbtxt"),
+                "synthetic { n: 400 d: 32 seed: 9 queries: 5 bias: true }\n");
+  auto first = Load("syn");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_THAT((*first)->source, HasSubstr("generated"));
+  ASSERT_EQ(log_.size(), 1u);
+  EXPECT_THAT(log_[0], HasSubstr("generating"));
+  v1::SyntheticModel synthetic;
+  synthetic.set_n(400);
+  synthetic.set_d(32);
+  synthetic.set_seed(9);
+  synthetic.set_queries(5);
+  synthetic.set_bias(true);
+  const std::string cache = SyntheticCacheDir(Options().cache_dir, "syn", synthetic);
+  for (const char* file : {"weights.npy", "bias.npy", "queries.npy"}) {
+    EXPECT_TRUE(std::filesystem::exists(cache + "/" + file)) << file;
+  }
+
+  log_.clear();
+  auto second = Load("syn");
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_THAT((*second)->source, HasSubstr("cached"));
+  EXPECT_TRUE(log_.empty());
+  EXPECT_EQ((*second)->model->rows().at(17, 5), (*first)->model->rows().at(17, 5));
+  EXPECT_EQ((*second)->model->bias()[3], (*first)->model->bias()[3]);
+
+  std::filesystem::resize_file(cache + "/weights.npy", 100);  // truncated
+  auto third = Load("syn");
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_THAT((*third)->source, HasSubstr("generated"));
+  ASSERT_EQ(log_.size(), 1u);
+  EXPECT_THAT(log_[0], HasSubstr("generating"));
+  EXPECT_EQ((*third)->model->rows().at(17, 5), (*first)->model->rows().at(17, 5));
+
+  // Any change of the generator settings uses another cache folder.
+  synthetic.set_seed(10);
+  EXPECT_NE(SyntheticCacheDir(Options().cache_dir, "syn", synthetic), cache);
+}
+
+TEST_F(ModelRepositoryTest, ReadLabelsKeepsSpacesAndAcceptsCrLf) {
+  WriteTextFile(dir_.Sub("labels.txt"), "<blank>\r\na\n \nlast");
+  auto labels = ReadLabels(dir_.Sub("labels.txt"));
+  ASSERT_TRUE(labels.ok());
+  EXPECT_EQ(*labels, (std::vector<std::string>{"<blank>", "a", " ", "last"}));
+}
+
+// The shipped repository (run from the source tree): both configs parse, and the OCR head loads
+// through its relative paths, with its characters as labels.
+TEST(ShippedRepositoryTest, ConfigsParseAndTheOcrHeadLoads) {
+  for (const char* name : {"ocr", "lm"}) {
+    const std::string path = std::string("deploy/models/") + name + "/model.pbtxt";
+    auto config = ParseModelConfig(testing::ReadTextFile(path), path);
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->name(), name);
+  }
+  auto lm = ParseModelConfig(testing::ReadTextFile("deploy/models/lm/model.pbtxt"), "lm");
+  EXPECT_EQ(lm->synthetic().n(), 50257u);
+  EXPECT_EQ(lm->synthetic().d(), 768u);
+  EXPECT_TRUE(lm->synthetic().heavy_tailed());
+
+  auto ocr = LoadModel("deploy/models/ocr", RepositoryOptions());
+  ASSERT_TRUE(ocr.ok()) << ocr.status();
+  EXPECT_EQ((*ocr)->model->n(), 6625u);
+  EXPECT_EQ((*ocr)->model->d(), 120u);
+  EXPECT_TRUE((*ocr)->model->has_bias());
+  ASSERT_EQ((*ocr)->labels.size(), 6625u);
+  EXPECT_EQ((*ocr)->labels[0], "<blank>");
+  EXPECT_EQ((*ocr)->labels[6624], " ");
+}
+
+}  // namespace
+}  // namespace adasoftmax::server
