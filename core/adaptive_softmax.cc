@@ -323,7 +323,7 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
   const double eps = s.query->options.epsilon;
   const double log_arms = std::log(6.0 * n_ / s.delta_half);
   const double log_two = std::log(12.0 / s.delta_half);
-  std::vector<double>& low = s.target;  // holds est - C first, then the targets
+  std::vector<double>& low = s.target;  // est - C, then alpha, then the targets
   low.resize(n_);
   double shift = -std::numeric_limits<double>::infinity();
   for (uint32_t i = 0; i < n_; ++i) {
@@ -331,26 +331,32 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
     low[i] = Estimate(s, i) - std::sqrt(2 * var * log_arms);
     shift = std::max(shift, low[i]);
   }
+  // alpha_i = exp(low_i) and gamma_i = sqrt(alpha_i), both scaled by exp(-shift): the
+  // targets are invariant to that scale.
+  std::vector<double>& alpha = low;
   double sum_alpha = 0, sum_gamma = 0;
   for (uint32_t i = 0; i < n_; ++i) {
-    sum_alpha += std::exp(low[i] - shift);
-    sum_gamma += std::exp((low[i] - shift) / 2);
+    alpha[i] = std::exp(low[i] - shift);
+    sum_alpha += alpha[i];
+    sum_gamma += std::sqrt(alpha[i]);
   }
   const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
   const double c2 = 16 * log_two / (eps * eps);
   for (uint32_t i = 0; i < n_; ++i) {
-    const double alpha = std::exp(low[i] - shift);
-    const double gamma = std::exp((low[i] - shift) / 2);
-    const double v = std::min(sum_gamma / (c1 * gamma), sum_alpha / (c2 * alpha));
-    low[i] = v / options_.normalizer_multiplier;
+    const double v = std::min(sum_gamma / (c1 * std::sqrt(alpha[i])), sum_alpha / (c2 * alpha[i]));
+    s.target[i] = v / options_.normalizer_multiplier;
   }
 }
 
 TopKResult BatchSampler::Finish(QueryState& s) {
+  std::vector<double>& estimate = s.target;  // the targets are spent
   double max = -std::numeric_limits<double>::infinity();
-  for (uint32_t i = 0; i < n_; ++i) max = std::max(max, Estimate(s, i));
+  for (uint32_t i = 0; i < n_; ++i) {
+    estimate[i] = Estimate(s, i);
+    max = std::max(max, estimate[i]);
+  }
   double sum = 0;
-  for (uint32_t i = 0; i < n_; ++i) sum += std::exp(Estimate(s, i) - max);
+  for (uint32_t i = 0; i < n_; ++i) sum += std::exp(estimate[i] - max);
   TopKResult result;
   result.log_partition = max + std::log(sum);
   std::vector<std::pair<double, uint32_t>> ranked;
