@@ -70,11 +70,12 @@ class BatchSchedulerTest : public ::testing::Test {
   }
 
   FakeClock clock_;
-  std::unique_ptr<Scheduler> scheduler_ = *Scheduler::Create({.num_threads = 0}, &clock_);
   size_t queue_count_ = 0;
   std::vector<std::vector<int>> batches_;
   std::vector<size_t> batch_queues_;
   std::vector<std::pair<int, absl::StatusCode>> dropped_;
+  // Last: destroyed first, while the records its shutdown writes to still exist.
+  std::unique_ptr<Scheduler> scheduler_ = *Scheduler::Create({.num_threads = 0}, &clock_);
 };
 
 TEST_F(BatchSchedulerTest, BatchRunsWhenFull) {
