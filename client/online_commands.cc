@@ -174,6 +174,7 @@ int QueryCommand(int argc, char** argv) {
   std::string model, queries_path;
   std::vector<double> vector;
   bool as_json = false;
+  uint64_t limit = 0;
   FlagSet flags("query", "--model NAME (--vector V1,V2,... | --queries Q.npy) [flags]",
                 "Asks a running server for the top-k softmax of each query and prints the "
                 "classes (with their labels when the model has them), probabilities and samples "
@@ -182,6 +183,7 @@ int QueryCommand(int argc, char** argv) {
   flags.AddString("model", &model, "model name (see `adasoftmax models`)").Required();
   flags.AddDoubleList("vector", &vector, "one query, d comma-separated numbers");
   flags.AddString("queries", &queries_path, ".npy matrix with one query a row").Placeholder("PATH");
+  flags.AddUint64("limit", &limit, "answer only the first N rows of --queries (0: all)");
   AddRequestFlags(flags, &req);
   flags.AddBool("json", &as_json, "print one JSON object per query");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
@@ -203,7 +205,8 @@ int QueryCommand(int argc, char** argv) {
   }
   absl::StatusOr<Client> client = Connect(conn);
   if (!client.ok()) return flags.Error(client.status());
-  for (size_t q = 0; q < queries.rows(); ++q) {
+  const size_t rows = limit > 0 ? std::min<size_t>(limit, queries.rows()) : queries.rows();
+  for (size_t q = 0; q < rows; ++q) {
     absl::StatusOr<Result> result = client->TopKSoftmax(model, Row(queries, q), options);
     if (!result.ok()) return flags.Error(result.status());
     if (as_json) {

@@ -90,12 +90,6 @@ void InferenceService::TopKSoftmax(const v1::TopKSoftmaxRequest* request,
   task->done = std::move(done);
 
   const v1::Mode requested = request->mode();
-  if (!v1::Mode_IsValid(requested)) {
-    metrics_->CountUnknownModelRequest(MetricMode::kAdaptive, absl::StatusCode::kInvalidArgument);
-    task->done(absl::InvalidArgumentError(
-        absl::StrFormat("mode: %d is not a Mode value", static_cast<int>(requested))));
-    return;
-  }
   auto it = by_name_.find(request->model());
   if (it == by_name_.end()) {
     std::vector<std::string> names;
@@ -110,6 +104,11 @@ void InferenceService::TopKSoftmax(const v1::TopKSoftmaxRequest* request,
   Entry& entry = *it->second;
   const ServedModel& served = *entry.served;
   task->entry = &entry;
+  if (!v1::Mode_IsValid(requested)) {
+    Finish(*task, absl::InvalidArgumentError(
+                      absl::StrFormat("mode: %d is not a Mode value", static_cast<int>(requested))));
+    return;
+  }
   const v1::Mode mode = requested == v1::MODE_UNSPECIFIED ? served.default_mode : requested;
   task->mode = mode == v1::MODE_EXACT ? MetricMode::kExact : MetricMode::kAdaptive;
 

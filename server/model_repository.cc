@@ -128,10 +128,12 @@ absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::stri
 
 absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     const std::string& name, const v1::SyntheticModel& synthetic, const std::string& cache_dir,
-    const std::function<void(const std::string&)>& log, std::string* source) {
+    const std::function<void(const std::string&)>& log, std::string* source,
+    std::string* queries) {
   ASSIGN_OR_RETURN(const SynthOptions o, ToSynthOptions(synthetic));
   if (cache_dir.empty()) return absl::InvalidArgumentError("synthetic: no --cache_dir to cache it in");
   const std::string dir = SyntheticCacheDir(cache_dir, name, synthetic);
+  *queries = (fs::path(dir) / "queries.npy").string();
   absl::StatusOr<std::shared_ptr<const Model>> cached = ReadCachedSynthetic(dir, o);
   if (cached.ok()) {
     *source = absl::StrCat("synthetic, cached in ", dir);
@@ -157,6 +159,7 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
   } else {
     // Serving from memory is still correct; only the next start pays for generation again.
     *source = "synthetic, generated (not cached)";
+    queries->clear();
     if (log) log(absl::StrCat("model ", name, ": could not cache: ", written.message()));
   }
   return Model::Create(std::move(data.weights), std::move(data.bias));
@@ -185,12 +188,13 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   if (c.has_synthetic()) {
     if (!c.bias().empty()) return absl::InvalidArgumentError("bias: not allowed with `synthetic`");
     ASSIGN_OR_RETURN(served->model, LoadSynthetic(served->name, c.synthetic(), options.cache_dir,
-                                                  log, &served->source));
+                                                  log, &served->source, &served->sample_queries));
   } else {
     ModelFiles files{Resolve(dir, c.weights()), c.weights_tensor(), Resolve(dir, c.bias()),
                      c.bias_tensor()};
     ASSIGN_OR_RETURN(served->model, Model::Load(files));
     served->source = files.weights;
+    served->sample_queries = Resolve(dir, c.sample_queries());
   }
   if (!c.labels().empty()) {
     ASSIGN_OR_RETURN(served->labels, ReadLabels(Resolve(dir, c.labels())));

@@ -54,6 +54,8 @@ struct ServedModel {
   double audit_fraction = 0.01;
   // Where the weights came from, for the start-up log.
   std::string source;
+  // Sample queries (.npy) for the start-up hint; empty when there are none.
+  std::string sample_queries;
 };
 
 // Parses a model.pbtxt; errors name `path`, the line and the column.

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -122,11 +123,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Server::LoadModels() {
+  std::vector<std::string> hints;
   ASSIGN_OR_RETURN(
       std::vector<std::unique_ptr<ServedModel>> models,
       LoadRepository(options_.model_repository, options_.repository, log_,
-                     [this](const ServedModel& m) {
+                     [&](const ServedModel& m) {
                        if (log_) log_(DescribeModel(m));
+                       std::error_code ec;
+                       if (!m.sample_queries.empty() &&
+                           std::filesystem::exists(m.sample_queries, ec)) {
+                         hints.push_back(absl::StrFormat(
+                             "try: adasoftmax query --target %s --model %s --queries %s "
+                             "--limit 4 --k 3",
+                             address_, m.name, m.sample_queries));
+                       }
                      }));
   InferenceService::Options service_options;
   service_options.threads = options_.threads;
@@ -136,7 +146,10 @@ absl::Status Server::LoadModels() {
   grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
   health->SetServingStatus(kServiceName, true);
   health->SetServingStatus(true);
-  if (log_) log_(absl::StrCat("serving on ", address_));
+  if (log_) {
+    log_(absl::StrCat("serving on ", address_));
+    for (const std::string& hint : hints) log_(hint);
+  }
   return absl::OkStatus();
 }
 

@@ -103,7 +103,9 @@ TEST(PrometheusTest, ScrapesTheServerAndComputesTheMedianSamplesPerQuery) {
   traffic.join();
   EXPECT_TRUE(std::isfinite(median)) << "last answer: " << last << "\n" << prometheus->Stderr();
   EXPECT_GT(median, 0);
-  EXPECT_LE(median, 2000.0 * 64.0 * 1.0001);
+  // histogram_quantile interpolates inside a bucket: at most the upper bound (178000) of the
+  // bucket holding n * d = 128000.
+  EXPECT_LE(median, 178000);
 
   CommandResult up = RunCommand({"curl", "-sS", "-G", api, "--data-urlencode",
                                  "query=up{job=\"adasoftmax\"}"});
