@@ -179,8 +179,9 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
     }
     entry.metrics->ObserveQuery(task.mode, r.samples, r.sample_fraction);
 
-    // Copy what the audit needs before `done` releases the request.
-    if (adaptive && auditor_.Sample(served.audit_fraction)) {
+    // Copy what the audit needs before `done` releases the request. A caller that went away
+    // costs no further compute.
+    if (adaptive && !task.cancelled() && auditor_.Sample(served.audit_fraction)) {
       AuditJob job;
       job.model = served.model;
       job.metrics = entry.metrics;

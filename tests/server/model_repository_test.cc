@@ -202,6 +202,29 @@ TEST_F(ModelRepositoryTest, SyntheticModelIsCachedAndRegeneratedWhenCorrupt) {
   EXPECT_NE(SyntheticCacheDir(Options().cache_dir, "syn", synthetic), cache);
 }
 
+TEST_F(ModelRepositoryTest, LoadsSafetensorsByTensorName) {
+  const SynthData data = WriteModel(dir_.Sub("repo/st"), Tiny(6));
+  Matrix bias_row = Matrix::Owned(1, data.bias.size(), Layout::kRowMajor);
+  std::copy(data.bias.begin(), data.bias.end(), bias_row.mutable_data());
+  ASSERT_TRUE(WriteSafetensors(dir_.Sub("repo/st/head.safetensors"),
+                               {{"other", &data.queries},
+                                {"lm_head.weight", &data.weights},
+                                {"lm_head.bias", &bias_row}})
+                  .ok());
+  WriteTextFile(dir_.Sub("repo/st/model.pbtxt"),
+                "weights: \"head.safetensors\"\nweights_tensor: \"lm_head.weight\"\n"
+                "bias: \"head.safetensors\"\nbias_tensor: \"lm_head.bias\"\n");
+  auto m = Load("st");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->model->n(), 300u);
+  EXPECT_EQ((*m)->model->rows().at(7, 3), data.weights.at(7, 3));
+  EXPECT_EQ((*m)->model->bias()[9], data.bias[9]);
+
+  WriteTextFile(dir_.Sub("repo/st/model.pbtxt"),
+                "weights: \"head.safetensors\"\nweights_tensor: \"missing\"\n");
+  EXPECT_THAT(Load("st").status().message(), HasSubstr("missing"));
+}
+
 TEST_F(ModelRepositoryTest, ReadLabelsKeepsSpacesAndAcceptsCrLf) {
   WriteTextFile(dir_.Sub("labels.txt"), "<blank>\r\na\n \nlast");
   auto labels = ReadLabels(dir_.Sub("labels.txt"));
