@@ -90,15 +90,13 @@ void InferenceService::TopKSoftmax(const v1::TopKSoftmaxRequest* request,
   task->done = std::move(done);
 
   const v1::Mode requested = request->mode();
+  if (requested == v1::MODE_EXACT) task->mode = MetricMode::kExact;
   auto it = by_name_.find(request->model());
   if (it == by_name_.end()) {
     std::vector<std::string> names;
     for (const auto& e : entries_) names.push_back(e->served->name);
-    const MetricMode mode =
-        requested == v1::MODE_EXACT ? MetricMode::kExact : MetricMode::kAdaptive;
-    metrics_->CountUnknownModelRequest(mode, absl::StatusCode::kNotFound);
-    task->done(absl::NotFoundError(absl::StrFormat("model: '%s' is not served (models: %s)",
-                                                   request->model(), absl::StrJoin(names, ", "))));
+    Finish(*task, absl::NotFoundError(absl::StrFormat("model: '%s' is not served (models: %s)",
+                                                      request->model(), absl::StrJoin(names, ", "))));
     return;
   }
   Entry& entry = *it->second;
@@ -201,6 +199,8 @@ void InferenceService::Finish(Task& task, absl::Status status) {
     ModelMetrics& m = *task.entry->metrics;
     m.CountRequest(task.mode, status.code());
     m.ObserveRequestDuration(task.mode, clock_->Now() - task.arrival);
+  } else {
+    metrics_->CountUnknownModelRequest(task.mode, status.code());
   }
   task.done(std::move(status));
 }
