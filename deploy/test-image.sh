@@ -354,6 +354,22 @@ for model in ocr lm; do
 done
 log "/metrics: $(grep -c '^adasoftmax_' <<<"$metrics") adasoftmax samples; OK requests counted for ocr and lm"
 
+# The memory the Kubernetes manifests give the server holds the default repository.
+rss_kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$server_pid/status")
+limit_bytes=$(/usr/bin/python3 -c '
+import sys, yaml
+units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "Deployment":
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if c["name"] == "adasoftmax":
+                q = str(c["resources"]["limits"]["memory"])
+                print(int(float(q[:-2]) * units[q[-2:]]) if q[-2:] in units else int(q))
+' "$repo/deploy/k8s/standalone.yaml")
+[ $(( rss_kib * 1024 )) -lt "$limit_bytes" ] \
+  || die "server RSS $(( rss_kib / 1024 )) MiB exceeds the manifests' memory limit $(( limit_bytes / 1048576 )) MiB"
+log "server RSS $(( rss_kib / 1024 )) MiB, within the manifests' memory limit of $(( limit_bytes / 1048576 )) MiB"
+
 # ---------------------------------------------------------------------------------------------
 # 4. Stop (SIGTERM drains and exits 0) and clean up.
 kill -TERM "$server_pid"
