@@ -129,20 +129,6 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {
   return labels;
 }
 
-absl::StatusOr<Matrix> ReadQueries(const std::string& path) {
-  absl::StatusOr<LoadedMatrix> loaded = ReadMatrix(path);
-  if (!loaded.ok()) {
-    // A single query may be stored as a vector.
-    absl::StatusOr<std::vector<float>> vector = ReadVector(path);
-    if (!vector.ok()) return loaded.status();
-    Matrix m = Matrix::Owned(1, vector->size(), Layout::kRowMajor);
-    std::copy(vector->begin(), vector->end(), m.mutable_data());
-    return m;
-  }
-  if (loaded->matrix.layout() == Layout::kRowMajor) return std::move(loaded->matrix);
-  return loaded->matrix.Copy(Layout::kRowMajor);
-}
-
 // Checks flag combinations that need no file; returns an exit code on a usage error.
 std::optional<int> CheckMultiplierFlags(const FlagSet& flags) {
   if (flags.Seen("multipliers") && flags.Seen("calibration")) {

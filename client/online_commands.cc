@@ -116,19 +116,6 @@ std::string_view ModeName(v1::Mode mode) {
   }
 }
 
-absl::StatusOr<Matrix> ReadQueryRows(const std::string& path) {
-  absl::StatusOr<LoadedMatrix> loaded = ReadMatrix(path);
-  if (!loaded.ok()) {
-    absl::StatusOr<std::vector<float>> vector = ReadVector(path);
-    if (!vector.ok()) return loaded.status();
-    Matrix m = Matrix::Owned(1, vector->size(), Layout::kRowMajor);
-    std::copy(vector->begin(), vector->end(), m.mutable_data());
-    return m;
-  }
-  if (loaded->matrix.layout() == Layout::kRowMajor) return std::move(loaded->matrix);
-  return loaded->matrix.Copy(Layout::kRowMajor);
-}
-
 absl::Span<const float> Row(const Matrix& m, size_t r) {
   return absl::MakeConstSpan(m.data() + r * m.cols(), m.cols());
 }
@@ -199,7 +186,7 @@ int QueryCommand(int argc, char** argv) {
     queries = Matrix::Owned(1, vector.size(), Layout::kRowMajor);
     std::copy(vector.begin(), vector.end(), queries.mutable_data());
   } else {
-    absl::StatusOr<Matrix> read = ReadQueryRows(queries_path);
+    absl::StatusOr<Matrix> read = ReadQueries(queries_path);
     if (!read.ok()) return flags.Error(read.status());
     queries = *std::move(read);
   }
@@ -306,7 +293,7 @@ int LoadgenCommand(int argc, char** argv) {
   TopKOptions options;
   if (std::optional<int> code = ToTopKOptions(flags, req, &options)) return *code;
   options.timeout = Timeout(conn);
-  absl::StatusOr<Matrix> queries = ReadQueryRows(queries_path);
+  absl::StatusOr<Matrix> queries = ReadQueries(queries_path);
   if (!queries.ok()) return flags.Error(queries.status());
   absl::StatusOr<Client> client = Connect(conn);
   if (!client.ok()) return flags.Error(client.status());

@@ -709,4 +709,17 @@ absl::Status WriteSafetensors(const std::string& path,
   return WriteFile(path, parts);
 }
 
+absl::StatusOr<Matrix> ReadQueries(const std::string& path) {
+  absl::StatusOr<LoadedMatrix> loaded = ReadMatrix(path);
+  if (!loaded.ok()) {
+    absl::StatusOr<std::vector<float>> vector = ReadVector(path);
+    if (!vector.ok()) return loaded.status();
+    Matrix m = Matrix::Owned(1, vector->size(), Layout::kRowMajor);
+    std::copy(vector->begin(), vector->end(), m.mutable_data());
+    return m;
+  }
+  if (loaded->matrix.layout() == Layout::kRowMajor) return std::move(loaded->matrix);
+  return loaded->matrix.Copy(Layout::kRowMajor);
+}
+
 }  // namespace adasoftmax

@@ -40,6 +40,10 @@ absl::StatusOr<LoadedMatrix> ReadMatrix(const std::string& path, std::string_vie
 absl::StatusOr<std::vector<float>> ReadVector(const std::string& path,
                                               std::string_view tensor = "");
 
+// Reads queries for the solvers: a rank-2 tensor with one query a row (returned row-major), or
+// a rank-1 tensor as a single query.
+absl::StatusOr<Matrix> ReadQueries(const std::string& path);
+
 // Writes float32 .npy (version 1.0, header padded to 64 bytes); a column-major matrix is
 // written with fortran_order True.
 absl::Status WriteNpy(const std::string& path, const Matrix& m);
