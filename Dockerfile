@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # adasoftmax: gRPC top-k softmax inference server, scraped by Prometheus.
 #
 #   docker build -t adasoftmax .

@@ -308,6 +308,13 @@ done
 t_ready=$(( $(now) - t0 ))
 log "health: SERVING after ${t_ready}s"
 
+# The image's own HEALTHCHECK command, run inside the container as Docker would run it.
+mapfile -t hc < <(image_config Healthcheck)
+[ "${hc[0]:-}" = CMD-SHELL ] || die "unexpected HEALTHCHECK form: ${hc[*]}"
+buildah run --isolation chroot --network host --env "ADASOFTMAX_ADDRESS=127.0.0.1:$grpc_port" \
+  "$ctr" -- /bin/sh -c "${hc[1]}" || die "the image's HEALTHCHECK fails against a SERVING server"
+log "the image's HEALTHCHECK passes"
+
 for p in $(descendants "$run_pid"); do
   if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = "adasoftmax-serv" ]; then server_pid=$p; fi
 done
