@@ -233,7 +233,7 @@ for target in build ""; do
 done
 t_build=$(( $(now) - t0 ))
 cached=$(grep -c -- '--> Using cache' "$build_log" || true)
-log "image built in ${t_build}s ($cached steps from the layer cache; log: $build_log)"
+log "image built in ${t_build}s ($cached steps from the layer cache)"
 current=$(image_ids)
 for id in $previous; do
   grep -qx "$id" <<<"$current" || buildah rmi "$id" >/dev/null 2>&1 || true
@@ -397,6 +397,7 @@ rm -f "$marker"
 buildah rm "$ctr" >/dev/null
 ctr=""
 
+rm -f "$build_log" "$server_log"
 size=$(buildah images --format '{{.Size}}' --filter "reference=$image" | head -n 1)
 log "PASS: image $image, size $size; base ${t_base}s, build ${t_build}s, ready ${t_ready}s, total $(( $(now) - t_start ))s"
 echo "image-test: 1 passed, 0 failed"
