@@ -16,8 +16,7 @@ namespace {
 using ::testing::HasSubstr;
 
 testing::ModelAndQueries HeavyHead() {
-  return testing::SynthHead(
-      {.n = 4000, .d = 256, .queries = 20, .seed = 3, .heavy_tailed = true});
+  return testing::SynthHead({.n = 4000, .d = 256, .queries = 20, .seed = 3, .heavy_tailed = true});
 }
 
 bool SameBits(const TopKResult& a, const TopKResult& b) {
@@ -64,7 +63,7 @@ TEST(AdaptiveSoftmaxTest, ReadsLessThanTheMatrixAndCountsExactWinnerRows) {
   }
 }
 
-TEST(AdaptiveSoftmaxTest, ElimnationKeepsTheBestArm) {
+TEST(AdaptiveSoftmaxTest, EliminationKeepsTheBestArm) {
   testing::ModelAndQueries head = testing::OcrHead();
   const AdaptiveSoftmax adaptive(head.model);
   const ExactSoftmax exact(head.model);

@@ -73,7 +73,8 @@ TEST(ValidateQueryTest, EachInvalidInputGetsItsOwnError) {
   EXPECT_THAT(error(absl::MakeConstSpan(x).subspan(1), {}).message(),
               HasSubstr("query: has 119 entries but the model has d = 120"));
   EXPECT_THAT(error(x, {.k = 0}).message(), HasSubstr("k: is 0"));
-  EXPECT_THAT(error(x, {.k = 6626}).message(), HasSubstr("k: is 6626 but must be in [1, n = 6625]"));
+  EXPECT_THAT(error(x, {.k = 6626}).message(),
+              HasSubstr("k: is 6626 but must be in [1, n = 6625]"));
   EXPECT_THAT(error(x, {.epsilon = 0}).message(), HasSubstr("epsilon"));
   EXPECT_THAT(error(x, {.epsilon = 1}).message(), HasSubstr("epsilon"));
   EXPECT_THAT(error(x, {.delta = 0}).message(), HasSubstr("delta"));

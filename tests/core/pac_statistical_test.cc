@@ -20,9 +20,9 @@ namespace {
 int BinomialMargin(int trials, double delta) {
   double tail = 1;  // P(X > c - 1) = P(X >= c)
   for (int c = 0; c <= trials; ++c) {
-    const double pmf = std::exp(std::lgamma(trials + 1.0) - std::lgamma(c + 1.0) -
-                                std::lgamma(trials - c + 1.0) + c * std::log(delta) +
-                                (trials - c) * std::log1p(-delta));
+    const double pmf =
+        std::exp(std::lgamma(trials + 1.0) - std::lgamma(c + 1.0) - std::lgamma(trials - c + 1.0) +
+                 c * std::log(delta) + (trials - c) * std::log1p(-delta));
     tail -= pmf;  // now P(X > c)
     if (tail < 1e-4) return c;
   }
@@ -40,9 +40,12 @@ std::vector<Workload>& Workloads() {
     w->push_back({"ocr_with_bias", testing::OcrHead()});
     w->push_back(
         {"dense_gaussian", testing::SynthHead({.n = 6000, .d = 192, .queries = 100, .seed = 21})});
-    w->push_back({"heavy_tailed",
-                  testing::SynthHead({.n = 6000, .d = 192, .queries = 100, .seed = 22,
-                                      .heavy_tailed = true, .column_scale_spread = 0.5})});
+    w->push_back({"heavy_tailed", testing::SynthHead({.n = 6000,
+                                                      .d = 192,
+                                                      .queries = 100,
+                                                      .seed = 22,
+                                                      .heavy_tailed = true,
+                                                      .column_scale_spread = 0.5})});
     return w;
   }();
   return *workloads;
@@ -67,11 +70,12 @@ TEST_P(TheoryModePacTest, FailureRateStaysBelowDeltaPlusBinomialMargin) {
     for (int q = 0; q < queries; ++q) {
       // OCR: spread the 100 queries over all 64 text lines.
       const size_t row = w.name == "ocr_with_bias" ? (q * 25) % w.head.queries.rows() : q;
-      const Query query{w.head.query(row), {.k = setting.k, .epsilon = setting.epsilon,
-                                            .delta = setting.delta, .seed = 1000u + q}};
+      const Query query{
+          w.head.query(row),
+          {.k = setting.k, .epsilon = setting.epsilon, .delta = setting.delta, .seed = 1000u + q}};
       const TopKResult r = *adaptive.Answer(query);
-      failures += !MeetsPac(r, ComputeReference(*w.head.model, query.x, 1.0), setting.k,
-                            setting.epsilon);
+      failures +=
+          !MeetsPac(r, ComputeReference(*w.head.model, query.x, 1.0), setting.k, setting.epsilon);
       fraction += r.sample_fraction / queries;
     }
     EXPECT_LE(failures, BinomialMargin(queries, setting.delta))
@@ -101,8 +105,8 @@ TEST(BinomialMarginTest, MatchesKnownQuantiles) {
 
 // Calibration on one split, verification on a disjoint held-out split never seen by it.
 TEST(CalibratedModePacTest, CalibratedMultipliersHoldDeltaOnHeldOutQueries) {
-  testing::ModelAndQueries head = testing::SynthHead(
-      {.n = 3000, .d = 128, .queries = 900, .seed = 31, .heavy_tailed = true});
+  testing::ModelAndQueries head =
+      testing::SynthHead({.n = 3000, .d = 128, .queries = 900, .seed = 31, .heavy_tailed = true});
   const QueryOptions options{.k = 1, .epsilon = 0.3, .delta = 0.05};
   // The first 600 queries calibrate (Calibrate keeps its own 30% hold-out of them).
   Matrix calibration_set = Matrix::Owned(600, head.queries.cols(), Layout::kRowMajor);
@@ -113,9 +117,9 @@ TEST(CalibratedModePacTest, CalibratedMultipliersHoldDeltaOnHeldOutQueries) {
   ASSERT_TRUE(calibration.ok()) << calibration.status();
   EXPECT_LE(calibration->failure_bound, options.delta);
 
-  const AdaptiveSoftmax calibrated(
-      head.model, {.topk_multiplier = calibration->topk_multiplier,
-                   .normalizer_multiplier = calibration->normalizer_multiplier});
+  const AdaptiveSoftmax calibrated(head.model,
+                                   {.topk_multiplier = calibration->topk_multiplier,
+                                    .normalizer_multiplier = calibration->normalizer_multiplier});
   const AdaptiveSoftmax theory(head.model);
   int failures = 0;
   double calibrated_samples = 0, theory_samples = 0;

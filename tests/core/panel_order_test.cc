@@ -13,7 +13,11 @@ using testing::SynthHead;
 
 // A small head whose columns differ in scale, so importance weights matter.
 testing::ModelAndQueries SmallHead() {
-  return SynthHead({.n = 300, .d = 40, .queries = 4, .seed = 7, .heavy_tailed = true,
+  return SynthHead({.n = 300,
+                    .d = 40,
+                    .queries = 4,
+                    .seed = 7,
+                    .heavy_tailed = true,
                     .column_scale_spread = 1.0});
 }
 
