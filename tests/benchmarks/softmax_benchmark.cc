@@ -1,0 +1,102 @@
+// Microbenchmarks of the sampler's kernels and of exact vs adaptive top-k softmax end to end.
+//   build/bin/adasoftmax_benchmarks --benchmark_filter=EndToEnd
+
+#include <memory>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "core/adaptive_softmax.h"
+#include "core/exact_softmax.h"
+#include "core/panel_kernels.h"
+#include "core/synth.h"
+
+namespace adasoftmax {
+namespace {
+
+std::vector<float> RandomFloats(size_t count, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<float> v(count);
+  for (float& x : v) x = static_cast<float>(static_cast<double>(rng() >> 11) * 0x1.0p-53 - 0.5);
+  return v;
+}
+
+// A dense sweep: consecutive arms' slices of one panel.
+void BM_SweepPanel(benchmark::State& state) {
+  const size_t arms = state.range(0);
+  const std::vector<float> slices = RandomFloats(arms * kLanes, 1);
+  const std::vector<float> x = RandomFloats(kLanes, 2);
+  std::vector<float> partial(arms), partial_sq(arms);
+  for (auto _ : state) {
+    SweepPanel(slices.data(), x.data(), arms, partial.data(), partial_sq.data());
+    benchmark::DoNotOptimize(partial.data());
+  }
+  state.SetBytesProcessed(state.iterations() * arms * kLanes * sizeof(float));
+}
+BENCHMARK(BM_SweepPanel)->Arg(2048)->Arg(1 << 16);
+
+// Single-arm gathers of 32 random panels from a 50257 x 768 column-major matrix.
+void BM_GatherArm(benchmark::State& state) {
+  const size_t n = 50257, panels = 768;
+  const std::vector<float> matrix = RandomFloats(n * panels * kLanes, 3);
+  std::vector<uint32_t> ids(32);
+  std::mt19937_64 rng(4);
+  for (uint32_t& id : ids) id = rng() % panels;
+  const std::vector<float> xs = RandomFloats(ids.size() * kLanes, 5);
+  size_t arm = 0;
+  for (auto _ : state) {
+    arm = (arm * 7919 + 1) % n;
+    benchmark::DoNotOptimize(GatherArm(matrix.data(), n * kLanes, ids.data(), xs.data(),
+                                       ids.size(), arm * kLanes));
+  }
+  state.SetItemsProcessed(state.iterations() * ids.size());
+}
+BENCHMARK(BM_GatherArm);
+
+struct Workload {
+  std::shared_ptr<const Model> model;
+  Matrix queries;
+};
+
+const Workload& HeavyTailedHead() {
+  static const Workload* w = [] {
+    SynthData data = *Synthesize({.n = 50257, .d = 768, .queries = 64, .seed = 12,
+                                  .heavy_tailed = true});
+    auto model = *Model::Create(std::move(data.weights), {});
+    return new Workload{model, std::move(data.queries)};
+  }();
+  return *w;
+}
+
+// End to end on a 50257 x 768 heavy-tailed head; adaptive with the given multipliers (x1000).
+void BM_EndToEnd(benchmark::State& state, bool adaptive) {
+  const Workload& w = HeavyTailedHead();
+  std::unique_ptr<TopKSoftmax> softmax;
+  if (adaptive) {
+    softmax = std::make_unique<AdaptiveSoftmax>(
+        w.model, AdaptiveOptions{.topk_multiplier = state.range(0) / 1000.0,
+                                 .normalizer_multiplier = state.range(1) / 1e6});
+  } else {
+    softmax = std::make_unique<ExactSoftmax>(w.model);
+  }
+  const size_t d = w.queries.cols();
+  size_t q = 0;
+  double samples = 0;
+  for (auto _ : state) {
+    const Query query{absl::MakeConstSpan(w.queries.data() + (q % w.queries.rows()) * d, d),
+                      {.seed = q + 1}};
+    samples += softmax->Run({&query, 1})[0].sample_fraction;
+    ++q;
+  }
+  state.counters["fraction"] = samples / static_cast<double>(q);
+}
+BENCHMARK_CAPTURE(BM_EndToEnd, exact, false)->Args({0, 0})->Unit(benchmark::kMillisecond);
+// Theory mode (1, 1) and the calibrated multipliers of deploy/benchmark.sh (0.3, 1e-5).
+BENCHMARK_CAPTURE(BM_EndToEnd, adaptive, true)
+    ->Args({1000, 1000000})
+    ->Args({300, 10})
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace adasoftmax
