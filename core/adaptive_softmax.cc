@@ -49,6 +49,7 @@ struct QueryState {
   std::vector<double> target;  // per-arm variance target of the normaliser
   double elimination_target = 0;
   bool searching = true;
+  bool stopped = false;  // Query::stop fired: no further work, an empty result
   uint64_t samples = 0;
   // Scratch reused across levels.
   std::vector<std::vector<uint32_t>> pending;  // arms waiting at each level
@@ -96,6 +97,11 @@ class BatchSampler {
   }
 
   void InitState(const Query& query, QueryState& s);
+  // Polls Query::stop; true once the query was stopped.
+  static bool Stopped(QueryState& s) {
+    if (!s.stopped && s.query->stop && s.query->stop()) s.stopped = true;
+    return s.stopped;
+  }
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullLevel(int level, absl::Span<const PullJob> jobs);
   void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count, uint32_t chunk_begin,
@@ -129,6 +135,7 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.survivors.clear();
   s.winners.clear();
   s.searching = true;
+  s.stopped = false;
   s.pending.resize(order_.levels());
   for (std::vector<uint32_t>& p : s.pending) p.clear();
   s.entries_prefix.resize(order_.levels());
@@ -349,6 +356,12 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
 }
 
 TopKResult BatchSampler::Finish(QueryState& s) {
+  if (s.stopped) {
+    TopKResult stopped;
+    stopped.samples = s.samples;
+    stopped.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
+    return stopped;
+  }
   std::vector<double>& estimate = s.target;  // the targets are spent
   double max = -std::numeric_limits<double>::infinity();
   for (uint32_t i = 0; i < n_; ++i) {
@@ -397,6 +410,10 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   // largest survivor's and halves every round.
   for (QueryState& s : states) {
     s.survivors = all_arms_;
+    if (Stopped(s)) {
+      s.searching = false;
+      continue;
+    }
     Eliminate(s);
     double largest = 0;
     for (uint32_t i : s.survivors) largest = std::max(largest, Variance(s, i));
@@ -405,6 +422,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   for (;;) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
+      if (s.searching && Stopped(s)) s.searching = false;
       if (!s.searching) continue;
       jobs.push_back({&s, s.survivors, s.elimination_target, nullptr, order_.last_level()});
     }
@@ -419,6 +437,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   // 3. Exact winners. 4. Normaliser: pull every other arm to its own target.
   std::vector<PullJob> jobs;
   for (QueryState& s : states) {
+    if (Stopped(s)) continue;
     for (uint32_t i : s.winners) ComputeExact(s, i);
     SetNormalizerTargets(s);
     jobs.push_back({&s, all_arms_, 0, &s.target, order_.last_level()});

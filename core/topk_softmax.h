@@ -2,6 +2,7 @@
 #define ADASOFTMAX_CORE_TOPK_SOFTMAX_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -29,6 +30,10 @@ struct QueryOptions {
 struct Query {
   absl::Span<const float> x;  // length d
   QueryOptions options;
+  // Optional; polled between sampling rounds. Once it returns true (the caller went away or
+  // its deadline passed) the query stops using compute and its result has no indices. The
+  // other queries of the batch are unaffected. Must be callable from the solver's thread.
+  std::function<bool()> stop;
 };
 
 struct TopKResult {

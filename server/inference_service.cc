@@ -150,7 +150,13 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
   const ServedModel& served = *entry.served;
   std::vector<Query> queries;
   queries.reserve(group.size());
-  for (const auto& task : group) queries.push_back(task->query);
+  for (const auto& task : group) {
+    queries.push_back(task->query);
+    // A caller that went away or ran out of time stops consuming compute between rounds.
+    queries.back().stop = [this, t = task.get()] {
+      return t->cancelled() || clock_->Now() > t->deadline();
+    };
+  }
   const adasoftmax::TopKSoftmax& solver =
       adaptive ? static_cast<const adasoftmax::TopKSoftmax&>(*served.adaptive)
                : static_cast<const adasoftmax::TopKSoftmax&>(*served.exact);
@@ -179,7 +185,8 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
 
     // Copy what the audit needs before `done` releases the request. A caller that went away
     // costs no further compute.
-    if (adaptive && !task.cancelled() && auditor_.Sample(served.audit_fraction)) {
+    if (adaptive && !r.indices.empty() && !task.cancelled() &&
+        auditor_.Sample(served.audit_fraction)) {
       AuditJob job;
       job.model = served.model;
       job.metrics = entry.metrics;

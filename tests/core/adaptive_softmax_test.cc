@@ -147,6 +147,24 @@ TEST(AdaptiveSoftmaxTest, BatchSharesOneOrderAndKeepsEachQuerysGuarantee) {
   for (size_t q = 0; q < batch.size(); ++q) EXPECT_TRUE(SameBits(results[q], again[q]));
 }
 
+TEST(AdaptiveSoftmaxTest, AStoppedQueryStopsWorkingAndLeavesItsNeighboursAlone) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model);
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 6; ++q) batch.push_back({head.query(q), {.seed = 3}});
+  int polls = 0;
+  batch[2].stop = [&polls] { return ++polls > 1; };  // stops after the warm-up
+  const std::vector<TopKResult> results = adaptive.Run(batch);
+  EXPECT_TRUE(results[2].indices.empty());
+  EXPECT_GT(polls, 1);
+  batch[2].stop = nullptr;
+  const TopKResult finished = adaptive.Run({&batch[2], 1})[0];
+  EXPECT_LT(results[2].samples, finished.samples);
+  for (size_t q : {0u, 1u, 3u, 4u, 5u}) {
+    EXPECT_TRUE(MeetsPac(results[q], ComputeReference(*head.model, batch[q].x, 1.0), 1, 0.3)) << q;
+  }
+}
+
 TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),
