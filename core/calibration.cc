@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/pac.h"
+#include "core/random.h"
 #include "core/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -38,13 +39,6 @@ double LogBinomialCdf(size_t failures, size_t trials, double p) {
   double sum = 0;
   for (double t : terms) sum += std::exp(t - max);
   return max + std::log(sum);
-}
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
 }
 
 // The nonzero seed of query `row`, independent of grid point and thread count.

@@ -4,17 +4,11 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <random>
+
+#include "core/random.h"
 
 namespace adasoftmax {
 namespace {
-
-// Standard Gumbel variate from 53 random bits; std::*_distribution output is
-// implementation-defined, so seeded orders would not be reproducible across standard libraries.
-double Gumbel(std::mt19937_64& rng) {
-  const double u = (static_cast<double>(rng() >> 11) + 0.5) * 0x1.0p-53;  // in (0, 1)
-  return -std::log(-std::log(u));
-}
 
 constexpr size_t kFirstPrefix = std::max<size_t>(4, 16 / Model::kPanelWidth);
 constexpr double kGrowth = 1.5;
@@ -56,13 +50,13 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
     order.top_log_weight_ = std::max(order.top_log_weight_, log_weight[j]);
   const double log_ratio = std::log(kBinRatio);
 
-  std::mt19937_64 rng(seed);
+  Rng rng(seed);
   std::vector<double> key(panels);
   std::vector<uint8_t> bin_of(panels);
   for (uint32_t j : candidates) {
     const double steps = std::floor((order.top_log_weight_ - log_weight[j]) / log_ratio);
     bin_of[j] = static_cast<uint8_t>(std::min<double>(kBins - 1, steps));
-    key[j] = order.top_log_weight_ - bin_of[j] * log_ratio + Gumbel(rng);
+    key[j] = order.top_log_weight_ - bin_of[j] * log_ratio + rng.Gumbel();
   }
   std::sort(candidates.begin(), candidates.end(),
             [&](uint32_t a, uint32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });
