@@ -1,6 +1,7 @@
 // Offline subcommands: run, bench, calibrate, synth, demo. Each loads local files, answers
 // queries in-process and prints JSON (or, for demo, a table).
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -58,6 +59,7 @@ struct InputFlags {
   double temperature = 1;
   std::vector<double> multipliers;
   std::string calibration;
+  double sample_cost = kDefaultSampleCost;
   uint64_t seed = 0;
 };
 
@@ -98,6 +100,17 @@ void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
                  "calibration file (from `adasoftmax calibrate`) giving the multipliers; its "
                  "k, epsilon, delta and temperature are the defaults")
       .Placeholder("PATH");
+}
+
+void AddFallbackFlag(FlagSet& flags, InputFlags* f) {
+  flags
+      .AddDouble("sample-cost", &f->sample_cost,
+                 absl::StrCat("cost of a sampled entry in streamed exact entries; a query whose "
+                              "remaining sampling would cost more than the exact path is "
+                              "answered exactly (0: never; default ",
+                              kDefaultSampleCost, ")"))
+      .Min(0)
+      .Placeholder("C");
 }
 
 // What the inputs resolve to.
@@ -144,6 +157,7 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
   in.query.epsilon = f.epsilon;
   in.query.delta = f.delta;
   in.query.temperature = f.temperature;
+  in.adaptive.sample_cost = f.sample_cost;
   if (!f.multipliers.empty()) {
     in.adaptive.topk_multiplier = f.multipliers[0];
     in.adaptive.normalizer_multiplier = f.multipliers[1];
@@ -209,6 +223,13 @@ TopKResult TimedAnswer(const TopKSoftmax& solver, const Query& query, double* mi
   TopKResult result = std::move(solver.Run(absl::MakeConstSpan(&query, 1)).front());
   *micros = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
   return result;
+}
+
+// The process's peak resident memory so far.
+double PeakRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return 1024.0 * usage.ru_maxrss;  // kilobytes on Linux
 }
 
 // Nearest-rank percentile (q in (0, 1]) of a non-empty sample.
@@ -291,6 +312,7 @@ int Run(int argc, char** argv) {
   AddQueryFlags(flags, &f);
   flags.AddString("mode", &mode, "adaptive or exact").Placeholder("MODE");
   AddMultiplierFlags(flags, &f);
+  AddFallbackFlag(flags, &f);
   flags.AddUint64("seed", &f.seed, "query q samples with seed S + q (reproducible); 0: fresh")
       .Placeholder("S");
   flags.AddUint64("threads", &threads, "queries answered in parallel, each alone").Min(1);
@@ -343,11 +365,13 @@ int Run(int argc, char** argv) {
 // bench
 
 struct BenchStats {
-  std::vector<double> exact_us, adaptive_us, fractions;
+  std::vector<double> bare_us, exact_us, adaptive_us, fractions;
   size_t pac_failures = 0;
+  size_t exact_answers = 0;  // adaptive answers that fell back to (or ended as) exact ones
 };
 
-// Exact and adaptive interleaved per query, single-threaded, after `warmup` untimed queries.
+// The bare BLAS product, exact and adaptive interleaved per query, from one thread, after
+// `warmup` untimed queries.
 BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup, uint64_t seed,
                        const std::function<void(size_t, const TopKResult&, double,
                                                 const TopKResult&, double, bool)>& each = {}) {
@@ -361,9 +385,13 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
     TimedAnswer(adaptive, q, &ignored);
   }
   BenchStats s;
+  std::vector<float> products(in.model->n());
   for (size_t r = begin; r < end; ++r) {
     Query q{in.Row(r), in.query};
     q.options.seed = QuerySeed(seed, r);
+    const Clock::time_point start = Clock::now();
+    RawProducts(*in.model, absl::MakeConstSpan(&q, 1), absl::MakeSpan(products));
+    s.bare_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
     double exact_us, adaptive_us;
     const TopKResult e = TimedAnswer(exact, q, &exact_us);
     const TopKResult a = TimedAnswer(adaptive, q, &adaptive_us);
@@ -373,6 +401,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
     s.exact_us.push_back(exact_us);
     s.adaptive_us.push_back(adaptive_us);
     s.fractions.push_back(a.sample_fraction);
+    s.exact_answers += a.exact;
     if (each) each(r, e, exact_us, a, adaptive_us, pac);
   }
   return s;
@@ -388,6 +417,7 @@ int Bench(int argc, char** argv) {
   AddModelFlags(flags, &f);
   AddQueryFlags(flags, &f);
   AddMultiplierFlags(flags, &f);
+  AddFallbackFlag(flags, &f);
   flags.AddUint64("seed", &f.seed, "query q samples with seed S + q (reproducible); 0: fresh")
       .Placeholder("S");
   flags.AddUint64("warmup", &warmup, "untimed queries run first");
@@ -431,6 +461,20 @@ int Bench(int argc, char** argv) {
   j["median_sample_fraction"] = Median(s.fractions);
   j["pac_success_rate"] = static_cast<double>(count - s.pac_failures) / count;
   j["pac_failures"] = s.pac_failures;
+  j["sample_cost"] = in->adaptive.sample_cost;
+  j["exact_fallbacks"] = s.exact_answers;
+  // The exact path's overhead over the bare SGEMV, same thread count (OpenBLAS's).
+  const double bare_median = Median(s.bare_us) / 1000;
+  j["sgemv_median_ms"] = bare_median;
+  j["exact_over_sgemv"] = exact_median / bare_median;
+  // Bandwidth: weight bytes streamed by SGEMV, and bytes of A the adaptive path read.
+  const double weight_bytes = 4.0 * in->model->n() * in->model->d();
+  j["sgemv_read_gb_per_s"] = weight_bytes / (bare_median * 1e6);
+  j["adaptive_read_gb_per_s"] = weight_bytes * (fraction_sum / count) / (adaptive_median * 1e6);
+  j["weight_bytes"] = weight_bytes;
+  j["model_memory_bytes"] = in->model->memory_bytes();
+  j["peak_rss_bytes"] = PeakRssBytes();
+  j["peak_rss_over_weight_bytes"] = PeakRssBytes() / weight_bytes;
   std::printf("%s\n", j.dump(2).c_str());
   return 0;
 }
@@ -618,6 +662,7 @@ int Demo(int argc, char** argv) {
   f.labels = "tests/data/ppocrv4-rec/labels.txt";
   f.queries = "tests/data/ppocrv4-rec/queries.npy";
   f.seed = 1;
+  f.sample_cost = 0;  // the demo shows the sampler at work, never the exact fallback
   uint64_t shown = 8;
   FlagSet flags("demo", "[flags]",
                 "Answers real queries of the PaddleOCR PP-OCRv4 recognition head (6625 classes x "

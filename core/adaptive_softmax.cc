@@ -9,6 +9,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
+#include "core/exact_softmax.h"
 #include "core/huge_buffer.h"
 #include "core/panel_kernels.h"
 
@@ -57,6 +58,7 @@ struct QueryState {
   double elimination_target = 0;
   bool searching = true;
   bool stopped = false;  // Query::stop fired: no further work, an empty result
+  bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;
   // Scratch reused across levels.
   std::vector<std::vector<uint32_t>> pending;  // arms waiting at each level
@@ -81,7 +83,10 @@ class BatchSampler {
   BatchSampler(const Model& model, const PanelOrder& order, const AdaptiveOptions& options)
       : model_(model), order_(order), options_(options), n_(model.n()), d_(model.d()) {}
 
+  // Results of queries that fell back to the exact path are empty; see fallbacks().
   std::vector<TopKResult> Run(absl::Span<const Query> queries);
+  // Indices, in the last Run's batch, of the queries that fell back.
+  const std::vector<size_t>& fallbacks() const { return fallbacks_; }
 
  private:
   // Recomputes estimate[i] and variance[i] from the arm's bins.
@@ -121,6 +126,15 @@ class BatchSampler {
   void PullRows(QueryState& s, int level, const uint32_t* arms, size_t count);
   // Successive elimination step; clears `searching` once the top-k set is decided.
   void Eliminate(QueryState& s);
+  // Entries arm i is predicted to read until its variance is at most `target` or it reaches
+  // `max_level`, assuming the variance falls in proportion to the entries read.
+  double PredictedEntries(const QueryState& s, uint32_t i, double target, int max_level) const;
+  // Entries the surviving arms are predicted to read before elimination separates them from
+  // the k-th best estimate.
+  double PredictedSearchEntries(const QueryState& s) const;
+  // Sets s.fallback when sampling `entries` more is predicted to cost more than the exact
+  // path. Returns s.fallback.
+  bool FallBack(QueryState& s, double entries) const;
   void ComputeExact(QueryState& s, uint32_t i);
   void SetNormalizerTargets(QueryState& s);
   TopKResult Finish(QueryState& s);
@@ -131,6 +145,7 @@ class BatchSampler {
   const size_t n_;
   const size_t d_;
   std::vector<uint32_t> all_arms_;
+  std::vector<size_t> fallbacks_;
   // Per-chunk scratch of the dense sweep.
   std::vector<float> chunk_sum_ = std::vector<float>(kChunk);
   std::vector<float> chunk_sum_sq_ = std::vector<float>(kChunk);
@@ -155,6 +170,7 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.winners.clear();
   s.searching = true;
   s.stopped = false;
+  s.fallback = false;
   s.pending.resize(order_.levels());
   for (std::vector<uint32_t>& p : s.pending) p.clear();
   s.entries_prefix.resize(order_.levels());
@@ -333,6 +349,48 @@ void BatchSampler::Eliminate(QueryState& s) {
   }
 }
 
+double BatchSampler::PredictedEntries(const QueryState& s, uint32_t i, double target,
+                                      int max_level) const {
+  if (s.level[i] == kExactLevel || s.level[i] >= max_level) return 0;
+  const double read = static_cast<double>(s.entries_prefix[s.level[i]]);
+  const double cap = static_cast<double>(s.entries_prefix[max_level]);
+  const double needed = target > 0 ? read * s.variance[i] / target : cap;
+  return std::clamp(needed, read, cap) - read;
+}
+
+double BatchSampler::PredictedSearchEntries(const QueryState& s) const {
+  const uint32_t k = s.query->options.k;
+  if (s.survivors.size() <= k) return 0;
+  // The k-th and (k+1)-th best estimates: arms in the top k must clear the latter, the others
+  // the former.
+  std::vector<float> top(k + 1, -std::numeric_limits<float>::infinity());
+  for (uint32_t i : s.survivors) {
+    const float e = s.estimate[i];
+    if (e > top[k]) {
+      top[k] = e;
+      for (uint32_t r = k; r > 0 && top[r] > top[r - 1]; --r) std::swap(top[r], top[r - 1]);
+    }
+  }
+  // Separation when both radii sqrt(2 v m L) add up to the gap: v = gap^2 / (8 m L).
+  const double scale = 8 * options_.topk_multiplier *
+                       std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
+  double entries = 0;
+  for (uint32_t i : s.survivors) {
+    const double gap = s.estimate[i] >= top[k - 1] ? s.estimate[i] - top[k] : top[k - 1] - s.estimate[i];
+    entries += PredictedEntries(s, i, gap * gap / scale, order_.last_level());
+  }
+  return entries;
+}
+
+bool BatchSampler::FallBack(QueryState& s, double entries) const {
+  if (options_.sample_cost > 0 &&
+      options_.sample_cost * entries > static_cast<double>(n_) * static_cast<double>(d_)) {
+    s.fallback = true;
+    s.searching = false;
+  }
+  return s.fallback;
+}
+
 void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
   const float* row = model_.rows().data() + static_cast<size_t>(i) * d_;
   const absl::Span<const float> x = s.query->x;
@@ -377,7 +435,7 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
 }
 
 TopKResult BatchSampler::Finish(QueryState& s) {
-  if (s.stopped) {
+  if (s.stopped || s.fallback) {
     TopKResult stopped;
     stopped.samples = s.samples;
     stopped.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
@@ -413,13 +471,20 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
 
-  // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget.
-  {
-    std::vector<PullJob> jobs;
+  // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget. The
+  // first level tells whether the rest is predicted to cost more than the exact path.
+  for (const int first : {1, 0}) {
     const int budget = order_.LevelForFraction(options_.warmup_fraction);
+    std::vector<PullJob> jobs;
     for (QueryState& s : states) {
-      const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      jobs.push_back({&s, all_arms_, v0 / options_.normalizer_multiplier, nullptr, budget});
+      const double target =
+          1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half)) / options_.normalizer_multiplier;
+      if (!first && options_.sample_cost > 0) {
+        double entries = 0;
+        for (uint32_t i = 0; i < n_; ++i) entries += PredictedEntries(s, i, target, budget);
+        if (FallBack(s, entries)) continue;
+      }
+      jobs.push_back({&s, all_arms_, target, nullptr, first ? std::min(1, budget) : budget});
     }
     PullUntil(jobs);
   }
@@ -427,12 +492,14 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   // 2. Top-k search by successive elimination: the target variance starts at a quarter of the
   // largest survivor's and halves every round.
   for (QueryState& s : states) {
+    if (s.fallback) continue;
     s.survivors = all_arms_;
     if (Stopped(s)) {
       s.searching = false;
       continue;
     }
     Eliminate(s);
+    if (s.searching && options_.sample_cost > 0 && FallBack(s, PredictedSearchEntries(s))) continue;
     double largest = 0;
     for (uint32_t i : s.survivors) largest = std::max<double>(largest, s.variance[i]);
     s.elimination_target = largest / 4;
@@ -447,24 +514,37 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     if (jobs.empty()) break;
     PullUntil(jobs);
     for (const PullJob& job : jobs) {
-      Eliminate(*job.state);
-      job.state->elimination_target /= 2;
+      QueryState& s = *job.state;
+      Eliminate(s);
+      s.elimination_target /= 2;
+      if (s.searching && options_.sample_cost > 0) FallBack(s, PredictedSearchEntries(s));
     }
   }
 
   // 3. Exact winners. 4. Normaliser: pull every other arm to its own target.
   std::vector<PullJob> jobs;
   for (QueryState& s : states) {
-    if (Stopped(s)) continue;
+    if (s.fallback || Stopped(s)) continue;
     for (uint32_t i : s.winners) ComputeExact(s, i);
     SetNormalizerTargets(s);
+    if (options_.sample_cost > 0) {
+      double entries = 0;
+      for (uint32_t i = 0; i < n_; ++i) {
+        entries += PredictedEntries(s, i, s.target[i], order_.last_level());
+      }
+      if (FallBack(s, entries)) continue;
+    }
     jobs.push_back({&s, all_arms_, 0, &s.target, order_.last_level()});
   }
   PullUntil(jobs);
 
   std::vector<TopKResult> results;
   results.reserve(states.size());
-  for (QueryState& s : states) results.push_back(Finish(s));
+  fallbacks_.clear();
+  for (size_t q = 0; q < states.size(); ++q) {
+    if (states[q].fallback && !Stopped(states[q])) fallbacks_.push_back(q);
+    results.push_back(Finish(states[q]));
+  }
   return results;
 }
 
@@ -479,6 +559,10 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
   if (!positive(options.normalizer_multiplier)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "normalizer_multiplier: is %g but must be finite and > 0", options.normalizer_multiplier));
+  }
+  if (!(std::isfinite(options.sample_cost) && options.sample_cost >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sample_cost: is %g but must be finite and >= 0", options.sample_cost));
   }
   if (!(options.warmup_fraction > 0 && options.warmup_fraction <= 1)) {
     return absl::InvalidArgumentError(
@@ -499,7 +583,14 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   for (const Query& q : queries) xs.push_back(q.x);
   const PanelOrder order = PanelOrder::Draw(*model_, xs, options_.importance, seed);
   BatchSampler sampler(*model_, order, options_);
-  return sampler.Run(queries);
+  std::vector<TopKResult> results = sampler.Run(queries);
+  if (!sampler.fallbacks().empty()) {
+    std::vector<Query> exact_queries;
+    for (size_t q : sampler.fallbacks()) exact_queries.push_back(queries[q]);
+    std::vector<TopKResult> exact = ExactSoftmax(model_).Run(exact_queries);
+    for (size_t r = 0; r < exact.size(); ++r) results[sampler.fallbacks()[r]] = std::move(exact[r]);
+  }
+  return results;
 }
 
 }  // namespace adasoftmax

@@ -22,7 +22,19 @@ struct AdaptiveOptions {
   double warmup_fraction = 0.1;
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
+  // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one entry
+  // streamed by the exact path's SGEMV. Between rounds, a query whose remaining sampling is
+  // predicted to cost more than the whole exact pass (sample_cost x predicted entries > n x d)
+  // switches to the exact path; its result is then exact, so the guarantee holds a fortiori.
+  // 0 disables the fallback. REQUIRES: finite, >= 0. Default: 0 (the library samples as told;
+  // the CLI and the server turn it on).
+  double sample_cost = 0;
 };
+
+// The sample_cost the CLI and the server use unless told otherwise. Measured: a sampled entry
+// costs 12 (dense theory-mode pulls) to 40 (calibrated, late gathers) streamed entries on the
+// 2-core benchmark machine of the README; 32 falls back on the workloads where sampling loses.
+inline constexpr double kDefaultSampleCost = 32;
 
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 
@@ -35,7 +47,8 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 //
 // A batch shares one column order drawn from the weights of all its queries: each block of
 // columns is read once, arm chunk by arm chunk, for every query that still needs it; each query
-// keeps its own arms, targets and stopping rules. Thread-safe.
+// keeps its own arms, targets and stopping rules. Queries that fall back to the exact path
+// (see AdaptiveOptions::sample_cost) are finished together by SGEMV/SGEMM. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   // REQUIRES: ValidateAdaptiveOptions(options).ok().

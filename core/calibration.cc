@@ -103,6 +103,7 @@ class Evaluator {
     AdaptiveOptions adaptive = base_;
     adaptive.topk_multiplier = t;
     adaptive.normalizer_multiplier = z;
+    adaptive.sample_cost = 0;  // the sampler itself is calibrated, never the exact fallback
     const AdaptiveSoftmax solver(model_, adaptive);
     std::vector<double> fractions(split.size(), 0);
     std::atomic<size_t> failures{0};

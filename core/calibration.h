@@ -93,6 +93,8 @@ struct Calibration {
 // |topk_grid| + |normalizer_grid| evaluations instead of their product; a pair's evaluation
 // stops as soon as its failures exceed what the bound allows.
 //
+// The exact fallback is off while evaluating (base.sample_cost is ignored).
+//
 // The bound holds for each pair separately; choosing the cheapest of several qualifying pairs
 // is what the held-out split checks.
 //

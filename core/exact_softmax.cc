@@ -60,30 +60,36 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
   return result;
 }
 
-std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {
-  const Model& m = *model_;
+void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<float> out) {
   const int n = static_cast<int>(m.n());
   const int d = static_cast<int>(m.d());
   const int batch = static_cast<int>(queries.size());
+  if (batch == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, 1.0f, m.rows().data(), d, queries[0].x.data(), 1,
+                0.0f, out.data(), 1);
+  } else if (batch > 1) {
+    // Out (batch x n) = X (batch x d) * A^T.
+    std::vector<float> x(static_cast<size_t>(batch) * d);
+    for (int q = 0; q < batch; ++q) std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, n, d, 1.0f, x.data(), d,
+                m.rows().data(), d, 0.0f, out.data(), n);
+  }
+}
+
+std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {
+  const Model& m = *model_;
+  const size_t n = m.n();
+  const size_t batch = queries.size();
   std::vector<TopKResult> results;
   results.reserve(batch);
   if (batch == 0) return results;
 
-  std::vector<float> logits(static_cast<size_t>(n) * batch);
-  if (batch == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, 1.0f, m.rows().data(), d, queries[0].x.data(), 1,
-                0.0f, logits.data(), 1);
-  } else {
-    // Logits^T (batch x n) = X (batch x d) * A^T.
-    std::vector<float> x(static_cast<size_t>(batch) * d);
-    for (int q = 0; q < batch; ++q) std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, n, d, 1.0f, x.data(), d,
-                m.rows().data(), d, 0.0f, logits.data(), n);
-  }
-  for (int q = 0; q < batch; ++q) {
-    TopKResult r = SoftmaxTopK(absl::MakeConstSpan(&logits[static_cast<size_t>(q) * n], n),
-                               m.bias(), queries[q].options.temperature, queries[q].options.k);
-    r.samples = static_cast<uint64_t>(n) * d;
+  std::vector<float> logits(n * batch);
+  RawProducts(m, queries, absl::MakeSpan(logits));
+  for (size_t q = 0; q < batch; ++q) {
+    TopKResult r = SoftmaxTopK(absl::MakeConstSpan(&logits[q * n], n), m.bias(),
+                               queries[q].options.temperature, queries[q].options.k);
+    r.samples = static_cast<uint64_t>(n) * m.d();
     r.sample_fraction = 1.0;
     results.push_back(std::move(r));
   }

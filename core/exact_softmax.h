@@ -22,6 +22,11 @@ class ExactSoftmax : public TopKSoftmax {
   std::shared_ptr<const Model> model_;
 };
 
+// The bare BLAS products out[q * n + i] = A_i . x_q by SGEMV (one query) or SGEMM: what the
+// exact path costs without its softmax pass, the yardstick of its overhead.
+// REQUIRES: out.size() == queries.size() * model.n().
+void RawProducts(const Model& model, absl::Span<const Query> queries, absl::Span<float> out);
+
 // The fused pass: logits mu_i = temperature * (raw_i + bias_i) for the n = raw.size() entries
 // (bias may be empty). Returns the top k by decreasing logit (ties: lower index first) and
 // log Z, with samples left at 0. REQUIRES: 1 <= k <= raw.size().

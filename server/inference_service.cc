@@ -181,7 +181,7 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
     if (!served.labels.empty()) {
       for (uint32_t i : r.indices) out.add_labels(served.labels[i]);
     }
-    entry.metrics->ObserveQuery(task.mode, r.samples, r.sample_fraction);
+    entry.metrics->ObserveQuery(task.mode, r.samples, r.sample_fraction, r.exact);
 
     // Copy what the audit needs before `done` releases the request. A caller that went away
     // costs no further compute.

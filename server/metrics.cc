@@ -100,9 +100,11 @@ void ModelMetrics::CountRequest(MetricMode mode, absl::StatusCode code) {
       .Increment();
 }
 
-void ModelMetrics::ObserveQuery(MetricMode mode, uint64_t samples, double sample_fraction) {
+void ModelMetrics::ObserveQuery(MetricMode mode, uint64_t samples, double sample_fraction,
+                                bool exact) {
   samples_[static_cast<int>(mode)]->Observe(static_cast<double>(samples));
   fraction_[static_cast<int>(mode)]->Observe(sample_fraction);
+  if (mode == MetricMode::kAdaptive && exact) exact_answers_->Increment();
 }
 
 void ModelMetrics::ObserveRequestDuration(MetricMode mode, absl::Duration d) {
@@ -163,7 +165,12 @@ Metrics::Metrics(prometheus::Registry& registry)
                           .Name("adasoftmax_audit_failures_total")
                           .Help("Audited adaptive answers that missed the (epsilon, delta) PAC "
                                 "criterion.")
-                          .Register(registry)) {}
+                          .Register(registry)),
+      exact_answers_(prometheus::BuildCounter()
+                         .Name("adasoftmax_adaptive_exact_answers_total")
+                         .Help("Adaptive queries answered exactly: sampling was predicted to cost "
+                               "more than the exact path (fallback), or read every entry.")
+                         .Register(registry)) {}
 
 ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
                                 const std::string& dtype) {
@@ -182,6 +189,7 @@ ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
   m->queued_ = &queue_size_.Add({{"model", name}});
   m->audit_queries_ = &audit_queries_.Add({{"model", name}});
   m->audit_failures_ = &audit_failures_.Add({{"model", name}});
+  m->exact_answers_ = &exact_answers_.Add({{"model", name}});
   model_info_
       .Add({{"model", name}, {"n", absl::StrCat(n)}, {"d", absl::StrCat(d)}, {"dtype", dtype}})
       .Set(1);

@@ -29,8 +29,8 @@ class ModelMetrics {
  public:
   // Counts one finished request with its gRPC status code name (e.g. "OK", "NOT_FOUND").
   void CountRequest(MetricMode mode, absl::StatusCode code);
-  // Records one answered query.
-  void ObserveQuery(MetricMode mode, uint64_t samples, double sample_fraction);
+  // Records one answered query. `exact`: an adaptive query answered by the exact path.
+  void ObserveQuery(MetricMode mode, uint64_t samples, double sample_fraction, bool exact = false);
   // Time from arrival to answer of a request that reached the model's queue.
   void ObserveRequestDuration(MetricMode mode, absl::Duration d);
   void ObserveQueueDuration(absl::Duration d);
@@ -51,6 +51,7 @@ class ModelMetrics {
   prometheus::Gauge* queued_ = nullptr;
   prometheus::Counter* audit_queries_ = nullptr;
   prometheus::Counter* audit_failures_ = nullptr;
+  prometheus::Counter* exact_answers_ = nullptr;
 };
 
 // The service's metrics, registered in a caller-owned registry:
@@ -64,6 +65,8 @@ class ModelMetrics {
 //   adasoftmax_queue_size{model}                          gauge: requests waiting for a batch
 //   adasoftmax_audit_queries_total{model}                 counter
 //   adasoftmax_audit_failures_total{model}                counter
+//   adasoftmax_adaptive_exact_answers_total{model}        counter: adaptive queries answered
+//                                                         exactly (fallback, or every entry read)
 // Thread-safe.
 class Metrics {
  public:
@@ -93,6 +96,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& queue_size_;
   prometheus::Family<prometheus::Counter>& audit_queries_;
   prometheus::Family<prometheus::Counter>& audit_failures_;
+  prometheus::Family<prometheus::Counter>& exact_answers_;
   std::vector<std::unique_ptr<ModelMetrics>> models_;
 };
 

@@ -225,6 +225,8 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     adaptive.normalizer_multiplier = c.adaptive().normalizer_multiplier();
   }
   if (c.adaptive().has_warmup_fraction()) adaptive.warmup_fraction = c.adaptive().warmup_fraction();
+  adaptive.sample_cost =
+      c.adaptive().has_sample_cost() ? c.adaptive().sample_cost() : kDefaultSampleCost;
   if (absl::Status s = ValidateAdaptiveOptions(adaptive); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("adaptive: ", s.message()));
   }

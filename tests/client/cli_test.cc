@@ -239,14 +239,35 @@ TEST_F(CliTest, BenchPrintsJson) {
   EXPECT_EQ(j["mode"], "theory");
   for (const char* key :
        {"exact_median_ms", "exact_p99_ms", "adaptive_median_ms", "adaptive_p99_ms", "speedup",
-        "mean_sample_fraction", "median_sample_fraction", "pac_failures"}) {
+        "mean_sample_fraction", "median_sample_fraction", "pac_failures", "sgemv_median_ms",
+        "exact_over_sgemv", "sgemv_read_gb_per_s", "adaptive_read_gb_per_s", "model_memory_bytes"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   const double rate = j["pac_success_rate"].get<double>();
   EXPECT_GE(rate, 0.9);
   EXPECT_LE(rate, 1.0);
+  EXPECT_GT(j["sample_cost"].get<double>(), 0);  // the exact fallback is on by default
+  EXPECT_EQ(j["weight_bytes"], 600 * 32 * 4);
+  EXPECT_GT(j["peak_rss_over_weight_bytes"].get<double>(), 1.0);
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--queries-offset", "120"}))), 1,
                      "--queries-offset");
+  ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--sample-cost", "-1"}))), 2,
+                     "--sample-cost");
+}
+
+TEST_F(CliTest, BenchFallsBackToExactWhenSamplingCostsTooMuch) {
+  auto bench = [&](const char* cost) {
+    const Output o = Run(With({"bench"}, With(ModelArgs(), {"--limit", "10", "--warmup", "0",
+                                                           "--seed", "1", "--sample-cost", cost})));
+    EXPECT_EQ(o.code, 0) << o.err;
+    return Json::parse(o.out);
+  };
+  const Json never = bench("0"), always = bench("1e9");
+  EXPECT_EQ(never["exact_fallbacks"], 0);
+  EXPECT_LT(never["mean_sample_fraction"].get<double>(), 1.0);
+  EXPECT_EQ(always["exact_fallbacks"], 10);
+  EXPECT_EQ(always["mean_sample_fraction"].get<double>(), 1.0);
+  EXPECT_EQ(always["pac_success_rate"].get<double>(), 1.0);
 }
 
 TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {

@@ -165,6 +165,58 @@ TEST(AdaptiveSoftmaxTest, AStoppedQueryStopsWorkingAndLeavesItsNeighboursAlone) 
   }
 }
 
+TEST(AdaptiveSoftmaxTest, ExpensiveSamplingFallsBackToTheExactAnswer) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model, {.sample_cost = 1e9});
+  const ExactSoftmax exact(head.model);
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 4; ++q) batch.push_back({head.query(q), {.k = 2, .seed = 5}});
+  batch[3].stop = [] { return true; };
+  const std::vector<TopKResult> results = adaptive.Run(batch);
+  // The three that fell back are answered together, as one exact batch.
+  const std::vector<TopKResult> want_all = exact.Run(absl::MakeConstSpan(batch).first(3));
+  const Model& m = *head.model;
+  for (size_t q = 0; q < 3; ++q) {
+    const TopKResult& want = want_all[q];
+    EXPECT_TRUE(results[q].exact);
+    EXPECT_EQ(results[q].samples, m.n() * m.d());
+    EXPECT_EQ(results[q].indices, want.indices);
+    EXPECT_EQ(results[q].logits, want.logits);
+    EXPECT_EQ(results[q].log_partition, want.log_partition);
+  }
+  EXPECT_TRUE(results[3].indices.empty());  // a stopped query is not answered exactly instead
+}
+
+TEST(AdaptiveSoftmaxTest, CheapSamplingNeverFallsBack) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax plain(head.model);
+  const AdaptiveSoftmax cheap(head.model, {.sample_cost = 1e-6});
+  for (size_t q = 0; q < 5; ++q) {
+    const Query query{head.query(q), {.seed = 7 + q}};
+    const TopKResult r = *cheap.Answer(query);
+    EXPECT_FALSE(r.exact);
+    EXPECT_TRUE(SameBits(r, *plain.Answer(query)));
+  }
+}
+
+TEST(AdaptiveSoftmaxTest, CostlierSamplingFallsBackMoreOftenAndStaysCorrect) {
+  testing::ModelAndQueries head = HeavyHead();
+  int previous = -1;
+  for (double cost : {1.0, 4.0, 16.0, 64.0, 1e9}) {
+    const AdaptiveSoftmax adaptive(head.model, {.sample_cost = cost});
+    int fallbacks = 0;
+    for (size_t q = 0; q < head.queries.rows(); ++q) {
+      const Query query{head.query(q), {.seed = 100 + q}};
+      const TopKResult r = *adaptive.Answer(query);
+      fallbacks += r.exact;
+      EXPECT_TRUE(MeetsPac(r, ComputeReference(*head.model, query.x, 1.0), 1, 0.3)) << q;
+    }
+    EXPECT_GE(fallbacks, previous) << cost;
+    previous = fallbacks;
+  }
+  EXPECT_EQ(previous, static_cast<int>(head.queries.rows()));
+}
+
 TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),
@@ -173,6 +225,7 @@ TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
               HasSubstr("normalizer_multiplier"));
   EXPECT_THAT(ValidateAdaptiveOptions({.warmup_fraction = 1.5}).message(),
               HasSubstr("warmup_fraction"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.sample_cost = -1}).message(), HasSubstr("sample_cost"));
 }
 
 }  // namespace

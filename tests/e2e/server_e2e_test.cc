@@ -145,7 +145,8 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_sample_fraction_bucket", "adasoftmax_request_duration_seconds_bucket",
         "adasoftmax_queue_duration_seconds_bucket", "adasoftmax_batch_size_bucket",
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
-        "adasoftmax_audit_failures_total", "process_resident_memory_bytes",
+        "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
+        "process_resident_memory_bytes",
         "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
