@@ -354,7 +354,9 @@ double BatchSampler::PredictedEntries(const QueryState& s, uint32_t i, double ta
   if (s.level[i] == kExactLevel || s.level[i] >= max_level) return 0;
   const double read = static_cast<double>(s.entries_prefix[s.level[i]]);
   const double cap = static_cast<double>(s.entries_prefix[max_level]);
-  const double needed = target > 0 ? read * s.variance[i] / target : cap;
+  // Nothing read yet (infinite variance) or a zero target: all the way to max_level.
+  const double needed =
+      target > 0 && std::isfinite(s.variance[i]) ? read * s.variance[i] / target : cap;
   return std::clamp(needed, read, cap) - read;
 }
 
@@ -471,20 +473,23 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
 
-  // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget. The
-  // first level tells whether the rest is predicted to cost more than the exact path.
-  for (const int first : {1, 0}) {
-    const int budget = order_.LevelForFraction(options_.warmup_fraction);
+  // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget; first
+  // to level 1, then the rest. Before each part, a query falls back when it is predicted to
+  // cost more than the exact path: level 1 alone (n x its entries), then the rest as the
+  // variances at level 1 predict.
+  const int budget = order_.LevelForFraction(options_.warmup_fraction);
+  for (const int max_level : {std::min(1, budget), budget}) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
       const double target =
           1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half)) / options_.normalizer_multiplier;
-      if (!first && options_.sample_cost > 0) {
+      if (s.fallback) continue;
+      if (options_.sample_cost > 0) {
         double entries = 0;
-        for (uint32_t i = 0; i < n_; ++i) entries += PredictedEntries(s, i, target, budget);
+        for (uint32_t i = 0; i < n_; ++i) entries += PredictedEntries(s, i, target, max_level);
         if (FallBack(s, entries)) continue;
       }
-      jobs.push_back({&s, all_arms_, target, nullptr, first ? std::min(1, budget) : budget});
+      jobs.push_back({&s, all_arms_, target, nullptr, max_level});
     }
     PullUntil(jobs);
   }
