@@ -48,6 +48,7 @@ Result ToResult(const v1::TopKSoftmaxResponse& r) {
   out.log_partition = r.log_partition();
   out.samples = r.samples();
   out.sample_fraction = r.sample_fraction();
+  out.exact = r.exact();
   out.batch_size = r.batch_size();
   out.mode = r.mode();
   out.model = r.model();

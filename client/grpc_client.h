@@ -58,6 +58,7 @@ struct Result {
   double log_partition = 0;
   uint64_t samples = 0;
   double sample_fraction = 0;
+  bool exact = false;  // every logit computed exactly (exact mode or the exact fallback)
   uint32_t batch_size = 0;
   v1::Mode mode = v1::MODE_UNSPECIFIED;
   std::string model;

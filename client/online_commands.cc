@@ -131,6 +131,7 @@ json ResultJson(size_t query, const Result& r) {
               {"log_partition", r.log_partition},
               {"samples", r.samples},
               {"sample_fraction", r.sample_fraction},
+              {"exact", r.exact},
               {"batch_size", r.batch_size}};
 }
 
@@ -236,7 +237,8 @@ int ModelsCommand(int argc, char** argv) {
                          {"max_batch_size", m.max_batch_size()},
                          {"batch_timeout_us", m.batch_timeout_us()},
                          {"audit_fraction", m.audit_fraction()},
-                         {"memory_bytes", m.memory_bytes()}});
+                         {"memory_bytes", m.memory_bytes()},
+                         {"sample_cost", m.sample_cost()}});
     }
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
@@ -302,6 +304,7 @@ int LoadgenCommand(int argc, char** argv) {
     std::vector<double> latency_ms;
     double samples = 0;
     double fraction = 0;
+    uint64_t exact = 0;  // answers computed exactly (exact mode or the exact fallback)
     double batch_size = 0;
     std::map<std::string, uint64_t> errors;
     std::string first_error;
@@ -325,6 +328,7 @@ int LoadgenCommand(int argc, char** argv) {
         s.latency_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - sent));
         s.samples += static_cast<double>(r->samples);
         s.fraction += r->sample_fraction;
+        s.exact += r->exact;
         s.batch_size += r->batch_size;
       }
     });
@@ -337,6 +341,7 @@ int LoadgenCommand(int argc, char** argv) {
     all.latency_ms.insert(all.latency_ms.end(), s.latency_ms.begin(), s.latency_ms.end());
     all.samples += s.samples;
     all.fraction += s.fraction;
+    all.exact += s.exact;
     all.batch_size += s.batch_size;
     for (const auto& [code, count] : s.errors) all.errors[code] += count;
     if (all.first_error.empty()) all.first_error = s.first_error;
@@ -365,6 +370,7 @@ int LoadgenCommand(int argc, char** argv) {
         {"max", all.latency_ms.empty() ? 0 : all.latency_ms.back()}}},
       {"mean_samples_per_query", ok > 0 ? all.samples / ok : 0},
       {"mean_sample_fraction", ok > 0 ? all.fraction / ok : 0},
+      {"exact_answers", all.exact},
       {"mean_batch_size", ok > 0 ? all.batch_size / ok : 0},
   };
   if (!all.first_error.empty()) out["first_error"] = all.first_error;

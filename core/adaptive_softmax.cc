@@ -7,6 +7,7 @@
 #include <numeric>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
 #include "core/exact_softmax.h"
@@ -47,8 +48,8 @@ struct QueryState {
     float sum_sq[kBins];
   };
   HugeBuffer<Bins> bins;
-  std::vector<float> estimate;  // of the logit beta * (A_i . x + b_i)
-  std::vector<float> variance;  // of estimate[i]; infinite before the first pull
+  std::vector<float> estimate;           // of the logit beta * (A_i . x + b_i)
+  std::vector<float> variance;           // of estimate[i]; infinite before the first pull
   std::vector<uint64_t> entries_prefix;  // entries of a row in the panels of prefix(L) that
                                          // this query reads, per level
   std::vector<double> exact_logit;       // valid where level == kExactLevel
@@ -57,7 +58,7 @@ struct QueryState {
   std::vector<double> target;  // per-arm variance target of the normaliser
   double elimination_target = 0;
   bool searching = true;
-  bool stopped = false;  // Query::stop fired: no further work, an empty result
+  bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;
   // Scratch reused across levels.
@@ -129,12 +130,14 @@ class BatchSampler {
   // Entries arm i is predicted to read until its variance is at most `target` or it reaches
   // `max_level`, assuming the variance falls in proportion to the entries read.
   double PredictedEntries(const QueryState& s, uint32_t i, double target, int max_level) const;
+  // Entries the job's arms are predicted to read.
+  double PredictedEntries(const PullJob& job) const;
   // Entries the surviving arms are predicted to read before elimination separates them from
   // the k-th best estimate.
   double PredictedSearchEntries(const QueryState& s) const;
-  // Sets s.fallback when sampling `entries` more is predicted to cost more than the exact
-  // path. Returns s.fallback.
-  bool FallBack(QueryState& s, double entries) const;
+  // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
+  // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
+  bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
   void ComputeExact(QueryState& s, uint32_t i);
   void SetNormalizerTargets(QueryState& s);
   TopKResult Finish(QueryState& s);
@@ -360,6 +363,13 @@ double BatchSampler::PredictedEntries(const QueryState& s, uint32_t i, double ta
   return std::clamp(needed, read, cap) - read;
 }
 
+double BatchSampler::PredictedEntries(const PullJob& job) const {
+  double entries = 0;
+  for (uint32_t i : job.arms)
+    entries += PredictedEntries(*job.state, i, job.target(i), job.max_level);
+  return entries;
+}
+
 double BatchSampler::PredictedSearchEntries(const QueryState& s) const {
   const uint32_t k = s.query->options.k;
   if (s.survivors.size() <= k) return 0;
@@ -378,15 +388,16 @@ double BatchSampler::PredictedSearchEntries(const QueryState& s) const {
                        std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
   double entries = 0;
   for (uint32_t i : s.survivors) {
-    const double gap = s.estimate[i] >= top[k - 1] ? s.estimate[i] - top[k] : top[k - 1] - s.estimate[i];
+    const double gap =
+        s.estimate[i] >= top[k - 1] ? s.estimate[i] - top[k] : top[k - 1] - s.estimate[i];
     entries += PredictedEntries(s, i, gap * gap / scale, order_.last_level());
   }
   return entries;
 }
 
-bool BatchSampler::FallBack(QueryState& s, double entries) const {
+bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const {
   if (options_.sample_cost > 0 &&
-      options_.sample_cost * entries > static_cast<double>(n_) * static_cast<double>(d_)) {
+      options_.sample_cost * predicted() > static_cast<double>(n_) * static_cast<double>(d_)) {
     s.fallback = true;
     s.searching = false;
   }
@@ -481,15 +492,9 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   for (const int max_level : {std::min(1, budget), budget}) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
-      const double target =
-          1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half)) / options_.normalizer_multiplier;
-      if (s.fallback) continue;
-      if (options_.sample_cost > 0) {
-        double entries = 0;
-        for (uint32_t i = 0; i < n_; ++i) entries += PredictedEntries(s, i, target, max_level);
-        if (FallBack(s, entries)) continue;
-      }
-      jobs.push_back({&s, all_arms_, target, nullptr, max_level});
+      const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
+      const PullJob job{&s, all_arms_, v0 / options_.normalizer_multiplier, nullptr, max_level};
+      if (!s.fallback && !FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
     }
     PullUntil(jobs);
   }
@@ -504,7 +509,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
       continue;
     }
     Eliminate(s);
-    if (s.searching && options_.sample_cost > 0 && FallBack(s, PredictedSearchEntries(s))) continue;
+    if (s.searching && FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
     double largest = 0;
     for (uint32_t i : s.survivors) largest = std::max<double>(largest, s.variance[i]);
     s.elimination_target = largest / 4;
@@ -522,7 +527,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
       QueryState& s = *job.state;
       Eliminate(s);
       s.elimination_target /= 2;
-      if (s.searching && options_.sample_cost > 0) FallBack(s, PredictedSearchEntries(s));
+      if (s.searching) FallBack(s, [&] { return PredictedSearchEntries(s); });
     }
   }
 
@@ -532,14 +537,8 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     if (s.fallback || Stopped(s)) continue;
     for (uint32_t i : s.winners) ComputeExact(s, i);
     SetNormalizerTargets(s);
-    if (options_.sample_cost > 0) {
-      double entries = 0;
-      for (uint32_t i = 0; i < n_; ++i) {
-        entries += PredictedEntries(s, i, s.target[i], order_.last_level());
-      }
-      if (FallBack(s, entries)) continue;
-    }
-    jobs.push_back({&s, all_arms_, 0, &s.target, order_.last_level()});
+    const PullJob job{&s, all_arms_, 0, &s.target, order_.last_level()};
+    if (!FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);
 

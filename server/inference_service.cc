@@ -174,6 +174,7 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
     out.set_log_partition(r.log_partition);
     out.set_samples(r.samples);
     out.set_sample_fraction(r.sample_fraction);
+    out.set_exact(r.exact);
     out.set_batch_size(static_cast<uint32_t>(group.size()));
     out.set_mode(adaptive ? v1::MODE_ADAPTIVE : v1::MODE_EXACT);
     out.set_model(served.name);
@@ -184,8 +185,8 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
     entry.metrics->ObserveQuery(task.mode, r.samples, r.sample_fraction, r.exact);
 
     // Copy what the audit needs before `done` releases the request. A caller that went away
-    // costs no further compute.
-    if (adaptive && !r.indices.empty() && !task.cancelled() &&
+    // costs no further compute; an answer the exact fallback computed needs no check.
+    if (adaptive && !r.exact && !r.indices.empty() && !task.cancelled() &&
         auditor_.Sample(served.audit_fraction)) {
       AuditJob job;
       job.model = served.model;
@@ -234,6 +235,7 @@ v1::ListModelsResponse InferenceService::ListModels() const {
     m.set_batch_timeout_us(static_cast<uint64_t>(absl::ToInt64Microseconds(s.batching.batch_timeout)));
     m.set_audit_fraction(s.audit_fraction);
     m.set_memory_bytes(s.model->memory_bytes());
+    m.set_sample_cost(s.adaptive->options().sample_cost);
   }
   return response;
 }

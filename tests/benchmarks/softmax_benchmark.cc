@@ -36,6 +36,24 @@ void BM_SweepPanel(benchmark::State& state) {
 }
 BENCHMARK(BM_SweepPanel)->Arg(2048)->Arg(1 << 16);
 
+// The same sweep out of cache, as the sampler runs it: 2048-arm slices of random columns of a
+// 50257 x 768 column-major matrix (154 MB).
+void BM_SweepPanelFromMemory(benchmark::State& state) {
+  const size_t n = 50257, panels = 768, arms = 2048;
+  const std::vector<float> matrix = RandomFloats(n * panels * kLanes, 6);
+  const std::vector<float> x = RandomFloats(kLanes, 7);
+  std::vector<float> partial(arms), partial_sq(arms);
+  std::mt19937_64 rng(8);
+  for (auto _ : state) {
+    const size_t panel = rng() % panels, first = rng() % (n - arms);
+    SweepPanel(matrix.data() + (panel * n + first) * kLanes, x.data(), arms, partial.data(),
+               partial_sq.data());
+    benchmark::DoNotOptimize(partial.data());
+  }
+  state.SetBytesProcessed(state.iterations() * arms * kLanes * sizeof(float));
+}
+BENCHMARK(BM_SweepPanelFromMemory);
+
 // Single-arm gathers of 32 random panels from a 50257 x 768 column-major matrix.
 void BM_GatherArm(benchmark::State& state) {
   const size_t n = 50257, panels = 768;
@@ -69,14 +87,36 @@ const Workload& HeavyTailedHead() {
   return *w;
 }
 
-// End to end on a 50257 x 768 heavy-tailed head; adaptive with the given multipliers (x1000).
+// The exact path's parts on the same head: the bare SGEMV, and the fused softmax + top-1 pass.
+void BM_Sgemv(benchmark::State& state) {
+  const Workload& w = HeavyTailedHead();
+  const Query query{absl::MakeConstSpan(w.queries.data(), w.queries.cols()), {}};
+  std::vector<float> products(w.model->n());
+  for (auto _ : state) {
+    RawProducts(*w.model, {&query, 1}, absl::MakeSpan(products));
+    benchmark::DoNotOptimize(products.data());
+  }
+  state.SetBytesProcessed(state.iterations() * w.model->n() * w.model->d() * sizeof(float));
+}
+BENCHMARK(BM_Sgemv)->Unit(benchmark::kMillisecond);
+
+void BM_SoftmaxTopK(benchmark::State& state) {
+  const std::vector<float> raw = RandomFloats(50257, 9);
+  for (auto _ : state) benchmark::DoNotOptimize(SoftmaxTopK(raw, {}, 1.0, 1));
+  state.SetItemsProcessed(state.iterations() * raw.size());
+}
+BENCHMARK(BM_SoftmaxTopK);
+
+// End to end on a 50257 x 768 heavy-tailed head; adaptive with the given multipliers (x1000 and
+// x1e6) and sample cost (0: no exact fallback).
 void BM_EndToEnd(benchmark::State& state, bool adaptive) {
   const Workload& w = HeavyTailedHead();
   std::unique_ptr<TopKSoftmax> softmax;
   if (adaptive) {
     softmax = std::make_unique<AdaptiveSoftmax>(
         w.model, AdaptiveOptions{.topk_multiplier = state.range(0) / 1000.0,
-                                 .normalizer_multiplier = state.range(1) / 1e6});
+                                 .normalizer_multiplier = state.range(1) / 1e6,
+                                 .sample_cost = static_cast<double>(state.range(2))});
   } else {
     softmax = std::make_unique<ExactSoftmax>(w.model);
   }
@@ -91,11 +131,13 @@ void BM_EndToEnd(benchmark::State& state, bool adaptive) {
   }
   state.counters["fraction"] = samples / static_cast<double>(q);
 }
-BENCHMARK_CAPTURE(BM_EndToEnd, exact, false)->Args({0, 0})->Unit(benchmark::kMillisecond);
-// Theory mode (1, 1) and the calibrated multipliers of deploy/benchmark.sh (0.3, 1e-5).
+BENCHMARK_CAPTURE(BM_EndToEnd, exact, false)->Args({0, 0, 0})->Unit(benchmark::kMillisecond);
+// Theory mode (1, 1) and the calibrated multipliers of deploy/benchmark.sh (0.3, 1e-5), without
+// and with the default exact fallback.
 BENCHMARK_CAPTURE(BM_EndToEnd, adaptive, true)
-    ->Args({1000, 1000000})
-    ->Args({300, 10})
+    ->Args({1000, 1000000, 0})
+    ->Args({300, 10, 0})
+    ->Args({300, 10, static_cast<int64_t>(kDefaultSampleCost)})
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace

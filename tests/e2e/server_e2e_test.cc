@@ -55,16 +55,21 @@ std::unique_ptr<Client> Connect(const std::string& address) {
   return std::make_unique<Client>(*channel);
 }
 
-// One server for the suite: model "small" (theory multipliers) and model "audit" (multipliers
-// far too small, every request audited, so the audit really finds failures).
+// One server for the suite: model "small" (theory multipliers), model "audit" (multipliers far
+// too small, every request audited, so the audit really finds failures) and model "fallback"
+// (sampling priced so high that every adaptive request is answered exactly). "small" and
+// "audit" turn the exact fallback off: on heads this narrow it would answer everything exactly.
 class ServerE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir;
-    data_ = new SynthData(WriteModel(dir_->Sub("repo/small"), SmallModel(11)));
+    data_ = new SynthData(
+        WriteModel(dir_->Sub("repo/small"), SmallModel(11), "adaptive { sample_cost: 0 }\n"));
     WriteModel(dir_->Sub("repo/audit"), SmallModel(12),
-               "adaptive { topk_multiplier: 1e-6 normalizer_multiplier: 1e-8 }\n"
+               "adaptive { topk_multiplier: 1e-6 normalizer_multiplier: 1e-8 sample_cost: 0 }\n"
                "audit_fraction: 1\ndefault_epsilon: 0.02\n");
+    WriteModel(dir_->Sub("repo/fallback"), SmallModel(13),
+               "adaptive { sample_cost: 1e9 }\naudit_fraction: 1\n");
     server_ = new ServerProcess(StartServerProcess(
         dir_->Sub("repo"), dir_->Sub("cache"),
         {"--batch_timeout_us=3000", "--max_batch_size=16", "--max_message_bytes=65536",
@@ -267,6 +272,25 @@ TEST_F(ServerE2eTest, AuditFindsTheFailuresOfAnUnderSampledModel) {
   EXPECT_EQ(*FindSample(samples, "adasoftmax_audit_queries_total", {{"model", "small"}}), 0);
 }
 
+TEST_F(ServerE2eTest, ExpensiveSamplingIsAnsweredExactlyAndCounted) {
+  const int kQueries = 5;
+  for (int q = 0; q < kQueries; ++q) {
+    absl::StatusOr<Result> r = client_->TopKSoftmax("fallback", QueryRow(data_->queries, q), {});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->exact);
+    EXPECT_EQ(r->mode, v1::MODE_ADAPTIVE);
+    EXPECT_EQ(r->sample_fraction, 1.0);
+  }
+  absl::StatusOr<Result> sampled = client_->TopKSoftmax("small", QueryRow(data_->queries, 0), {});
+  ASSERT_TRUE(sampled.ok()) << sampled.status();
+  EXPECT_FALSE(sampled->exact);
+  const std::vector<Sample> samples = Scrape();
+  EXPECT_EQ(*FindSample(samples, "adasoftmax_adaptive_exact_answers_total", {{"model", "fallback"}}),
+            kQueries);
+  // Exact answers are not audited, even at audit_fraction 1.
+  EXPECT_EQ(*FindSample(samples, "adasoftmax_audit_queries_total", {{"model", "fallback"}}), 0);
+}
+
 TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
   std::vector<std::string> values;
   for (float v : Row(5)) values.push_back(absl::StrCat(v));
@@ -301,11 +325,14 @@ TEST_F(ServerE2eTest, CliModelsHealthAndLoadgen) {
   CommandResult models = RunCommand({Cli(), "models", "--target", server_->address, "--json"});
   ASSERT_EQ(models.exit_code, 0) << models.err;
   const nlohmann::json list = nlohmann::json::parse(models.out);
-  ASSERT_EQ(list.size(), 2u);
+  ASSERT_EQ(list.size(), 3u);
   EXPECT_EQ(list[0]["name"], "audit");
   EXPECT_EQ(list[0]["calibration_mode"], "manual");
-  EXPECT_EQ(list[1]["name"], "small");
-  EXPECT_EQ(list[1]["n"], kN);
+  EXPECT_EQ(list[1]["name"], "fallback");
+  EXPECT_EQ(list[1]["sample_cost"], 1e9);
+  EXPECT_EQ(list[2]["name"], "small");
+  EXPECT_EQ(list[2]["n"], kN);
+  EXPECT_EQ(list[2]["sample_cost"], 0);
 
   CommandResult health = RunCommand({Cli(), "health", "--target", server_->address});
   EXPECT_EQ(health.exit_code, 0) << health.err;
