@@ -116,15 +116,20 @@ for name in ("heavy768", "heavy4096", "heavy128k"):
              c["calibration_failures"], 100 * c["confidence"], c["failure_bound"],
              c["holdout_failure_rate"], c["holdout_queries"]))
 
-# The plot: latency against matrix size on the theory-mode workloads with real or heavy-tailed
-# queries, each point labelled with the sampler's fraction read.
+# The plot: latency against matrix size on the workloads with real or heavy-tailed queries,
+# each sampler point labelled with its fraction of A read: theory mode (index 0 of the data
+# file) and calibrated mode (index 1).
 data = os.path.join(work, "results", "plot.dat")
 with open(data, "w") as out:
-    for name in ("w5-ocr", "w1-heavy768", "w2-heavy4096", "w3-heavy128k"):
-        s, f = load(name, "sampler"), load(name, "fallback")
-        out.write("%g %g %g %g %g %.2f\n" % (
-            s["n"] * s["d"], f["exact_median_ms"], s["adaptive_median_ms"],
-            f["adaptive_median_ms"], s["sgemv_median_ms"], s["mean_sample_fraction"]))
+    for names in (("w5-ocr", "w1-heavy768", "w2-heavy4096", "w3-heavy128k"),
+                  ("w1-heavy768-calibrated", "w2-heavy4096-calibrated",
+                   "w3-heavy128k-calibrated")):
+        for name in names:
+            s, f = load(name, "sampler"), load(name, "fallback")
+            out.write("%g %g %g %g %g %.2f\n" % (
+                s["n"] * s["d"], f["exact_median_ms"], s["adaptive_median_ms"],
+                f["adaptive_median_ms"], f["sgemv_median_ms"], s["mean_sample_fraction"]))
+        out.write("\n\n")
 script = """
 set terminal pngcairo size 900,560 font ",11"
 set output "%s"
@@ -133,12 +138,14 @@ set xlabel "matrix entries n x d (float32)"
 set ylabel "median latency per query (ms)"
 set key top left
 set grid
-set title "Top-1 softmax, epsilon 0.3, delta 0.01, theory mode (labels: fraction of A sampled)"
-plot "%s" using 1:2 with linespoints lw 2 title "exact (OpenBLAS SGEMV + fused softmax)", \\
-     "" using 1:5 with linespoints dt 2 title "bare SGEMV", \\
-     "" using 1:3 with linespoints lw 2 title "adaptive, sampler alone", \\
-     "" using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,1 notitle, \\
-     "" using 1:4 with linespoints lw 2 title "adaptive with exact fallback"
+set title "Top-1 softmax, epsilon 0.3, delta 0.01, OCR and heavy-tailed queries (labels: fraction of A sampled)"
+plot "%s" index 0 using 1:2 with linespoints lw 2 title "exact (OpenBLAS SGEMV + fused softmax)", \\
+     "" index 0 using 1:5 with linespoints dt 2 title "bare SGEMV", \\
+     "" index 0 using 1:3 with linespoints lw 2 title "adaptive theory, sampler alone", \\
+     "" index 0 using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,1 notitle, \\
+     "" index 1 using 1:3 with linespoints lw 2 title "adaptive calibrated, sampler alone", \\
+     "" index 1 using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,-1 notitle, \\
+     "" index 0 using 1:4 with linespoints lw 2 title "adaptive theory with exact fallback"
 """ % (png, data)
 subprocess.run(["gnuplot"], input=script.encode(), check=True)
 print("\nPlot: %s" % png)
