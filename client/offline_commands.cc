@@ -192,7 +192,7 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
   }
   // Options first (so "--k: ..." is not blamed on a row), then every row.
   for (size_t r = 0; r < in.queries.rows(); ++r) {
-    const absl::Status s = ValidateQuery(*in.model, Query{in.Row(r), in.query});
+    const absl::Status s = ValidateQuery(*in.model, Query{in.Row(r), in.query, {}});
     if (s.ok()) continue;
     if (absl::StartsWith(s.message(), "query:")) {
       return absl::InvalidArgumentError(absl::StrCat(f.queries, ": row ", r, ": ", s.message()));
@@ -346,7 +346,7 @@ int Run(int argc, char** argv) {
   std::vector<TopKResult> results(count);
   std::vector<double> micros(count);
   ParallelFor(count, threads, [&](size_t r) {
-    Query q{in->Row(r), in->query};
+    Query q{in->Row(r), in->query, {}};
     q.options.seed = QuerySeed(f.seed, r);
     results[r] = TimedAnswer(*solver, q, &micros[r]);
   });
@@ -380,7 +380,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
   const AdaptiveSoftmax adaptive(in.model, in.adaptive);
   for (size_t i = 0; i < warmup && begin + i < end; ++i) {
     double ignored;
-    Query q{in.Row(begin + i), in.query};
+    Query q{in.Row(begin + i), in.query, {}};
     q.options.seed = QuerySeed(seed, begin + i);
     TimedAnswer(exact, q, &ignored);
     TimedAnswer(adaptive, q, &ignored);
@@ -388,7 +388,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
   BenchStats s;
   std::vector<float> products(in.model->n());
   for (size_t r = begin; r < end; ++r) {
-    Query q{in.Row(r), in.query};
+    Query q{in.Row(r), in.query, {}};
     q.options.seed = QuerySeed(seed, r);
     double bare_us, exact_us, adaptive_us;
     TopKResult e, a;

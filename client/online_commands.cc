@@ -110,9 +110,12 @@ std::optional<int> ToTopKOptions(const FlagSet& flags, const RequestFlags& f,
 
 std::string_view ModeName(v1::Mode mode) {
   switch (mode) {
-    case v1::MODE_ADAPTIVE: return "adaptive";
-    case v1::MODE_EXACT: return "exact";
-    default: return "unspecified";
+    case v1::MODE_ADAPTIVE:
+      return "adaptive";
+    case v1::MODE_EXACT:
+      return "exact";
+    default:
+      return "unspecified";
   }
 }
 
@@ -121,23 +124,18 @@ absl::Span<const float> Row(const Matrix& m, size_t r) {
 }
 
 json ResultJson(size_t query, const Result& r) {
-  return json{{"query", query},
-              {"model", r.model},
-              {"mode", ModeName(r.mode)},
-              {"indices", r.indices},
-              {"labels", r.labels},
-              {"probabilities", r.probabilities},
-              {"logits", r.logits},
-              {"log_partition", r.log_partition},
-              {"samples", r.samples},
-              {"sample_fraction", r.sample_fraction},
-              {"exact", r.exact},
-              {"batch_size", r.batch_size}};
+  return json{{"query", query},           {"model", r.model},
+              {"mode", ModeName(r.mode)}, {"indices", r.indices},
+              {"labels", r.labels},       {"probabilities", r.probabilities},
+              {"logits", r.logits},       {"log_partition", r.log_partition},
+              {"samples", r.samples},     {"sample_fraction", r.sample_fraction},
+              {"exact", r.exact},         {"batch_size", r.batch_size}};
 }
 
 void PrintResult(size_t query, const Result& r) {
-  std::printf("query %zu: model %s, %s, %llu samples (%.2f%% of n*d), batch of %u, log Z %.6g\n",
+  std::printf("query %zu: model %s, %s%s, %llu samples (%.2f%% of n*d), batch of %u, log Z %.6g\n",
               query, r.model.c_str(), std::string(ModeName(r.mode)).c_str(),
+              r.exact && r.mode == v1::MODE_ADAPTIVE ? " (answered exactly)" : "",
               static_cast<unsigned long long>(r.samples), 100 * r.sample_fraction, r.batch_size,
               r.log_partition);
   for (size_t i = 0; i < r.indices.size(); ++i) {

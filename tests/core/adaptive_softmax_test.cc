@@ -133,7 +133,8 @@ TEST(AdaptiveSoftmaxTest, BatchSharesOneOrderAndKeepsEachQuerysGuarantee) {
   testing::ModelAndQueries head = HeavyHead();
   const AdaptiveSoftmax adaptive(head.model);
   std::vector<Query> batch;
-  for (size_t q = 0; q < 16; ++q) batch.push_back({head.query(q), {.k = 1 + q % 3, .seed = 11}});
+  for (size_t q = 0; q < 16; ++q)
+    batch.push_back({head.query(q), {.k = static_cast<uint32_t>(1 + q % 3), .seed = 11}});
   const std::vector<TopKResult> results = adaptive.Run(batch);
   ASSERT_EQ(results.size(), batch.size());
   int failures = 0;

@@ -70,10 +70,10 @@ class ServerE2eTest : public ::testing::Test {
                "audit_fraction: 1\ndefault_epsilon: 0.02\n");
     WriteModel(dir_->Sub("repo/fallback"), SmallModel(13),
                "adaptive { sample_cost: 1e9 }\naudit_fraction: 1\n");
-    server_ = new ServerProcess(StartServerProcess(
-        dir_->Sub("repo"), dir_->Sub("cache"),
-        {"--batch_timeout_us=3000", "--max_batch_size=16", "--max_message_bytes=65536",
-         "--audit_fraction=0"}));
+    server_ =
+        new ServerProcess(StartServerProcess(dir_->Sub("repo"), dir_->Sub("cache"),
+                                             {"--batch_timeout_us=3000", "--max_batch_size=16",
+                                              "--max_message_bytes=65536", "--audit_fraction=0"}));
   }
   static void TearDownTestSuite() {
     delete server_;
@@ -103,8 +103,8 @@ SynthData* ServerE2eTest::data_ = nullptr;
 ServerProcess* ServerE2eTest::server_ = nullptr;
 
 TEST_F(ServerE2eTest, AnswersMatchTheExactPath) {
-  auto model = Model::Load({dir_->Sub("repo/small/weights.npy"), "",
-                            dir_->Sub("repo/small/bias.npy"), ""});
+  auto model =
+      Model::Load({dir_->Sub("repo/small/weights.npy"), "", dir_->Sub("repo/small/bias.npy"), ""});
   ASSERT_TRUE(model.ok()) << model.status();
   ExactSoftmax exact(*model);
   for (size_t q = 0; q < 16; ++q) {
@@ -151,8 +151,7 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_queue_duration_seconds_bucket", "adasoftmax_batch_size_bucket",
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
         "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
-        "process_resident_memory_bytes",
-        "process_start_time_seconds"}) {
+        "process_resident_memory_bytes", "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
@@ -246,7 +245,8 @@ TEST_F(ServerE2eTest, ConcurrentClientsProduceBatchesLargerThanOne) {
   const std::vector<Sample> after = Scrape();
   const double count = *FindSample(after, "adasoftmax_batch_size_count", {{"model", "small"}});
   const double sum = *FindSample(after, "adasoftmax_batch_size_sum", {{"model", "small"}});
-  const double ones = *FindSample(after, "adasoftmax_batch_size_bucket", {{"model", "small"}, {"le", "1"}});
+  const double ones =
+      *FindSample(after, "adasoftmax_batch_size_bucket", {{"model", "small"}, {"le", "1"}});
   EXPECT_LT(ones, count);
   EXPECT_GT(sum, count);
   EXPECT_GT(count, before.value_or(0));
@@ -259,9 +259,8 @@ TEST_F(ServerE2eTest, AuditFindsTheFailuresOfAnUnderSampledModel) {
   for (int q = 0; q < kQueries; ++q) {
     ASSERT_TRUE(client_->TopKSoftmax("audit", QueryRow(data_->queries, q), o).ok());
   }
-  const double audited =
-      WaitForMetric(server_->metrics_address, "adasoftmax_audit_queries_total",
-                    {{"model", "audit"}}, kQueries);
+  const double audited = WaitForMetric(server_->metrics_address, "adasoftmax_audit_queries_total",
+                                       {{"model", "audit"}}, kQueries);
   EXPECT_EQ(audited, kQueries);
   const std::vector<Sample> samples = Scrape();
   const double failures =
@@ -285,8 +284,9 @@ TEST_F(ServerE2eTest, ExpensiveSamplingIsAnsweredExactlyAndCounted) {
   ASSERT_TRUE(sampled.ok()) << sampled.status();
   EXPECT_FALSE(sampled->exact);
   const std::vector<Sample> samples = Scrape();
-  EXPECT_EQ(*FindSample(samples, "adasoftmax_adaptive_exact_answers_total", {{"model", "fallback"}}),
-            kQueries);
+  EXPECT_EQ(
+      *FindSample(samples, "adasoftmax_adaptive_exact_answers_total", {{"model", "fallback"}}),
+      kQueries);
   // Exact answers are not audited, even at audit_fraction 1.
   EXPECT_EQ(*FindSample(samples, "adasoftmax_audit_queries_total", {{"model", "fallback"}}), 0);
 }
@@ -300,9 +300,9 @@ TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
   EXPECT_THAT(r.out, HasSubstr("'class"));
   EXPECT_THAT(r.out, HasSubstr("samples"));
 
-  CommandResult j = RunCommand({Cli(), "query", "--target", server_->address, "--model", "small",
-                                "--queries", dir_->Sub("repo/small/queries.npy"), "--k", "2",
-                                "--mode", "exact", "--json"});
+  CommandResult j =
+      RunCommand({Cli(), "query", "--target", server_->address, "--model", "small", "--queries",
+                  dir_->Sub("repo/small/queries.npy"), "--k", "2", "--mode", "exact", "--json"});
   ASSERT_EQ(j.exit_code, 0) << j.err;
   int lines = 0;
   for (absl::string_view line : absl::StrSplit(j.out, '\n', absl::SkipEmpty())) {
@@ -315,8 +315,8 @@ TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
   }
   EXPECT_EQ(lines, 64);
 
-  CommandResult bad = RunCommand({Cli(), "query", "--target", server_->address, "--model",
-                                  "small", "--vector", "1,2,3"});
+  CommandResult bad = RunCommand(
+      {Cli(), "query", "--target", server_->address, "--model", "small", "--vector", "1,2,3"});
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_THAT(bad.err, HasSubstr("query:"));
 }
@@ -337,12 +337,13 @@ TEST_F(ServerE2eTest, CliModelsHealthAndLoadgen) {
   CommandResult health = RunCommand({Cli(), "health", "--target", server_->address});
   EXPECT_EQ(health.exit_code, 0) << health.err;
   EXPECT_THAT(health.out, HasSubstr("SERVING"));
-  CommandResult nobody = RunCommand({Cli(), "health", "--target", "127.0.0.1:1", "--timeout-s", "2"});
+  CommandResult nobody =
+      RunCommand({Cli(), "health", "--target", "127.0.0.1:1", "--timeout-s", "2"});
   EXPECT_NE(nobody.exit_code, 0);
 
-  CommandResult load = RunCommand({Cli(), "loadgen", "--target", server_->address, "--model",
-                                   "small", "--queries", dir_->Sub("repo/small/queries.npy"),
-                                   "--concurrency", "4", "--duration-s", "1"});
+  CommandResult load =
+      RunCommand({Cli(), "loadgen", "--target", server_->address, "--model", "small", "--queries",
+                  dir_->Sub("repo/small/queries.npy"), "--concurrency", "4", "--duration-s", "1"});
   ASSERT_EQ(load.exit_code, 0) << load.err;
   const nlohmann::json report = nlohmann::json::parse(load.out);
   EXPECT_GT(report["qps"].get<double>(), 0);
@@ -427,9 +428,9 @@ TEST(ServerShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
       if (r.ok()) ++answered;
     });
   }
-  ASSERT_EQ(WaitForMetric(server.metrics_address, "adasoftmax_queue_size", {{"model", "small"}},
-                          kCalls),
-            kCalls);
+  ASSERT_EQ(
+      WaitForMetric(server.metrics_address, "adasoftmax_queue_size", {{"model", "small"}}, kCalls),
+      kCalls);
   const absl::Time signalled = absl::Now();
   server.process->Signal(SIGTERM);
   EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
