@@ -158,24 +158,12 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.query = &query;
   s.beta = query.options.temperature;
   s.delta_half = query.options.delta / 2;
-  s.level.assign(n_, 0);
-  s.bins.Reset(n_);
-  s.exact_logit.resize(n_);
-  s.estimate.resize(n_);
-  s.variance.resize(n_);
-  // Refresh(s, i) for the empty prefix, without reading the zeroed bins.
-  const float unknown = order_.last_level() > 0 ? std::numeric_limits<float>::infinity() : 0.0f;
-  for (uint32_t i = 0; i < n_; ++i) {
-    s.estimate[i] = static_cast<float>(s.beta * (model_.has_bias() ? model_.bias()[i] : 0.0));
-    s.variance[i] = unknown;
-  }
   s.survivors.clear();
   s.winners.clear();
   s.searching = true;
   s.stopped = false;
   s.fallback = false;
-  s.pending.resize(order_.levels());
-  for (std::vector<uint32_t>& p : s.pending) p.clear();
+  s.samples = 0;
   s.entries_prefix.resize(order_.levels());
   uint64_t entries = 0;
   size_t t = 0;
@@ -188,7 +176,24 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
     }
     s.entries_prefix[level] = entries;
   }
-  s.samples = 0;
+  // Before any sampling: level 1 alone (every arm, its entries) may cost more than the exact
+  // path. Then no per-arm state is needed.
+  const int first = std::min(1, order_.last_level());
+  if (FallBack(s, [&] { return static_cast<double>(n_) * s.entries_prefix[first]; })) return;
+
+  s.level.assign(n_, 0);
+  s.bins.Reset(n_);
+  s.exact_logit.resize(n_);
+  s.estimate.resize(n_);
+  s.variance.resize(n_);
+  // Refresh(s, i) for the empty prefix, without reading the zeroed bins.
+  const float unknown = order_.last_level() > 0 ? std::numeric_limits<float>::infinity() : 0.0f;
+  for (uint32_t i = 0; i < n_; ++i) {
+    s.estimate[i] = static_cast<float>(s.beta * (model_.has_bias() ? model_.bias()[i] : 0.0));
+    s.variance[i] = unknown;
+  }
+  s.pending.resize(order_.levels());
+  for (std::vector<uint32_t>& p : s.pending) p.clear();
 }
 
 void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
@@ -485,16 +490,17 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
 
   // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget; first
-  // to level 1, then the rest. Before each part, a query falls back when it is predicted to
-  // cost more than the exact path: level 1 alone (n x its entries), then the rest as the
-  // variances at level 1 predict.
+  // to level 1, then the rest, unless the variances at level 1 predict that the rest costs more
+  // than the exact path.
   const int budget = order_.LevelForFraction(options_.warmup_fraction);
-  for (const int max_level : {std::min(1, budget), budget}) {
+  for (const bool first : {true, false}) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      const PullJob job{&s, all_arms_, v0 / options_.normalizer_multiplier, nullptr, max_level};
-      if (!s.fallback && !FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
+      const PullJob job{&s, all_arms_, v0 / options_.normalizer_multiplier, nullptr,
+                        first ? std::min(1, budget) : budget};
+      if (s.fallback || (!first && FallBack(s, [&] { return PredictedEntries(job); }))) continue;
+      jobs.push_back(job);
     }
     PullUntil(jobs);
   }

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "core/blas.h"
+#include "core/softmax_kernels.h"
 
 namespace adasoftmax {
 namespace {
@@ -29,21 +30,31 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
       heap;
   double max = -std::numeric_limits<double>::infinity();
   double sum = 0;  // sum of exp(mu_i - max)
-  for (size_t i = 0; i < raw.size(); ++i) {
-    const double mu = temperature * (static_cast<double>(raw[i]) + (bias.empty() ? 0.0 : bias[i]));
-    if (mu > max) {
-      sum = sum * std::exp(max - mu) + 1.0;
-      max = mu;
-    } else {
-      sum += std::exp(mu - max);
+  // Blocks small enough to stay in L1: logits and top-k first, then the block's exponentials
+  // in one vectorised pass.
+  constexpr size_t kBlock = 1024;
+  double mu[kBlock];
+  for (size_t begin = 0; begin < raw.size(); begin += kBlock) {
+    const size_t count = std::min(kBlock, raw.size() - begin);
+    const double block_max = ScaledLogits(
+        raw.data() + begin, bias.empty() ? nullptr : bias.data() + begin, temperature, count, mu);
+    // Most blocks hold nothing that ranks higher than the current k-th best.
+    if (heap.size() < k || block_max >= heap.top().first) {
+      for (size_t j = 0; j < count; ++j) {
+        const std::pair<double, uint32_t> entry(mu[j], static_cast<uint32_t>(begin + j));
+        if (heap.size() < k) {
+          heap.push(entry);
+        } else if (RanksHigher()(entry, heap.top())) {
+          heap.pop();
+          heap.push(entry);
+        }
+      }
     }
-    const std::pair<double, uint32_t> entry(mu, static_cast<uint32_t>(i));
-    if (heap.size() < k) {
-      heap.push(entry);
-    } else if (RanksHigher()(entry, heap.top())) {
-      heap.pop();
-      heap.push(entry);
+    if (block_max > max) {
+      sum *= std::exp(max - block_max);
+      max = block_max;
     }
+    sum += SumExp(mu, count, max);
   }
   TopKResult result;
   result.log_partition = max + std::log(sum);

@@ -1,0 +1,37 @@
+// Compiled with -ffast-math (see core/CMakeLists.txt): that is what lets GCC vectorise the max
+// reduction and makes glibc's <cmath> declare the SIMD variants of exp, so SumExp calls
+// libmvec. Keep this file to kernels whose inputs are validated finite.
+#include "core/softmax_kernels.h"
+
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__)
+#define ADASOFTMAX_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ADASOFTMAX_KERNEL
+#endif
+
+namespace adasoftmax {
+
+ADASOFTMAX_KERNEL
+double ScaledLogits(const float* raw, const float* bias, double temperature, size_t count,
+                    double* mu) {
+  double max = std::numeric_limits<double>::lowest();
+#pragma omp simd reduction(max : max)
+  for (size_t i = 0; i < count; ++i) {
+    mu[i] = temperature * (static_cast<double>(raw[i]) + (bias ? bias[i] : 0.0f));
+    max = mu[i] > max ? mu[i] : max;
+  }
+  return max;
+}
+
+ADASOFTMAX_KERNEL
+double SumExp(const double* values, size_t count, double shift) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < count; ++i) sum += std::exp(values[i] - shift);
+  return sum;
+}
+
+}  // namespace adasoftmax
