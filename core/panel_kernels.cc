@@ -1,10 +1,6 @@
 #include "core/panel_kernels.h"
 
-#if defined(__x86_64__)
-#define ADASOFTMAX_KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define ADASOFTMAX_KERNEL
-#endif
+#include "core/target_clones.h"
 
 namespace adasoftmax {
 namespace {
