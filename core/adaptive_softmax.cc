@@ -27,6 +27,8 @@ constexpr uint32_t kChunk = 2048;
 // each panel (streaming, 4 bytes per arm and column, wasted on inactive arms); sparser ones
 // gather their arms' columns from the rows (latency-bound, a cache line per arm and column).
 constexpr uint32_t kDenseRatio = 16;
+// The search computes this many arms beyond the k best estimates exactly before it starts.
+constexpr uint32_t kExtraReferences = 3;
 
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
@@ -52,26 +54,49 @@ struct QueryState {
   std::vector<float> variance;           // of estimate[i]; infinite before the first pull
   std::vector<uint64_t> entries_prefix;  // entries of a row in the panels of prefix(L) that
                                          // this query reads, per level
+  std::vector<float> ordered_x;          // x's slices in the order's panel sequence
   std::vector<double> exact_logit;       // valid where level == kExactLevel
-  std::vector<uint32_t> survivors;
-  std::vector<uint32_t> winners;
+  // The k best arms computed exactly, worst first (a heap): the search's reference. An arm
+  // whose upper confidence bound falls below the worst of them is out of the top k.
+  std::vector<std::pair<double, uint32_t>> best_exact;
+  double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
   std::vector<double> target;  // per-arm variance target of the normaliser
-  double elimination_target = 0;
-  bool searching = true;
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;
-  // Scratch reused across levels.
-  std::vector<std::vector<uint32_t>> pending;  // arms waiting at each level
-  std::vector<float> block_x;                  // x's slices of the current block's panels
-  std::vector<double> lower, upper, scratch;   // per survivor, in Eliminate
+  // Scratch reused across chunks: arms of the current chunk waiting at each level.
+  std::vector<std::vector<uint32_t>> pending;
+
+  // Worse-first order of best_exact: lower logit, then higher index.
+  static bool Better(const std::pair<double, uint32_t>& a, const std::pair<double, uint32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  }
+  // The k-th best exact logit so far; -inf until k arms are exact.
+  double threshold(uint32_t k) const {
+    return best_exact.size() < k ? -std::numeric_limits<double>::infinity()
+                                 : best_exact.front().first;
+  }
+  void OfferExact(uint32_t i, uint32_t k) {
+    const std::pair<double, uint32_t> candidate{exact_logit[i], i};
+    if (best_exact.size() < k) {
+      best_exact.push_back(candidate);
+      std::push_heap(best_exact.begin(), best_exact.end(), Better);
+    } else if (Better(candidate, best_exact.front())) {
+      std::pop_heap(best_exact.begin(), best_exact.end(), Better);
+      best_exact.back() = candidate;
+      std::push_heap(best_exact.begin(), best_exact.end(), Better);
+    }
+  }
 };
 
-// One query's request to PullUntil: pull `arms` (ascending) until the arm's variance is at most
-// target(arm), the arm reaches max_level, or it has read every column.
+// One query's request to PullUntil. In a target job, `arms` (ascending) are pulled until the
+// arm's variance is at most target(arm) or it reaches max_level. In a search job, they are
+// pulled until their upper confidence bound falls below the query's threshold; an arm that
+// reaches the last level without doing so is computed exactly and offered to best_exact.
 struct PullJob {
   QueryState* state;
   absl::Span<const uint32_t> arms;
+  bool search;
   double uniform_target;  // used when per_arm_target is null
   const std::vector<double>* per_arm_target;
   int max_level;
@@ -120,20 +145,39 @@ class BatchSampler {
     if (!s.stopped && s.query->stop && s.query->stop()) s.stopped = true;
     return s.stopped;
   }
+  // Whether the job wants arm i pulled further.
+  bool Wants(const PullJob& job, uint32_t i) const {
+    const QueryState& s = *job.state;
+    if (s.level[i] == kExactLevel) return false;
+    if (job.search) {
+      return s.estimate[i] + std::sqrt(s.radius_scale * s.variance[i]) >=
+             s.threshold(s.query->options.k);
+    }
+    return s.level[i] < job.max_level && s.variance[i] > job.target(i);
+  }
+  // Queues arm i at its level if the job wants it pulled further. A search arm with every
+  // column read that is still in the race is computed exactly instead.
+  void Enqueue(const PullJob& job, uint32_t i) {
+    if (!Wants(job, i)) return;
+    QueryState& s = *job.state;
+    if (s.level[i] < order_.last_level()) {
+      s.pending[s.level[i]].push_back(i);
+    } else {
+      ComputeExact(s, i);
+      s.OfferExact(i, s.query->options.k);
+    }
+  }
   void PullUntil(absl::Span<const PullJob> jobs);
-  void PullLevel(int level, absl::Span<const PullJob> jobs);
   void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count, uint32_t chunk_begin,
                  uint32_t chunk_end);
   void PullRows(QueryState& s, int level, const uint32_t* arms, size_t count);
-  // Successive elimination step; clears `searching` once the top-k set is decided.
-  void Eliminate(QueryState& s);
   // Entries arm i is predicted to read until its variance is at most `target` or it reaches
   // `max_level`, assuming the variance falls in proportion to the entries read.
   double PredictedEntries(const QueryState& s, uint32_t i, double target, int max_level) const;
   // Entries the job's arms are predicted to read.
   double PredictedEntries(const PullJob& job) const;
-  // Entries the surviving arms are predicted to read before elimination separates them from
-  // the k-th best estimate.
+  // Entries the search is predicted to read: each arm until its confidence radius drops below
+  // its gap to the threshold.
   double PredictedSearchEntries(const QueryState& s) const;
   // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
@@ -152,26 +196,29 @@ class BatchSampler {
   // Per-chunk scratch of the dense sweep.
   std::vector<float> chunk_sum_ = std::vector<float>(kChunk);
   std::vector<float> chunk_sum_sq_ = std::vector<float>(kChunk);
+  std::vector<const float*> columns_;
 };
 
 void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.query = &query;
   s.beta = query.options.temperature;
   s.delta_half = query.options.delta / 2;
-  s.survivors.clear();
-  s.winners.clear();
-  s.searching = true;
+  s.best_exact.clear();
   s.stopped = false;
   s.fallback = false;
   s.samples = 0;
   s.entries_prefix.resize(order_.levels());
+  s.ordered_x.assign(order_.size() * kLanes, 0.0f);
   uint64_t entries = 0;
   size_t t = 0;
   for (int level = 0; level < order_.levels(); ++level) {
     for (; t < order_.prefix(level); ++t) {
       const size_t begin = order_.panel(t) * kLanes, end = std::min(d_, begin + kLanes);
       bool read = false;
-      for (size_t j = begin; j < end; ++j) read |= query.x[j] != 0;
+      for (size_t j = begin; j < end; ++j) {
+        s.ordered_x[t * kLanes + j - begin] = query.x[j];
+        read |= query.x[j] != 0;
+      }
       if (read) entries += end - begin;
     }
     s.entries_prefix[level] = entries;
@@ -194,70 +241,46 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   }
   s.pending.resize(order_.levels());
   for (std::vector<uint32_t>& p : s.pending) p.clear();
+  // log(6 n log d / delta'): a union bound over arms and elimination tests.
+  s.radius_scale = 2 * options_.topk_multiplier *
+                   std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
 }
 
+// Chunk by chunk, so a block of columns is read once for every query that needs it and each
+// arm's state stays in cache while the arm climbs the levels.
 void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
-  for (const PullJob& job : jobs) {
-    QueryState& s = *job.state;
-    for (uint32_t i : job.arms) {
-      const uint8_t level = s.level[i];
-      if (level == kExactLevel || level >= job.max_level) continue;
-      if (s.variance[i] > job.target(i)) s.pending[level].push_back(i);
-    }
-  }
   const int top = order_.last_level();
-  for (int level = 0; level < top; ++level) {
-    bool any = false;
-    for (const PullJob& job : jobs) any |= !job.state->pending[level].empty();
-    if (!any) continue;
-    PullLevel(level, jobs);
-    for (const PullJob& job : jobs) {
-      QueryState& s = *job.state;
-      std::vector<uint32_t>& pending = s.pending[level];
-      std::vector<uint32_t>& next = s.pending[level + 1];
-      const size_t waiting = next.size();
-      s.samples += static_cast<uint64_t>(pending.size()) *
-                   (s.entries_prefix[level + 1] - s.entries_prefix[level]);
-      for (uint32_t i : pending) {
-        s.level[i] = static_cast<uint8_t>(level + 1);
-        Refresh(s, i);
-        if (level + 1 < job.max_level && s.variance[i] > job.target(i)) next.push_back(i);
-      }
-      // Both parts are ascending; PullLevel walks arms in order.
-      std::inplace_merge(next.begin(), next.begin() + waiting, next.end());
-      pending.clear();
-    }
-  }
-}
-
-void BatchSampler::PullLevel(int level, absl::Span<const PullJob> jobs) {
-  const size_t block_begin = order_.prefix(level);
-  const size_t block_end = order_.prefix(level + 1);
-  for (const PullJob& job : jobs) {
-    QueryState& s = *job.state;
-    s.block_x.assign((block_end - block_begin) * kLanes, 0.0f);
-    for (size_t t = block_begin; t < block_end; ++t) {
-      const size_t begin = order_.panel(t) * kLanes, end = std::min(d_, begin + kLanes);
-      std::copy(s.query->x.begin() + begin, s.query->x.begin() + end,
-                s.block_x.begin() + (t - block_begin) * kLanes);
-    }
-  }
   std::vector<size_t> cursor(jobs.size(), 0);
   for (uint32_t chunk_begin = 0; chunk_begin < n_; chunk_begin += kChunk) {
     const uint32_t chunk_end = static_cast<uint32_t>(std::min<size_t>(n_, chunk_begin + kChunk));
+    int lowest = top;
     for (size_t q = 0; q < jobs.size(); ++q) {
-      QueryState& s = *jobs[q].state;
-      const std::vector<uint32_t>& pending = s.pending[level];
-      const size_t first = cursor[q];
-      size_t last = first;
-      while (last < pending.size() && pending[last] < chunk_end) ++last;
-      cursor[q] = last;
-      const size_t count = last - first;
-      if (count == 0) continue;
-      if (count * kDenseRatio >= chunk_end - chunk_begin) {
-        PullDense(s, level, &pending[first], count, chunk_begin, chunk_end);
-      } else {
-        PullRows(s, level, &pending[first], count);
+      const PullJob& job = jobs[q];
+      QueryState& s = *job.state;
+      for (; cursor[q] < job.arms.size() && job.arms[cursor[q]] < chunk_end; ++cursor[q]) {
+        const uint32_t i = job.arms[cursor[q]];
+        Enqueue(job, i);
+        if (s.level[i] != kExactLevel) lowest = std::min<int>(lowest, s.level[i]);
+      }
+    }
+    for (int level = lowest; level < top; ++level) {
+      for (const PullJob& job : jobs) {
+        QueryState& s = *job.state;
+        std::vector<uint32_t>& pending = s.pending[level];
+        if (pending.empty()) continue;
+        if (pending.size() * kDenseRatio >= chunk_end - chunk_begin) {
+          PullDense(s, level, pending.data(), pending.size(), chunk_begin, chunk_end);
+        } else {
+          PullRows(s, level, pending.data(), pending.size());
+        }
+        s.samples += static_cast<uint64_t>(pending.size()) *
+                     (s.entries_prefix[level + 1] - s.entries_prefix[level]);
+        for (uint32_t i : pending) {
+          s.level[i] = static_cast<uint8_t>(level + 1);
+          Refresh(s, i);
+          Enqueue(job, i);
+        }
+        pending.clear();
       }
     }
   }
@@ -268,16 +291,16 @@ void BatchSampler::PullLevel(int level, absl::Span<const PullJob> jobs) {
 void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
                              uint32_t chunk_begin, uint32_t chunk_end) {
   const uint32_t width = chunk_end - chunk_begin;
-  const size_t block_begin = order_.prefix(level);
   float* partial = chunk_sum_.data();
   float* partial_sq = chunk_sum_sq_.data();
   for (const PanelOrder::Run& run : order_.runs(level)) {
     std::fill(partial, partial + width, 0.0f);
     std::fill(partial_sq, partial_sq + width, 0.0f);
-    for (size_t t = run.begin; t < run.end; ++t) {
-      SweepPanel(model_.panel(order_.panel(t)) + size_t{chunk_begin} * kLanes,
-                 &s.block_x[(t - block_begin) * kLanes], width, partial, partial_sq);
-    }
+    columns_.clear();
+    for (size_t t = run.begin; t < run.end; ++t)
+      columns_.push_back(model_.panel(order_.panel(t)) + chunk_begin);
+    SweepColumns(columns_.data(), &s.ordered_x[run.begin], columns_.size(), width, partial,
+                 partial_sq);
     for (size_t k = 0; k < count; ++k) {
       const uint32_t i = arms[k];
       s.bins[i].sum[run.bin] += partial[i - chunk_begin];
@@ -305,55 +328,11 @@ void BatchSampler::PullRows(QueryState& s, int level, const uint32_t* arms, size
     if (k + kPrefetchDistance < count) prefetch(arms[k + kPrefetchDistance]);
     for (const PanelOrder::Run& run : order_.runs(level)) {
       const SumAndSquares v = GatherArm(rows, kLanes, order_.panel_data() + run.begin,
-                                        &s.block_x[(run.begin - block_begin) * kLanes],
-                                        run.end - run.begin, size_t{i} * d_);
+                                        &s.ordered_x[run.begin * kLanes], run.end - run.begin,
+                                        size_t{i} * d_);
       s.bins[i].sum[run.bin] += v.sum;
       s.bins[i].sum_sq[run.bin] += v.sum_sq;
     }
-  }
-}
-
-void BatchSampler::Eliminate(QueryState& s) {
-  const uint32_t k = s.query->options.k;
-  std::vector<uint32_t>& alive = s.survivors;
-  if (alive.size() > k) {
-    const double log_term = std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
-    std::vector<double>& lower = s.lower;
-    std::vector<double>& upper = s.upper;
-    lower.resize(alive.size());
-    upper.resize(alive.size());
-    bool all_exact = true;
-    for (size_t a = 0; a < alive.size(); ++a) {
-      const double var = s.variance[alive[a]] * options_.topk_multiplier;
-      const double radius = std::sqrt(2 * var * log_term);
-      const double est = s.estimate[alive[a]];
-      lower[a] = est - radius;
-      upper[a] = est + radius;
-      all_exact &= radius == 0;
-    }
-    std::vector<double>& sorted_lower = s.scratch;
-    sorted_lower.assign(lower.begin(), lower.end());
-    std::nth_element(sorted_lower.begin(), sorted_lower.begin() + (k - 1), sorted_lower.end(),
-                     std::greater<double>());
-    const double threshold = sorted_lower[k - 1];
-    size_t kept = 0;
-    for (size_t a = 0; a < alive.size(); ++a) {
-      if (upper[a] >= threshold) alive[kept++] = alive[a];
-    }
-    alive.resize(kept);
-    if (alive.size() > k && all_exact) {
-      // Exact ties: keep the k best, lower index first.
-      std::vector<std::pair<double, uint32_t>> ranked;
-      for (uint32_t i : alive) ranked.emplace_back(-s.estimate[i], i);
-      std::sort(ranked.begin(), ranked.end());
-      alive.clear();
-      for (uint32_t r = 0; r < k; ++r) alive.push_back(ranked[r].second);
-      std::sort(alive.begin(), alive.end());
-    }
-  }
-  if (alive.size() <= k) {
-    s.searching = false;
-    s.winners = alive;
   }
 }
 
@@ -376,26 +355,12 @@ double BatchSampler::PredictedEntries(const PullJob& job) const {
 }
 
 double BatchSampler::PredictedSearchEntries(const QueryState& s) const {
-  const uint32_t k = s.query->options.k;
-  if (s.survivors.size() <= k) return 0;
-  // The k-th and (k+1)-th best estimates: arms in the top k must clear the latter, the others
-  // the former.
-  std::vector<float> top(k + 1, -std::numeric_limits<float>::infinity());
-  for (uint32_t i : s.survivors) {
-    const float e = s.estimate[i];
-    if (e > top[k]) {
-      top[k] = e;
-      for (uint32_t r = k; r > 0 && top[r] > top[r - 1]; --r) std::swap(top[r], top[r - 1]);
-    }
-  }
-  // Separation when both radii sqrt(2 v m L) add up to the gap: v = gap^2 / (8 m L).
-  const double scale = 8 * options_.topk_multiplier *
-                       std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
+  const double threshold = s.threshold(s.query->options.k);
   double entries = 0;
-  for (uint32_t i : s.survivors) {
-    const double gap =
-        s.estimate[i] >= top[k - 1] ? s.estimate[i] - top[k] : top[k - 1] - s.estimate[i];
-    entries += PredictedEntries(s, i, gap * gap / scale, order_.last_level());
+  for (uint32_t i = 0; i < n_; ++i) {
+    // Out once sqrt(radius_scale * v) < gap: v = gap^2 / radius_scale.
+    const double gap = std::max(0.0, threshold - s.estimate[i]);
+    entries += PredictedEntries(s, i, gap * gap / s.radius_scale, order_.last_level());
   }
   return entries;
 }
@@ -404,7 +369,6 @@ bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted
   if (options_.sample_cost > 0 &&
       options_.sample_cost * predicted() > static_cast<double>(n_) * static_cast<double>(d_)) {
     s.fallback = true;
-    s.searching = false;
   }
   return s.fallback;
 }
@@ -466,13 +430,12 @@ TopKResult BatchSampler::Finish(QueryState& s) {
   for (uint32_t i = 0; i < n_; ++i) sum += std::exp(estimate[i] - max);
   TopKResult result;
   result.log_partition = max + std::log(sum);
-  std::vector<std::pair<double, uint32_t>> ranked;
-  for (uint32_t i : s.winners) ranked.emplace_back(-s.exact_logit[i], i);
-  std::sort(ranked.begin(), ranked.end());
-  for (const auto& [neg_logit, i] : ranked) {
+  std::vector<std::pair<double, uint32_t>> ranked = s.best_exact;
+  std::sort(ranked.begin(), ranked.end(), QueryState::Better);
+  for (const auto& [logit, i] : ranked) {
     result.indices.push_back(i);
-    result.logits.push_back(-neg_logit);
-    result.probabilities.push_back(std::exp(-neg_logit - result.log_partition));
+    result.logits.push_back(logit);
+    result.probabilities.push_back(std::exp(logit - result.log_partition));
   }
   result.samples = s.samples;
   result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
@@ -488,6 +451,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   if (pool.size() < queries.size()) pool.resize(queries.size());
   const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
+  auto live = [&](QueryState& s) { return !s.fallback && !Stopped(s); };
 
   // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget; first
   // to level 1, then the rest, unless the variances at level 1 predict that the rest costs more
@@ -497,53 +461,40 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      const PullJob job{&s, all_arms_, v0 / options_.normalizer_multiplier, nullptr,
+      const PullJob job{&s, all_arms_, false, v0 / options_.normalizer_multiplier, nullptr,
                         first ? std::min(1, budget) : budget};
-      if (s.fallback || (!first && FallBack(s, [&] { return PredictedEntries(job); }))) continue;
+      if (!live(s) || (!first && FallBack(s, [&] { return PredictedEntries(job); }))) continue;
       jobs.push_back(job);
     }
     PullUntil(jobs);
   }
 
-  // 2. Top-k search by successive elimination: the target variance starts at a quarter of the
-  // largest survivor's and halves every round.
-  for (QueryState& s : states) {
-    if (s.fallback) continue;
-    s.survivors = all_arms_;
-    if (Stopped(s)) {
-      s.searching = false;
-      continue;
-    }
-    Eliminate(s);
-    if (s.searching && FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
-    double largest = 0;
-    for (uint32_t i : s.survivors) largest = std::max<double>(largest, s.variance[i]);
-    s.elimination_target = largest / 4;
-  }
-  for (;;) {
-    std::vector<PullJob> jobs;
-    for (QueryState& s : states) {
-      if (s.searching && Stopped(s)) s.searching = false;
-      if (!s.searching) continue;
-      jobs.push_back({&s, s.survivors, s.elimination_target, nullptr, order_.last_level()});
-    }
-    if (jobs.empty()) break;
-    PullUntil(jobs);
-    for (const PullJob& job : jobs) {
-      QueryState& s = *job.state;
-      Eliminate(s);
-      s.elimination_target /= 2;
-      if (s.searching) FallBack(s, [&] { return PredictedSearchEntries(s); });
-    }
-  }
-
-  // 3. Exact winners. 4. Normaliser: pull every other arm to its own target.
+  // 2. Top-k search by elimination against exact references: the k + kExtraReferences arms
+  // with the best estimates are computed exactly (the winners usually are among them), then
+  // every arm is pulled until its upper confidence bound falls below the k-th best exact logit.
   std::vector<PullJob> jobs;
   for (QueryState& s : states) {
-    if (s.fallback || Stopped(s)) continue;
-    for (uint32_t i : s.winners) ComputeExact(s, i);
+    if (!live(s)) continue;
+    const uint32_t k = s.query->options.k;
+    const size_t references = std::min<size_t>(n_, k + kExtraReferences);
+    std::vector<uint32_t> best(references);
+    std::partial_sort_copy(all_arms_.begin(), all_arms_.end(), best.begin(), best.end(),
+                           [&](uint32_t a, uint32_t b) { return s.estimate[a] > s.estimate[b]; });
+    for (uint32_t i : best) {
+      ComputeExact(s, i);
+      s.OfferExact(i, k);
+    }
+    if (FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
+    jobs.push_back({&s, all_arms_, true, 0, nullptr, order_.last_level()});
+  }
+  PullUntil(jobs);
+
+  // 3. Normaliser: pull every arm to its own target.
+  jobs.clear();
+  for (QueryState& s : states) {
+    if (!live(s)) continue;
     SetNormalizerTargets(s);
-    const PullJob job{&s, all_arms_, 0, &s.target, order_.last_level()};
+    const PullJob job{&s, all_arms_, false, 0, &s.target, order_.last_level()};
     if (!FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);

@@ -27,6 +27,31 @@ void SweepPanel(const float* slices, const float* x, size_t arms, float* partial
 }
 
 ADASOFTMAX_KERNEL
+void SweepColumns(const float* const* columns, const float* x, size_t count, size_t arms,
+                  float* partial, float* partial_sq) {
+  static_assert(kLanes == 1, "a panel is one column");
+  size_t c = 0;
+  // Four columns per pass: four read streams, and a quarter of the partial-sum traffic.
+  for (; c + 4 <= count; c += 4) {
+    const float *a0 = columns[c], *a1 = columns[c + 1], *a2 = columns[c + 2], *a3 = columns[c + 3];
+    const float x0 = x[c], x1 = x[c + 1], x2 = x[c + 2], x3 = x[c + 3];
+    for (size_t r = 0; r < arms; ++r) {
+      const float v0 = a0[r] * x0, v1 = a1[r] * x1, v2 = a2[r] * x2, v3 = a3[r] * x3;
+      partial[r] += (v0 + v1) + (v2 + v3);
+      partial_sq[r] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+    }
+  }
+  for (; c < count; ++c) {
+    const float* a = columns[c];
+    for (size_t r = 0; r < arms; ++r) {
+      const float v = a[r] * x[c];
+      partial[r] += v;
+      partial_sq[r] += v * v;
+    }
+  }
+}
+
+ADASOFTMAX_KERNEL
 SumAndSquares GatherArm(const float* panels, size_t panel_stride, const uint32_t* ids,
                         const float* xs, size_t count, size_t arm_offset) {
   SumAndSquares out;

@@ -16,6 +16,10 @@ inline constexpr size_t kLanes = 1;  // == Model::kPanelWidth
 void SweepPanel(const float* slices, const float* x, size_t arms, float* partial,
                 float* partial_sq);
 
+// The same for `count` single-column panels at once: v_c = columns[c][r] * x[c].
+void SweepColumns(const float* const* columns, const float* x, size_t count, size_t arms,
+                  float* partial, float* partial_sq);
+
 // For one arm: sum and sum of squares of v_u = slice_u . x_u over `count` panels, where
 // slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes. Reads the
 // column panels (panel_stride = n * kLanes, arm_offset = i * kLanes) or the row-major matrix
