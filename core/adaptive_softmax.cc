@@ -1,6 +1,7 @@
 #include "core/adaptive_softmax.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -13,6 +14,8 @@
 #include "core/exact_softmax.h"
 #include "core/huge_buffer.h"
 #include "core/panel_kernels.h"
+#include "core/softmax_kernels.h"
+#include "core/worker_pool.h"
 
 namespace adasoftmax {
 namespace {
@@ -28,7 +31,25 @@ constexpr uint32_t kChunk = 2048;
 // gather their arms' columns from the rows (latency-bound, a cache line per arm and column).
 constexpr uint32_t kDenseRatio = 16;
 // The search computes this many arms beyond the k best estimates exactly before it starts.
-constexpr uint32_t kExtraReferences = 3;
+constexpr uint32_t kExtraReferences = 32;
+
+// The `count` arms of [0, n) that `better` ranks first, best first, in O(n log count).
+template <typename Better>
+std::vector<uint32_t> BestArms(size_t n, size_t count, Better better) {
+  std::vector<uint32_t> best;  // a heap, worst first
+  for (uint32_t i = 0; i < n; ++i) {
+    if (best.size() < count) {
+      best.push_back(i);
+      std::push_heap(best.begin(), best.end(), better);
+    } else if (better(i, best.front())) {
+      std::pop_heap(best.begin(), best.end(), better);
+      best.back() = i;
+      std::push_heap(best.begin(), best.end(), better);
+    }
+  }
+  std::sort_heap(best.begin(), best.end(), better);
+  return best;
+}
 
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
@@ -56,46 +77,28 @@ struct QueryState {
                                          // this query reads, per level
   std::vector<float> ordered_x;          // x's slices in the order's panel sequence
   std::vector<double> exact_logit;       // valid where level == kExactLevel
-  // The k best arms computed exactly, worst first (a heap): the search's reference. An arm
-  // whose upper confidence bound falls below the worst of them is out of the top k.
-  std::vector<std::pair<double, uint32_t>> best_exact;
+  // The search's reference: the k-th best logit among the arms computed exactly before it
+  // started. An arm whose upper confidence bound falls below it is out of the top k.
+  double threshold = 0;
   double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
   std::vector<double> target;  // per-arm variance target of the normaliser
+  std::vector<float> lower;    // scratch of SetNormalizerTargets
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
-  uint64_t samples = 0;
-  // Scratch reused across chunks: arms of the current chunk waiting at each level.
-  std::vector<std::vector<uint32_t>> pending;
+  uint64_t samples = 0;   // updated through AddSamples while chunks run in parallel
+  std::vector<uint32_t> winners;
 
-  // Worse-first order of best_exact: lower logit, then higher index.
-  static bool Better(const std::pair<double, uint32_t>& a, const std::pair<double, uint32_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  }
-  // The k-th best exact logit so far; -inf until k arms are exact.
-  double threshold(uint32_t k) const {
-    return best_exact.size() < k ? -std::numeric_limits<double>::infinity()
-                                 : best_exact.front().first;
-  }
-  void OfferExact(uint32_t i, uint32_t k) {
-    const std::pair<double, uint32_t> candidate{exact_logit[i], i};
-    if (best_exact.size() < k) {
-      best_exact.push_back(candidate);
-      std::push_heap(best_exact.begin(), best_exact.end(), Better);
-    } else if (Better(candidate, best_exact.front())) {
-      std::pop_heap(best_exact.begin(), best_exact.end(), Better);
-      best_exact.back() = candidate;
-      std::push_heap(best_exact.begin(), best_exact.end(), Better);
-    }
+  void AddSamples(uint64_t entries) {
+    std::atomic_ref<uint64_t>(samples).fetch_add(entries, std::memory_order_relaxed);
   }
 };
 
-// One query's request to PullUntil. In a target job, `arms` (ascending) are pulled until the
-// arm's variance is at most target(arm) or it reaches max_level. In a search job, they are
-// pulled until their upper confidence bound falls below the query's threshold; an arm that
-// reaches the last level without doing so is computed exactly and offered to best_exact.
+// One query's request to PullUntil. In a target job, every arm is pulled until its variance is
+// at most target(arm) or it reaches max_level. In a search job, until its upper confidence
+// bound falls below the query's threshold; an arm that reaches the last level without doing so
+// is computed exactly.
 struct PullJob {
   QueryState* state;
-  absl::Span<const uint32_t> arms;
   bool search;
   double uniform_target;  // used when per_arm_target is null
   const std::vector<double>* per_arm_target;
@@ -115,30 +118,29 @@ class BatchSampler {
   const std::vector<size_t>& fallbacks() const { return fallbacks_; }
 
  private:
-  // Recomputes estimate[i] and variance[i] from the arm's bins.
+  // Recomputes estimate[i] and variance[i] from the arm's bins: the estimate of the logit and
+  // its variance, infinite before the first pull and 0 once every column was read.
   void Refresh(QueryState& s, uint32_t i) const {
-    s.estimate[i] = static_cast<float>(Estimate(s, i));
-    s.variance[i] = static_cast<float>(Variance(s, i));
+    const uint8_t level = s.level[i];
+    if (level == kExactLevel) {
+      s.estimate[i] = static_cast<float>(s.exact_logit[i]);
+      s.variance[i] = 0;
+      return;
+    }
+    const float* inv = order_.inverse_inclusion(level);
+    const float* factor = order_.variance_factor(level);
+    const QueryState::Bins& bins = s.bins[i];
+    float e = 0, v = 0;
+#pragma omp simd reduction(+ : e, v)
+    for (int b = 0; b < kBins; ++b) {
+      e += bins.sum[b] * inv[b];
+      v += bins.sum_sq[b] * factor[b];
+    }
+    s.estimate[i] = static_cast<float>(s.beta * (e + (model_.has_bias() ? model_.bias()[i] : 0.0)));
+    s.variance[i] = level == 0 && order_.last_level() > 0
+                        ? std::numeric_limits<float>::infinity()
+                        : static_cast<float>(s.beta * s.beta * v);
   }
-  double Estimate(const QueryState& s, uint32_t i) const {
-    if (s.level[i] == kExactLevel) return s.exact_logit[i];
-    const float* inv = order_.inverse_inclusion(s.level[i]);
-    const float* sum = s.bins[i].sum;
-    double e = 0;
-    for (int b = 0; b < kBins; ++b) e += sum[b] * inv[b];
-    return s.beta * (e + (model_.has_bias() ? model_.bias()[i] : 0.0));
-  }
-  // Infinite before the first pull; 0 once every column was read.
-  double Variance(const QueryState& s, uint32_t i) const {
-    if (s.level[i] == kExactLevel) return 0;
-    if (s.level[i] == 0 && order_.last_level() > 0) return std::numeric_limits<double>::infinity();
-    const float* f = order_.variance_factor(s.level[i]);
-    const float* sq = s.bins[i].sum_sq;
-    double v = 0;
-    for (int b = 0; b < kBins; ++b) v += sq[b] * f[b];
-    return s.beta * s.beta * v;
-  }
-
   void InitState(const Query& query, QueryState& s);
   // Polls Query::stop; true once the query was stopped.
   static bool Stopped(QueryState& s) {
@@ -149,27 +151,36 @@ class BatchSampler {
   bool Wants(const PullJob& job, uint32_t i) const {
     const QueryState& s = *job.state;
     if (s.level[i] == kExactLevel) return false;
-    if (job.search) {
-      return s.estimate[i] + std::sqrt(s.radius_scale * s.variance[i]) >=
-             s.threshold(s.query->options.k);
+    if (job.search) {  // upper confidence bound >= threshold
+      const double gap = s.threshold - s.estimate[i];
+      return gap <= 0 || s.radius_scale * s.variance[i] >= gap * gap;
     }
     return s.level[i] < job.max_level && s.variance[i] > job.target(i);
   }
+  // Per-thread scratch of PullChunk.
+  struct Scratch {
+    std::vector<std::vector<uint32_t>> pending;  // [job * levels + level]: arms waiting there
+    std::vector<float> partial = std::vector<float>(kChunk);
+    std::vector<float> partial_sq = std::vector<float>(kChunk);
+    std::vector<const float*> columns;
+  };
   // Queues arm i at its level if the job wants it pulled further. A search arm with every
   // column read that is still in the race is computed exactly instead.
-  void Enqueue(const PullJob& job, uint32_t i) {
+  void Enqueue(const PullJob& job, uint32_t i, std::vector<uint32_t>* pending) {
     if (!Wants(job, i)) return;
     QueryState& s = *job.state;
     if (s.level[i] < order_.last_level()) {
-      s.pending[s.level[i]].push_back(i);
+      pending[s.level[i]].push_back(i);
     } else {
       ComputeExact(s, i);
-      s.OfferExact(i, s.query->options.k);
     }
   }
+  // Runs the jobs on every chunk of arms, chunks in parallel.
   void PullUntil(absl::Span<const PullJob> jobs);
+  void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
+                 Scratch& scratch);
   void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count, uint32_t chunk_begin,
-                 uint32_t chunk_end);
+                 uint32_t chunk_end, Scratch& scratch);
   void PullRows(QueryState& s, int level, const uint32_t* arms, size_t count);
   // Entries arm i is predicted to read until its variance is at most `target` or it reaches
   // `max_level`, assuming the variance falls in proportion to the entries read.
@@ -183,6 +194,16 @@ class BatchSampler {
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
   bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
   void ComputeExact(QueryState& s, uint32_t i);
+  // Among the arms computed exactly, the k with the best logits (ties to the lower index), best
+  // first. Arms not computed exactly rank last.
+  std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) const {
+    auto logit = [&](uint32_t i) {
+      return s.level[i] == kExactLevel ? s.exact_logit[i] : -std::numeric_limits<double>::infinity();
+    };
+    return BestArms(n_, k, [&](uint32_t a, uint32_t b) {
+      return logit(a) > logit(b) || (logit(a) == logit(b) && a < b);
+    });
+  }
   void SetNormalizerTargets(QueryState& s);
   TopKResult Finish(QueryState& s);
 
@@ -191,19 +212,14 @@ class BatchSampler {
   const AdaptiveOptions& options_;
   const size_t n_;
   const size_t d_;
-  std::vector<uint32_t> all_arms_;
   std::vector<size_t> fallbacks_;
-  // Per-chunk scratch of the dense sweep.
-  std::vector<float> chunk_sum_ = std::vector<float>(kChunk);
-  std::vector<float> chunk_sum_sq_ = std::vector<float>(kChunk);
-  std::vector<const float*> columns_;
 };
 
 void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.query = &query;
   s.beta = query.options.temperature;
   s.delta_half = query.options.delta / 2;
-  s.best_exact.clear();
+  s.winners.clear();
   s.stopped = false;
   s.fallback = false;
   s.samples = 0;
@@ -239,8 +255,6 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
     s.estimate[i] = static_cast<float>(s.beta * (model_.has_bias() ? model_.bias()[i] : 0.0));
     s.variance[i] = unknown;
   }
-  s.pending.resize(order_.levels());
-  for (std::vector<uint32_t>& p : s.pending) p.clear();
   // log(6 n log d / delta'): a union bound over arms and elimination tests.
   s.radius_scale = 2 * options_.topk_multiplier *
                    std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
@@ -249,39 +263,45 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
 // Chunk by chunk, so a block of columns is read once for every query that needs it and each
 // arm's state stays in cache while the arm climbs the levels.
 void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
+  if (jobs.empty()) return;
+  ParallelFor((n_ + kChunk - 1) / kChunk, [&](size_t chunk) {
+    thread_local Scratch scratch;
+    const uint32_t chunk_begin = static_cast<uint32_t>(chunk * kChunk);
+    PullChunk(jobs, chunk_begin, static_cast<uint32_t>(std::min<size_t>(n_, chunk_begin + kChunk)),
+              scratch);
+  });
+}
+
+void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin,
+                             uint32_t chunk_end, Scratch& scratch) {
   const int top = order_.last_level();
-  std::vector<size_t> cursor(jobs.size(), 0);
-  for (uint32_t chunk_begin = 0; chunk_begin < n_; chunk_begin += kChunk) {
-    const uint32_t chunk_end = static_cast<uint32_t>(std::min<size_t>(n_, chunk_begin + kChunk));
-    int lowest = top;
-    for (size_t q = 0; q < jobs.size(); ++q) {
-      const PullJob& job = jobs[q];
-      QueryState& s = *job.state;
-      for (; cursor[q] < job.arms.size() && job.arms[cursor[q]] < chunk_end; ++cursor[q]) {
-        const uint32_t i = job.arms[cursor[q]];
-        Enqueue(job, i);
-        if (s.level[i] != kExactLevel) lowest = std::min<int>(lowest, s.level[i]);
-      }
+  const size_t levels = order_.levels();
+  scratch.pending.resize(std::max(scratch.pending.size(), jobs.size() * levels));
+  int lowest = top;
+  for (size_t q = 0; q < jobs.size(); ++q) {
+    const QueryState& s = *jobs[q].state;
+    for (uint32_t i = chunk_begin; i < chunk_end; ++i) {
+      Enqueue(jobs[q], i, &scratch.pending[q * levels]);
+      if (s.level[i] != kExactLevel) lowest = std::min<int>(lowest, s.level[i]);
     }
-    for (int level = lowest; level < top; ++level) {
-      for (const PullJob& job : jobs) {
-        QueryState& s = *job.state;
-        std::vector<uint32_t>& pending = s.pending[level];
-        if (pending.empty()) continue;
-        if (pending.size() * kDenseRatio >= chunk_end - chunk_begin) {
-          PullDense(s, level, pending.data(), pending.size(), chunk_begin, chunk_end);
-        } else {
-          PullRows(s, level, pending.data(), pending.size());
-        }
-        s.samples += static_cast<uint64_t>(pending.size()) *
-                     (s.entries_prefix[level + 1] - s.entries_prefix[level]);
-        for (uint32_t i : pending) {
-          s.level[i] = static_cast<uint8_t>(level + 1);
-          Refresh(s, i);
-          Enqueue(job, i);
-        }
-        pending.clear();
+  }
+  for (int level = lowest; level < top; ++level) {
+    for (size_t q = 0; q < jobs.size(); ++q) {
+      QueryState& s = *jobs[q].state;
+      std::vector<uint32_t>& pending = scratch.pending[q * levels + level];
+      if (pending.empty()) continue;
+      if (pending.size() * kDenseRatio >= chunk_end - chunk_begin) {
+        PullDense(s, level, pending.data(), pending.size(), chunk_begin, chunk_end, scratch);
+      } else {
+        PullRows(s, level, pending.data(), pending.size());
       }
+      s.AddSamples(pending.size() * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
+      for (uint32_t i : pending) {
+        s.level[i] = static_cast<uint8_t>(level + 1);
+        Refresh(s, i);
+        Enqueue(jobs[q], i, &scratch.pending[q * levels]);
+      }
+      pending.clear();
     }
   }
 }
@@ -289,17 +309,18 @@ void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
 // Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, then adds
 // the run's partial sums to the listed arms.
 void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
-                             uint32_t chunk_begin, uint32_t chunk_end) {
+                             uint32_t chunk_begin, uint32_t chunk_end, Scratch& scratch) {
   const uint32_t width = chunk_end - chunk_begin;
-  float* partial = chunk_sum_.data();
-  float* partial_sq = chunk_sum_sq_.data();
+  float* partial = scratch.partial.data();
+  float* partial_sq = scratch.partial_sq.data();
+  std::vector<const float*>& columns = scratch.columns;
   for (const PanelOrder::Run& run : order_.runs(level)) {
     std::fill(partial, partial + width, 0.0f);
     std::fill(partial_sq, partial_sq + width, 0.0f);
-    columns_.clear();
+    columns.clear();
     for (size_t t = run.begin; t < run.end; ++t)
-      columns_.push_back(model_.panel(order_.panel(t)) + chunk_begin);
-    SweepColumns(columns_.data(), &s.ordered_x[run.begin], columns_.size(), width, partial,
+      columns.push_back(model_.panel(order_.panel(t)) + chunk_begin);
+    SweepColumns(columns.data(), &s.ordered_x[run.begin], columns.size(), width, partial,
                  partial_sq);
     for (size_t k = 0; k < count; ++k) {
       const uint32_t i = arms[k];
@@ -349,17 +370,16 @@ double BatchSampler::PredictedEntries(const QueryState& s, uint32_t i, double ta
 
 double BatchSampler::PredictedEntries(const PullJob& job) const {
   double entries = 0;
-  for (uint32_t i : job.arms)
+  for (uint32_t i = 0; i < n_; ++i)
     entries += PredictedEntries(*job.state, i, job.target(i), job.max_level);
   return entries;
 }
 
 double BatchSampler::PredictedSearchEntries(const QueryState& s) const {
-  const double threshold = s.threshold(s.query->options.k);
   double entries = 0;
   for (uint32_t i = 0; i < n_; ++i) {
     // Out once sqrt(radius_scale * v) < gap: v = gap^2 / radius_scale.
-    const double gap = std::max(0.0, threshold - s.estimate[i]);
+    const double gap = std::max(0.0, s.threshold - s.estimate[i]);
     entries += PredictedEntries(s, i, gap * gap / s.radius_scale, order_.last_level());
   }
   return entries;
@@ -378,8 +398,7 @@ void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
   const absl::Span<const float> x = s.query->x;
   double dot = 0;
   for (size_t j = 0; j < d_; ++j) dot += static_cast<double>(row[j]) * x[j];
-  const uint8_t level = s.level[i];
-  s.samples += d_ - s.entries_prefix[level];
+  s.AddSamples(d_ - s.entries_prefix[s.level[i]]);
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;
   Refresh(s, i);
@@ -391,29 +410,20 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
   const double eps = s.query->options.epsilon;
   const double log_arms = std::log(6.0 * n_ / s.delta_half);
   const double log_two = std::log(12.0 / s.delta_half);
-  std::vector<double>& low = s.target;  // est - C, then alpha, then the targets
+  // low_i = est_i - C_i. alpha_i = exp(low_i) and gamma_i = sqrt(alpha_i) are both scaled by
+  // exp(-shift): the targets are invariant to that scale.
+  std::vector<float>& low = s.lower;
   low.resize(n_);
-  double shift = -std::numeric_limits<double>::infinity();
-  for (uint32_t i = 0; i < n_; ++i) {
-    const double var = s.variance[i] * options_.normalizer_multiplier;
-    low[i] = s.estimate[i] - std::sqrt(2 * var * log_arms);
-    shift = std::max(shift, low[i]);
-  }
-  // alpha_i = exp(low_i) and gamma_i = sqrt(alpha_i), both scaled by exp(-shift): the
-  // targets are invariant to that scale.
-  std::vector<double>& alpha = low;
-  double sum_alpha = 0, sum_gamma = 0;
-  for (uint32_t i = 0; i < n_; ++i) {
-    alpha[i] = std::exp(low[i] - shift);
-    sum_alpha += alpha[i];
-    sum_gamma += std::sqrt(alpha[i]);
-  }
+  const double shift = LowerBounds(s.estimate.data(), s.variance.data(),
+                                   static_cast<float>(2 * options_.normalizer_multiplier * log_arms),
+                                   n_, low.data());
+  const double sum_alpha = SumExp(low.data(), n_, shift);
+  const double sum_gamma = SumExp(low.data(), n_, shift, 0.5);
   const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
   const double c2 = 16 * log_two / (eps * eps);
-  for (uint32_t i = 0; i < n_; ++i) {
-    const double v = std::min(sum_gamma / (c1 * std::sqrt(alpha[i])), sum_alpha / (c2 * alpha[i]));
-    s.target[i] = v / options_.normalizer_multiplier;
-  }
+  s.target.resize(n_);
+  NormalizerTargets(low.data(), n_, shift, sum_gamma / (c1 * options_.normalizer_multiplier),
+                    sum_alpha / (c2 * options_.normalizer_multiplier), s.target.data());
 }
 
 TopKResult BatchSampler::Finish(QueryState& s) {
@@ -423,19 +433,14 @@ TopKResult BatchSampler::Finish(QueryState& s) {
     stopped.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
     return stopped;
   }
-  const std::vector<float>& estimate = s.estimate;
-  double max = -std::numeric_limits<double>::infinity();
-  for (uint32_t i = 0; i < n_; ++i) max = std::max<double>(max, estimate[i]);
-  double sum = 0;
-  for (uint32_t i = 0; i < n_; ++i) sum += std::exp(estimate[i] - max);
+  const double max = MaxOf(s.estimate.data(), n_);
+  const double sum = SumExp(s.estimate.data(), n_, max);
   TopKResult result;
   result.log_partition = max + std::log(sum);
-  std::vector<std::pair<double, uint32_t>> ranked = s.best_exact;
-  std::sort(ranked.begin(), ranked.end(), QueryState::Better);
-  for (const auto& [logit, i] : ranked) {
+  for (uint32_t i : s.winners) {
     result.indices.push_back(i);
-    result.logits.push_back(logit);
-    result.probabilities.push_back(std::exp(logit - result.log_partition));
+    result.logits.push_back(s.exact_logit[i]);
+    result.probabilities.push_back(std::exp(s.exact_logit[i] - result.log_partition));
   }
   result.samples = s.samples;
   result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
@@ -444,8 +449,6 @@ TopKResult BatchSampler::Finish(QueryState& s) {
 }
 
 std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
-  all_arms_.resize(n_);
-  std::iota(all_arms_.begin(), all_arms_.end(), 0u);
   // Per-thread states keep their buffers between calls: no page faults on the hot path.
   thread_local std::vector<QueryState> pool;
   if (pool.size() < queries.size()) pool.resize(queries.size());
@@ -461,7 +464,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      const PullJob job{&s, all_arms_, false, v0 / options_.normalizer_multiplier, nullptr,
+      const PullJob job{&s, false, v0 / options_.normalizer_multiplier, nullptr,
                         first ? std::min(1, budget) : budget};
       if (!live(s) || (!first && FallBack(s, [&] { return PredictedEntries(job); }))) continue;
       jobs.push_back(job);
@@ -471,30 +474,33 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
 
   // 2. Top-k search by elimination against exact references: the k + kExtraReferences arms
   // with the best estimates are computed exactly (the winners usually are among them), then
-  // every arm is pulled until its upper confidence bound falls below the k-th best exact logit.
+  // every arm is pulled until its upper confidence bound falls below the k-th best of them, or
+  // computed exactly. The winners are the k best exact arms.
   std::vector<PullJob> jobs;
   for (QueryState& s : states) {
     if (!live(s)) continue;
     const uint32_t k = s.query->options.k;
-    const size_t references = std::min<size_t>(n_, k + kExtraReferences);
-    std::vector<uint32_t> best(references);
-    std::partial_sort_copy(all_arms_.begin(), all_arms_.end(), best.begin(), best.end(),
-                           [&](uint32_t a, uint32_t b) { return s.estimate[a] > s.estimate[b]; });
-    for (uint32_t i : best) {
-      ComputeExact(s, i);
-      s.OfferExact(i, k);
-    }
+    const std::vector<uint32_t> references =
+        BestArms(n_, k + kExtraReferences, [&](uint32_t a, uint32_t b) {
+          return s.estimate[a] > s.estimate[b] || (s.estimate[a] == s.estimate[b] && a < b);
+        });
+    for (uint32_t i : references) ComputeExact(s, i);
+    s.threshold = s.exact_logit[BestExact(s, k).back()];
     if (FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
-    jobs.push_back({&s, all_arms_, true, 0, nullptr, order_.last_level()});
+    jobs.push_back({&s, true, 0, nullptr, order_.last_level()});
   }
   PullUntil(jobs);
+  for (const PullJob& job : jobs) {
+    QueryState& s = *job.state;
+    s.winners = BestExact(s, s.query->options.k);
+  }
 
   // 3. Normaliser: pull every arm to its own target.
   jobs.clear();
   for (QueryState& s : states) {
     if (!live(s)) continue;
     SetNormalizerTargets(s);
-    const PullJob job{&s, all_arms_, false, 0, &s.target, order_.last_level()};
+    const PullJob job{&s, false, 0, &s.target, order_.last_level()};
     if (!FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);

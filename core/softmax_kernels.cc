@@ -30,4 +30,45 @@ double SumExp(const double* values, size_t count, double shift) {
   return sum;
 }
 
+ADASOFTMAX_KERNEL
+double SumExp(const float* values, size_t count, double shift, float scale) {
+  const float shift_f = static_cast<float>(shift);
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < count; ++i) sum += std::exp(scale * (values[i] - shift_f));
+  return sum;
+}
+
+ADASOFTMAX_KERNEL
+float MaxOf(const float* values, size_t count) {
+  float max = std::numeric_limits<float>::lowest();
+#pragma omp simd reduction(max : max)
+  for (size_t i = 0; i < count; ++i) max = values[i] > max ? values[i] : max;
+  return max;
+}
+
+ADASOFTMAX_KERNEL
+float LowerBounds(const float* estimate, const float* variance, float scale, size_t count,
+                  float* lower) {
+  float max = std::numeric_limits<float>::lowest();
+#pragma omp simd reduction(max : max)
+  for (size_t i = 0; i < count; ++i) {
+    lower[i] = estimate[i] - std::sqrt(scale * variance[i]);
+    max = lower[i] > max ? lower[i] : max;
+  }
+  return max;
+}
+
+ADASOFTMAX_KERNEL
+void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
+                       double* target) {
+#pragma omp simd
+  for (size_t i = 0; i < count; ++i) {
+    double g = std::exp(0.5 * (lower[i] - shift));
+    g = g > 1e-150 ? g : 1e-150;
+    const double by_gamma = a / g, by_alpha = b / (g * g);
+    target[i] = by_gamma < by_alpha ? by_gamma : by_alpha;
+  }
+}
+
 }  // namespace adasoftmax

@@ -1,8 +1,8 @@
 #ifndef ADASOFTMAX_CORE_SOFTMAX_KERNELS_H_
 #define ADASOFTMAX_CORE_SOFTMAX_KERNELS_H_
 
-// The exact path's vectorised loops over a block of logits. Compiled for AVX-512, AVX2 and
-// baseline x86-64 and picked at load time. REQUIRES (both): finite inputs.
+// Vectorised loops over logits and their estimates. Compiled for AVX-512, AVX2 and baseline
+// x86-64 and picked at load time. REQUIRES (all): finite inputs.
 
 #include <cstddef>
 
@@ -17,6 +17,19 @@ double ScaledLogits(const float* raw, const float* bias, double temperature, siz
 // differs from a scalar loop's, so results may differ from it, and between CPUs, in the last
 // bits.
 double SumExp(const double* values, size_t count, double shift);
+
+// For float values: sum_i exp(scale * (values[i] - shift)), and max_i values[i].
+double SumExp(const float* values, size_t count, double shift, float scale = 1);
+float MaxOf(const float* values, size_t count);
+
+// The normaliser's per-arm weights (paper Algorithm 2): lower[i] = estimate[i] -
+// sqrt(scale * variance[i]); returns the largest lower[i].
+float LowerBounds(const float* estimate, const float* variance, float scale, size_t count,
+                  float* lower);
+// With g_i = exp((lower[i] - shift) / 2): target[i] = min(a / g_i, b / g_i^2), and g_i floored
+// at 1e-150 so that every target is finite.
+void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
+                       double* target);
 
 }  // namespace adasoftmax
 

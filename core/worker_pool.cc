@@ -1,0 +1,83 @@
+#include "core/worker_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+
+namespace adasoftmax {
+namespace {
+
+class WorkerPool {
+ public:
+  explicit WorkerPool(unsigned workers) {
+    for (unsigned w = 0; w < workers; ++w) std::thread([this] { Work(); }).detach();
+  }
+
+  void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
+    Task task{body, count};
+    {
+      absl::MutexLock lock(&mu_);
+      tasks_.push_back(&task);
+    }
+    RunItems(task);
+    absl::MutexLock lock(&mu_);
+    // No worker may pick the task up once it is off the queue; wait for those that did.
+    const auto it = std::find(tasks_.begin(), tasks_.end(), &task);
+    if (it != tasks_.end()) tasks_.erase(it);
+    mu_.Await(absl::Condition(
+        +[](Task* t) { return t->helpers == 0; }, &task));
+  }
+
+ private:
+  struct Task {
+    absl::FunctionRef<void(size_t)> body;
+    size_t count;
+    std::atomic<size_t> next{0};
+    int helpers = 0;  // workers running items; guarded by mu_
+  };
+
+  static void RunItems(Task& task) {
+    for (size_t i = task.next.fetch_add(1); i < task.count; i = task.next.fetch_add(1)) {
+      task.body(i);
+    }
+  }
+
+  void Work() {
+    absl::MutexLock lock(&mu_);
+    for (;;) {
+      mu_.Await(absl::Condition(
+          +[](std::deque<Task*>* tasks) { return !tasks->empty(); }, &tasks_));
+      Task* task = tasks_.front();
+      if (task->next.load() >= task->count) {  // nothing left to take
+        tasks_.pop_front();
+        continue;
+      }
+      ++task->helpers;
+      mu_.Unlock();
+      RunItems(*task);
+      mu_.Lock();
+      --task->helpers;
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<Task*> tasks_;  // guarded by mu_
+};
+
+}  // namespace
+
+void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
+  if (count <= 1) {
+    if (count == 1) body(0);
+    return;
+  }
+  // Never destroyed: its detached workers wait on it until the process exits.
+  static WorkerPool* const pool =
+      new WorkerPool(std::max(1u, std::thread::hardware_concurrency()) - 1);
+  pool->ParallelFor(count, body);
+}
+
+}  // namespace adasoftmax

@@ -1,0 +1,18 @@
+#ifndef ADASOFTMAX_CORE_WORKER_POOL_H_
+#define ADASOFTMAX_CORE_WORKER_POOL_H_
+
+#include <cstddef>
+
+#include "absl/functional/function_ref.h"
+
+namespace adasoftmax {
+
+// Calls body(i) for every i in [0, count), on the calling thread and on the process's shared
+// worker threads (one fewer than the hardware threads), and returns when every call has
+// returned. Calls may run in any order and concurrently; bodies must not wait on each other.
+// Safe to call from many threads at once: their items share the same workers.
+void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body);
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_WORKER_POOL_H_
