@@ -31,24 +31,28 @@ struct AdaptiveOptions {
   double sample_cost = 0;
 };
 
-// The sample_cost the CLI and the server use unless told otherwise. Measured: a sampled entry
-// costs 12 (dense theory-mode pulls) to 40 (calibrated, late gathers) streamed entries on the
-// 2-core benchmark machine of the README; 32 falls back on the workloads where sampling loses.
-inline constexpr double kDefaultSampleCost = 32;
+// The sample_cost the CLI and the server use unless told otherwise. Measured with `adasoftmax
+// bench` on the 2-core benchmark machine of the README: a sampled entry costs 6 (dense pulls,
+// W4) to 18 (heavy-tailed, W1) entries streamed by the exact path.
+inline constexpr double kDefaultSampleCost = 16;
 
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 
 // Adaptive top-k softmax (Baharav et al., NeurIPS 2024): each class is a bandit arm whose
 // mean A_i . x is estimated from a shared, importance-sampled column order. Warm-up, top-k
-// search by successive elimination, exact winners, and a two-round normaliser. With
-// probability at least 1 - delta, the returned set is the true top-k and every returned
-// probability is within a factor (1 +- epsilon) of the truth (when the multipliers are 1, or
-// when calibrated).
+// search by elimination, exact winners, and a two-round normaliser. With probability at least
+// 1 - delta, the returned set is the true top-k and every returned probability is within a
+// factor (1 +- epsilon) of the truth (when the multipliers are 1, or when calibrated).
 //
-// A batch shares one column order drawn from the weights of all its queries: each block of
-// columns is read once, arm chunk by arm chunk, for every query that still needs it; each query
-// keeps its own arms, targets and stopping rules. Queries that fall back to the exact path
-// (see AdaptiveOptions::sample_cost) are finished together by SGEMV/SGEMM. Thread-safe.
+// The search computes the best few warm-up estimates exactly and eliminates every other arm as
+// soon as its upper confidence bound falls below the k-th best of those exact logits; an arm
+// that is never eliminated is computed exactly too, and the winners are the k best exact arms.
+//
+// A batch shares one column order drawn from the weights of all its queries. Arms are processed
+// in chunks of rows, in parallel on the process's worker threads (see ParallelFor); within a
+// chunk each block of columns is read once for every query that still needs it, and each query
+// keeps its own arms, targets and stopping rules. Queries that fall back to the exact path (see
+// AdaptiveOptions::sample_cost) are finished together by SGEMV/SGEMM. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   // REQUIRES: ValidateAdaptiveOptions(options).ok().
