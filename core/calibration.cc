@@ -110,7 +110,7 @@ class Evaluator {
     std::atomic<size_t> done{0};
     ParallelFor(split.size(), options_.threads, [&](size_t i) {
       const size_t r = split.begin + i;
-      Query q{Row(r), query_};
+      Query q{Row(r), query_, {}};
       q.options.seed = QuerySeed(options_.seed, r);
       const TopKResult result = std::move(solver.Run(absl::MakeConstSpan(&q, 1)).front());
       fractions[i] = result.sample_fraction;
@@ -236,7 +236,8 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
       queries.layout() == Layout::kRowMajor ? Matrix() : queries.Copy(Layout::kRowMajor);
   const Matrix& rows = queries.layout() == Layout::kRowMajor ? queries : row_copy;
   for (size_t r = 0; r < total; ++r) {
-    const Query q{absl::MakeConstSpan(rows.data() + r * rows.cols(), rows.cols()), query_options};
+    const Query q{absl::MakeConstSpan(rows.data() + r * rows.cols(), rows.cols()), query_options,
+                  {}};
     if (absl::Status s = ValidateQuery(*model, q); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrFormat("queries: row %d: %s", r, s.message()));
     }

@@ -8,6 +8,7 @@
 
 #include "core/blas.h"
 #include "core/softmax_kernels.h"
+#include "core/worker_pool.h"
 
 namespace adasoftmax {
 namespace {
@@ -72,19 +73,33 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
 }
 
 void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<float> out) {
-  const int n = static_cast<int>(m.n());
+  // OpenBLAS runs single-threaded on each block of rows, the blocks on the worker pool: as fast
+  // as OpenBLAS's own threads, which would otherwise spin after every call and slow down
+  // whatever runs next on the pool.
+  static const bool single_threaded = (openblas_set_num_threads(1), true);
+  (void)single_threaded;
+  const size_t n = m.n();
   const int d = static_cast<int>(m.d());
   const int batch = static_cast<int>(queries.size());
-  if (batch == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, n, d, 1.0f, m.rows().data(), d, queries[0].x.data(), 1,
-                0.0f, out.data(), 1);
-  } else if (batch > 1) {
-    // Out (batch x n) = X (batch x d) * A^T.
-    std::vector<float> x(static_cast<size_t>(batch) * d);
+  if (batch == 0) return;
+  std::vector<float> x;  // X (batch x d), for SGEMM
+  if (batch > 1) {
+    x.resize(static_cast<size_t>(batch) * d);
     for (int q = 0; q < batch; ++q) std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, n, d, 1.0f, x.data(), d,
-                m.rows().data(), d, 0.0f, out.data(), n);
   }
+  const size_t blocks = std::min(ParallelWidth(), n);
+  ParallelFor(blocks, [&](size_t b) {
+    const size_t begin = n * b / blocks, end = n * (b + 1) / blocks;
+    const int rows = static_cast<int>(end - begin);
+    const float* a = m.rows().data() + begin * d;
+    if (batch == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, d, 1.0f, a, d, queries[0].x.data(), 1, 0.0f,
+                  out.data() + begin, 1);
+    } else {  // out[:, begin:end] (batch x rows) = X * A[begin:end]^T
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, rows, d, 1.0f, x.data(), d, a, d,
+                  0.0f, out.data() + begin, static_cast<int>(n));
+    }
+  });
 }
 
 std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {

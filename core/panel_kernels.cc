@@ -15,18 +15,6 @@ inline float Dot(const float* a, const float* x) {
 }  // namespace
 
 ADASOFTMAX_KERNEL
-void SweepPanel(const float* slices, const float* x, size_t arms, float* partial,
-                float* partial_sq) {
-  // Vectorised across arms: the short dot product is unrolled, not reduced per arm.
-  for (size_t r = 0; r < arms; ++r) {
-    float v = 0;
-    for (size_t c = 0; c < kLanes; ++c) v += slices[r * kLanes + c] * x[c];
-    partial[r] += v;
-    partial_sq[r] += v * v;
-  }
-}
-
-ADASOFTMAX_KERNEL
 void SweepColumns(const float* const* columns, const float* x, size_t count, size_t arms,
                   float* partial, float* partial_sq) {
   static_assert(kLanes == 1, "a panel is one column");

@@ -11,12 +11,9 @@ namespace adasoftmax {
 
 inline constexpr size_t kLanes = 1;  // == Model::kPanelWidth
 
-// For r in [0, arms): v = slices[r * kLanes, (r + 1) * kLanes) . x; partial[r] += v;
-// partial_sq[r] += v * v. `slices` are consecutive arms' slices of one panel.
-void SweepPanel(const float* slices, const float* x, size_t arms, float* partial,
-                float* partial_sq);
-
-// The same for `count` single-column panels at once: v_c = columns[c][r] * x[c].
+// For r in [0, arms): v_c = columns[c][r] * x[c] for c in [0, count); partial[r] += sum_c v_c;
+// partial_sq[r] += sum_c v_c^2. Each column pointer addresses consecutive arms' entries of one
+// single-column panel.
 void SweepColumns(const float* const* columns, const float* x, size_t count, size_t arms,
                   float* partial, float* partial_sq);
 

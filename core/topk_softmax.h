@@ -30,7 +30,7 @@ struct QueryOptions {
 struct Query {
   absl::Span<const float> x;  // length d
   QueryOptions options;
-  // Optional; polled between sampling rounds. Once it returns true (the caller went away or
+  // Optional; polled between sampling phases. Once it returns true (the caller went away or
   // its deadline passed) the query stops using compute and its result has no indices. The
   // other queries of the batch are unaffected. Must be callable from the solver's thread.
   std::function<bool()> stop;

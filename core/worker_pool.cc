@@ -69,14 +69,18 @@ class WorkerPool {
 
 }  // namespace
 
+size_t ParallelWidth() {
+  static const size_t width = std::max(1u, std::thread::hardware_concurrency());
+  return width;
+}
+
 void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
-  if (count <= 1) {
-    if (count == 1) body(0);
+  if (count <= 1 || ParallelWidth() == 1) {
+    for (size_t i = 0; i < count; ++i) body(i);
     return;
   }
   // Never destroyed: its detached workers wait on it until the process exits.
-  static WorkerPool* const pool =
-      new WorkerPool(std::max(1u, std::thread::hardware_concurrency()) - 1);
+  static WorkerPool* const pool = new WorkerPool(static_cast<unsigned>(ParallelWidth() - 1));
   pool->ParallelFor(count, body);
 }
 

@@ -13,6 +13,9 @@ namespace adasoftmax {
 // Safe to call from many threads at once: their items share the same workers.
 void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body);
 
+// The number of threads ParallelFor runs on: the hardware threads, at least 1.
+size_t ParallelWidth();
+
 }  // namespace adasoftmax
 
 #endif  // ADASOFTMAX_CORE_WORKER_POOL_H_

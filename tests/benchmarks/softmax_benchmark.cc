@@ -22,37 +22,39 @@ std::vector<float> RandomFloats(size_t count, uint64_t seed) {
   return v;
 }
 
-// A dense sweep: consecutive arms' slices of one panel.
-void BM_SweepPanel(benchmark::State& state) {
+// A dense sweep: consecutive arms' slices of four columns, in cache.
+void BM_SweepColumns(benchmark::State& state) {
   const size_t arms = state.range(0);
-  const std::vector<float> slices = RandomFloats(arms * kLanes, 1);
-  const std::vector<float> x = RandomFloats(kLanes, 2);
+  const std::vector<float> slices = RandomFloats(4 * arms, 1);
+  const std::vector<float> x = RandomFloats(4, 2);
+  const float* columns[4] = {&slices[0], &slices[arms], &slices[2 * arms], &slices[3 * arms]};
   std::vector<float> partial(arms), partial_sq(arms);
   for (auto _ : state) {
-    SweepPanel(slices.data(), x.data(), arms, partial.data(), partial_sq.data());
+    SweepColumns(columns, x.data(), 4, arms, partial.data(), partial_sq.data());
     benchmark::DoNotOptimize(partial.data());
   }
-  state.SetBytesProcessed(state.iterations() * arms * kLanes * sizeof(float));
+  state.SetBytesProcessed(state.iterations() * 4 * arms * sizeof(float));
 }
-BENCHMARK(BM_SweepPanel)->Arg(2048)->Arg(1 << 16);
+BENCHMARK(BM_SweepColumns)->Arg(2048)->Arg(1 << 16);
 
-// The same sweep out of cache, as the sampler runs it: 2048-arm slices of random columns of a
-// 50257 x 768 column-major matrix (154 MB).
-void BM_SweepPanelFromMemory(benchmark::State& state) {
-  const size_t n = 50257, panels = 768, arms = 2048;
-  const std::vector<float> matrix = RandomFloats(n * panels * kLanes, 6);
-  const std::vector<float> x = RandomFloats(kLanes, 7);
+// The same sweep out of cache, as the sampler runs it: 2048-arm slices of four random columns
+// of a 50257 x 768 column-major matrix (154 MB).
+void BM_SweepColumnsFromMemory(benchmark::State& state) {
+  const size_t n = 50257, d = 768, arms = 2048;
+  const std::vector<float> matrix = RandomFloats(n * d, 6);
+  const std::vector<float> x = RandomFloats(4, 7);
   std::vector<float> partial(arms), partial_sq(arms);
   std::mt19937_64 rng(8);
   for (auto _ : state) {
-    const size_t panel = rng() % panels, first = rng() % (n - arms);
-    SweepPanel(matrix.data() + (panel * n + first) * kLanes, x.data(), arms, partial.data(),
-               partial_sq.data());
+    const size_t first = rng() % (n - arms);
+    const float* columns[4];
+    for (const float*& c : columns) c = matrix.data() + (rng() % d) * n + first;
+    SweepColumns(columns, x.data(), 4, arms, partial.data(), partial_sq.data());
     benchmark::DoNotOptimize(partial.data());
   }
-  state.SetBytesProcessed(state.iterations() * arms * kLanes * sizeof(float));
+  state.SetBytesProcessed(state.iterations() * 4 * arms * sizeof(float));
 }
-BENCHMARK(BM_SweepPanelFromMemory);
+BENCHMARK(BM_SweepColumnsFromMemory);
 
 // Single-arm gathers of 32 random panels from a 50257 x 768 column-major matrix.
 void BM_GatherArm(benchmark::State& state) {
