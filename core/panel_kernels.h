@@ -1,8 +1,8 @@
 #ifndef ADASOFTMAX_CORE_PANEL_KERNELS_H_
 #define ADASOFTMAX_CORE_PANEL_KERNELS_H_
 
-// The sampler's inner loops over column panels (see Model). Each is compiled for AVX-512, AVX2
-// and baseline x86-64 and picked at load time for the CPU it runs on.
+// The sampler's inner loops over column panels (see Model). SweepColumns is compiled for
+// AVX-512, AVX2 and baseline x86-64 and picked at load time for the CPU it runs on.
 
 #include <cstddef>
 #include <cstdint>
@@ -20,13 +20,24 @@ void SweepColumns(const float* const* columns, const float* x, size_t count, siz
 // For one arm: sum and sum of squares of v_u = slice_u . x_u over `count` panels, where
 // slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes. Reads the
 // column panels (panel_stride = n * kLanes, arm_offset = i * kLanes) or the row-major matrix
-// (panel_stride = kLanes, arm_offset = i * d) alike.
+// (panel_stride = kLanes, arm_offset = i * d) alike. Inline: latency-bound, one cache line per
+// panel, and called per arm and bin.
 struct SumAndSquares {
   float sum = 0;
   float sum_sq = 0;
 };
-SumAndSquares GatherArm(const float* panels, size_t panel_stride, const uint32_t* ids,
-                        const float* xs, size_t count, size_t arm_offset);
+inline SumAndSquares GatherArm(const float* panels, size_t panel_stride, const uint32_t* ids,
+                               const float* xs, size_t count, size_t arm_offset) {
+  SumAndSquares out;
+  for (size_t u = 0; u < count; ++u) {
+    const float* slice = panels + ids[u] * panel_stride + arm_offset;
+    float v = 0;
+    for (size_t c = 0; c < kLanes; ++c) v += slice[c] * xs[u * kLanes + c];
+    out.sum += v;
+    out.sum_sq += v * v;
+  }
+  return out;
+}
 
 }  // namespace adasoftmax
 
