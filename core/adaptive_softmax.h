@@ -33,8 +33,8 @@ struct AdaptiveOptions {
 
 // The sample_cost the CLI and the server use unless told otherwise. Measured with `adasoftmax
 // bench` on the 2-core benchmark machine of the README: a sampled entry costs 6 (dense pulls,
-// W4) to 18 (heavy-tailed, W1) entries streamed by the exact path.
-inline constexpr double kDefaultSampleCost = 16;
+// W4) to 10 (heavy-tailed, W1) entries streamed by the exact path.
+inline constexpr double kDefaultSampleCost = 8;
 
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 
