@@ -268,12 +268,18 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
 // arm's state stays in cache while the arm climbs the levels.
 void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
   if (jobs.empty()) return;
-  ParallelFor((n_ + kChunk - 1) / kChunk, [&](size_t chunk) {
+  const size_t chunks = (n_ + kChunk - 1) / kChunk;
+  auto pull = [&](size_t chunk) {
     thread_local Scratch scratch;
     const uint32_t chunk_begin = static_cast<uint32_t>(chunk * kChunk);
     PullChunk(jobs, chunk_begin, static_cast<uint32_t>(std::min<size_t>(n_, chunk_begin + kChunk)),
               scratch);
-  });
+  };
+  if (n_ * d_ < kParallelMinEntries) {
+    for (size_t chunk = 0; chunk < chunks; ++chunk) pull(chunk);
+  } else {
+    ParallelFor(chunks, pull);
+  }
 }
 
 void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin,

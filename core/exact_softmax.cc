@@ -87,7 +87,7 @@ void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<flo
     x.resize(static_cast<size_t>(batch) * d);
     for (int q = 0; q < batch; ++q) std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
   }
-  const size_t blocks = std::min(ParallelWidth(), n);
+  const size_t blocks = n * m.d() < kParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
   ParallelFor(blocks, [&](size_t b) {
     const size_t begin = n * b / blocks, end = n * (b + 1) / blocks;
     const int rows = static_cast<int>(end - begin);

@@ -16,6 +16,10 @@ void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body);
 // The number of threads ParallelFor runs on: the hardware threads, at least 1.
 size_t ParallelWidth();
 
+// Passes over fewer matrix entries than this stay on the calling thread: they take
+// microseconds, less than waking the workers costs.
+inline constexpr size_t kParallelMinEntries = size_t{1} << 20;
+
 }  // namespace adasoftmax
 
 #endif  // ADASOFTMAX_CORE_WORKER_POOL_H_

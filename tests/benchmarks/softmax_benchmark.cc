@@ -134,12 +134,12 @@ void BM_EndToEnd(benchmark::State& state, bool adaptive) {
   state.counters["fraction"] = samples / static_cast<double>(q);
 }
 BENCHMARK_CAPTURE(BM_EndToEnd, exact, false)->Args({0, 0, 0})->Unit(benchmark::kMillisecond);
-// Theory mode (1, 1) and the calibrated multipliers of deploy/benchmark.sh (0.3, 1e-5), without
+// Theory mode (1, 1) and the calibrated multipliers of deploy/benchmark.sh (1, 1e-3), without
 // and with the default exact fallback.
 BENCHMARK_CAPTURE(BM_EndToEnd, adaptive, true)
     ->Args({1000, 1000000, 0})
-    ->Args({300, 10, 0})
-    ->Args({300, 10, static_cast<int64_t>(kDefaultSampleCost)})
+    ->Args({1000, 1000, 0})
+    ->Args({1000, 1000, static_cast<int64_t>(kDefaultSampleCost)})
     ->Unit(benchmark::kMillisecond);
 
 }  // namespace

@@ -1,0 +1,55 @@
+#include "core/worker_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace adasoftmax {
+namespace {
+
+TEST(WorkerPoolTest, RunsEveryIndexExactlyOnce) {
+  for (size_t count : {0, 1, 2, 3, 1000}) {
+    std::vector<std::atomic<int>> runs(count);
+    ParallelFor(count, [&](size_t i) { runs[i].fetch_add(1); });
+    for (size_t i = 0; i < count; ++i) {
+      EXPECT_EQ(runs[i].load(), 1) << "count " << count << ", index " << i;
+    }
+  }
+}
+
+TEST(WorkerPoolTest, UsesTheWorkersWhenThereAreSome) {
+  std::mutex mu;
+  std::set<std::thread::id> threads;
+  // Items slow enough that a worker wakes up before the caller has taken them all.
+  ParallelFor(100, [&](size_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    std::lock_guard<std::mutex> lock(mu);
+    threads.insert(std::this_thread::get_id());
+  });
+  EXPECT_EQ(threads.size(), std::min<size_t>(ParallelWidth(), 100));
+}
+
+TEST(WorkerPoolTest, ConcurrentCallersEachGetAllTheirItems) {
+  constexpr int kCallers = 4;
+  constexpr size_t kItems = 500;
+  std::vector<std::atomic<uint64_t>> sums(kCallers);
+  std::vector<std::thread> callers;
+  for (int c = 0; c < kCallers; ++c) {
+    callers.emplace_back([&, c] {
+      for (int round = 0; round < 20; ++round) {
+        ParallelFor(kItems, [&](size_t i) { sums[c].fetch_add(i + 1); });
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  for (int c = 0; c < kCallers; ++c) EXPECT_EQ(sums[c].load(), 20 * kItems * (kItems + 1) / 2);
+}
+
+}  // namespace
+}  // namespace adasoftmax
