@@ -67,14 +67,24 @@ class WorkerPool {
   std::deque<Task*> tasks_;  // guarded by mu_
 };
 
+std::atomic<size_t> configured_width{0};  // 0: the hardware threads
+std::atomic<bool> width_fixed{false};      // set by the first ParallelFor
+
 }  // namespace
 
 size_t ParallelWidth() {
-  static const size_t width = std::max(1u, std::thread::hardware_concurrency());
-  return width;
+  const size_t width = configured_width.load();
+  return width > 0 ? width : std::max(1u, std::thread::hardware_concurrency());
+}
+
+bool SetParallelWidth(size_t width) {
+  if (width_fixed.load()) return false;
+  configured_width.store(std::max<size_t>(1, width));
+  return true;
 }
 
 void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
+  if (!width_fixed.load(std::memory_order_relaxed)) width_fixed.store(true);
   if (count <= 1 || ParallelWidth() == 1) {
     for (size_t i = 0; i < count; ++i) body(i);
     return;

@@ -13,8 +13,13 @@ namespace adasoftmax {
 // Safe to call from many threads at once: their items share the same workers.
 void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body);
 
-// The number of threads ParallelFor runs on: the hardware threads, at least 1.
+// The number of threads ParallelFor runs on, the caller included: as set by SetParallelWidth,
+// else the hardware threads (at least 1).
 size_t ParallelWidth();
+
+// Sets ParallelWidth, e.g. to a container's CPU limit, which the hardware count does not see.
+// Takes effect only before the first ParallelFor; returns whether it did. REQUIRES: width >= 1.
+bool SetParallelWidth(size_t width);
 
 // Passes over fewer matrix entries than this stay on the calling thread: they take
 // microseconds, less than waking the workers costs.

@@ -21,6 +21,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "core/worker_pool.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, model_repository, "",
@@ -35,7 +36,9 @@ ABSL_FLAG(int64_t, batch_timeout_us, 500,
           "... or once the oldest request has waited this many microseconds");
 ABSL_FLAG(int, max_queue_size, 1024,
           "requests waiting per model beyond which new ones get RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, threads, 0, "batch worker threads (0: one per core)");
+ABSL_FLAG(int, threads, 0,
+          "batch worker threads, and the threads each batch splits its work over (0: one per "
+          "core)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
 ABSL_FLAG(double, audit_fraction, 0.01,
@@ -144,6 +147,8 @@ int main(int argc, char** argv) {
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   options.threads = absl::GetFlag(FLAGS_threads);
   if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
+  // The samplers and exact passes of a batch split their work over as many threads.
+  if (options.threads > 0) adasoftmax::SetParallelWidth(options.threads);
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);

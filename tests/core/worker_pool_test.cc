@@ -35,6 +35,13 @@ TEST(WorkerPoolTest, UsesTheWorkersWhenThereAreSome) {
   EXPECT_EQ(threads.size(), std::min<size_t>(ParallelWidth(), 100));
 }
 
+TEST(WorkerPoolTest, WidthIsFixedOnceThePoolRuns) {
+  ParallelFor(8, [](size_t) {});
+  const size_t width = ParallelWidth();
+  EXPECT_FALSE(SetParallelWidth(width + 1));
+  EXPECT_EQ(ParallelWidth(), width);
+}
+
 TEST(WorkerPoolTest, ConcurrentCallersEachGetAllTheirItems) {
   constexpr int kCallers = 4;
   constexpr size_t kItems = 500;
