@@ -76,8 +76,10 @@ void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<flo
   // OpenBLAS runs single-threaded on each block of rows, the blocks on the worker pool: as fast
   // as OpenBLAS's own threads, which would otherwise spin after every call and slow down
   // whatever runs next on the pool.
-  static const bool single_threaded = (openblas_set_num_threads(1), true);
-  (void)single_threaded;
+  [[maybe_unused]] static const bool single_threaded = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
   const size_t n = m.n();
   const int d = static_cast<int>(m.d());
   const int batch = static_cast<int>(queries.size());
