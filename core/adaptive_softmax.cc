@@ -10,8 +10,8 @@
 #include "absl/functional/function_ref.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
+#include "core/arm_kernels.h"
 #include "core/exact_softmax.h"
-#include "core/huge_buffer.h"
 #include "core/panel_kernels.h"
 #include "core/softmax_kernels.h"
 #include "core/worker_pool.h"
@@ -19,12 +19,9 @@
 namespace adasoftmax {
 namespace {
 
-constexpr int kBins = PanelOrder::kBins;
-// Level value of an arm whose logit was computed exactly from its full row.
-constexpr uint8_t kExactLevel = std::numeric_limits<uint8_t>::max();
-// Arms are pulled in chunks of this many rows so a block of columns stays in cache while every
-// query of the batch uses it.
-constexpr uint32_t kChunk = 2048;
+static_assert(kBins == PanelOrder::kBins);
+// Arms are pulled in chunks of kChunk rows so a block of columns stays in cache while every
+// query of the batch uses it, and the chunk's bookkeeping stays in cache while its arms climb.
 // A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's slices of
 // each panel (streaming, 4 bytes per arm and column, wasted on inactive arms); sparser ones
 // gather their arms' columns from the rows (latency-bound, a cache line per arm and column).
@@ -57,21 +54,18 @@ uint64_t FreshSeed() {
   return absl::Uniform<uint64_t>(gen);
 }
 
-// Sampling state of one query of a batch. Arm i's bins are one cache line, bins[i]: sum[b] and
-// sum_sq[b] are the sums of a_ip and a_ip^2 over the panels p of bin b in the arm's prefix,
-// prefix(level[i]), where a_ip is panel p's part of A_i . x. estimate[i] and
-// variance[i] are derived from them whenever level[i] changes, so that the passes over many
-// arms read 8 bytes per arm rather than the arm's bins.
+// Sampling state of one query of a batch. Arm i has read the panels of prefix(level[i]); the
+// sums of each chunk of arms (see arm_kernels.h) start at sums[chunk * kChunkSums] and are
+// valid from the arm's first pull on. estimate[i] and variance[i] are derived from them
+// whenever level[i] changes, so that the passes over all arms read 8 bytes per arm.
 struct QueryState {
+  static constexpr size_t kChunkSums = 2 * kBins * kChunk;
+
   const Query* query = nullptr;
   double beta = 1;
   double delta_half = 0;  // delta' = delta / 2
   std::vector<uint8_t> level;
-  struct alignas(64) Bins {
-    float sum[kBins];
-    float sum_sq[kBins];
-  };
-  HugeBuffer<Bins> bins;
+  std::vector<float> sums;
   std::vector<float> estimate;           // of the logit beta * (A_i . x + b_i)
   std::vector<float> variance;           // of estimate[i]; infinite before the first pull
   std::vector<uint64_t> entries_prefix;  // entries of a row in the panels of prefix(L) that
@@ -82,7 +76,7 @@ struct QueryState {
   // started. An arm whose upper confidence bound falls below it is out of the top k.
   double threshold = 0;
   double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
-  std::vector<double> target;  // per-arm variance target of the normaliser
+  std::vector<float> target;   // per-arm variance target of the normaliser
   std::vector<float> lower;    // scratch of SetNormalizerTargets
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
@@ -94,18 +88,16 @@ struct QueryState {
   }
 };
 
-// One query's request to PullUntil. In a target job, every arm is pulled until its variance is
-// at most target(arm) or it reaches max_level. In a search job, until its upper confidence
-// bound falls below the query's threshold; an arm that reaches the last level without doing so
-// is computed exactly.
+// One query's request to PullUntil: its arms are pulled while the demand wants them (with
+// demand.target indexed by arm). A search arm that reaches the last level still wanted is
+// computed exactly.
 struct PullJob {
   QueryState* state;
-  bool search;
-  double uniform_target;  // used when per_arm_target is null
-  const std::vector<double>* per_arm_target;
-  int max_level;
+  Demand demand;
 
-  double target(uint32_t i) const { return per_arm_target ? (*per_arm_target)[i] : uniform_target; }
+  double target(uint32_t i) const {
+    return demand.target != nullptr ? demand.target[i] : demand.uniform_target;
+  }
 };
 
 class BatchSampler {
@@ -119,70 +111,43 @@ class BatchSampler {
   const std::vector<size_t>& fallbacks() const { return fallbacks_; }
 
  private:
-  // Recomputes estimate[i] and variance[i] from the arm's bins: the estimate of the logit and
-  // its variance, infinite before the first pull and 0 once every column was read.
-  void Refresh(QueryState& s, uint32_t i) const {
-    const uint8_t level = s.level[i];
-    if (level == kExactLevel) {
-      s.estimate[i] = static_cast<float>(s.exact_logit[i]);
-      s.variance[i] = 0;
-      return;
-    }
-    const float* inv = order_.inverse_inclusion(level);
-    const float* factor = order_.variance_factor(level);
-    const QueryState::Bins& bins = s.bins[i];
-    float e = 0, v = 0;
-#pragma omp simd reduction(+ : e, v)
-    for (int b = 0; b < kBins; ++b) {
-      e += bins.sum[b] * inv[b];
-      v += bins.sum_sq[b] * factor[b];
-    }
-    s.estimate[i] = static_cast<float>(s.beta * (e + (model_.has_bias() ? model_.bias()[i] : 0.0)));
-    s.variance[i] = level == 0 && order_.last_level() > 0
-                        ? std::numeric_limits<float>::infinity()
-                        : static_cast<float>(s.beta * s.beta * v);
-  }
   void InitState(const Query& query, QueryState& s);
   // Polls Query::stop; true once the query was stopped.
   static bool Stopped(QueryState& s) {
     if (!s.stopped && s.query->stop && s.query->stop()) s.stopped = true;
     return s.stopped;
   }
-  // Whether the job wants arm i pulled further.
-  bool Wants(const PullJob& job, uint32_t i) const {
-    const QueryState& s = *job.state;
-    if (s.level[i] == kExactLevel) return false;
-    if (job.search) {  // upper confidence bound >= threshold
-      const double gap = s.threshold - s.estimate[i];
-      return gap <= 0 || s.radius_scale * s.variance[i] >= gap * gap;
-    }
-    return s.level[i] < job.max_level && s.variance[i] > job.target(i);
-  }
   // Per-thread scratch of PullChunk.
   struct Scratch {
-    std::vector<std::vector<uint32_t>> pending;  // [job * levels + level]: arms waiting there
+    std::vector<uint8_t> want;  // [job * kChunk + r]
+    std::vector<uint8_t> mask = std::vector<uint8_t>(kChunk);
+    std::vector<uint32_t> arms;
     std::vector<float> partial = std::vector<float>(kChunk);
     std::vector<float> partial_sq = std::vector<float>(kChunk);
     std::vector<const float*> columns;
   };
-  // Queues arm i at its level if the job wants it pulled further. A search arm with every
-  // column read that is still in the race is computed exactly instead.
-  void Enqueue(const PullJob& job, uint32_t i, std::vector<uint32_t>* pending) {
-    if (!Wants(job, i)) return;
-    QueryState& s = *job.state;
-    if (s.level[i] < order_.last_level()) {
-      pending[s.level[i]].push_back(i);
-    } else {
-      ComputeExact(s, i);
-    }
-  }
   // Runs the jobs on every chunk of arms, chunks in parallel.
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
-  void PullDense(QueryState& s, int level, const uint32_t* arms, size_t count, uint32_t chunk_begin,
-                 uint32_t chunk_end, Scratch& scratch);
-  void PullRows(QueryState& s, int level, const uint32_t* arms, size_t count);
+  // Pulls the arms in scratch.mask from `level` to the next, sweeping the chunk's slices of
+  // the level's panels (streaming, but 4 bytes per arm and column are wasted on unmasked arms).
+  void PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
+                 Scratch& scratch);
+  // The same, gathering each masked arm's columns from its row (latency-bound, a cache line per
+  // arm and column), for when few arms are masked. Updates want[] of the pulled arms.
+  void PullRows(const PullJob& job, int level, uint32_t chunk_begin, uint32_t chunk_end,
+                uint8_t* want, Scratch& scratch);
+  // Search arms wanted at the last level are computed exactly (and no longer wanted).
+  void ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
+                        uint8_t* want);
+  LevelWeights Weights(const QueryState& s, int level) const {
+    return {order_.inverse_inclusion(level), order_.variance_factor(level),
+            static_cast<float>(s.beta)};
+  }
+  const float* ChunkBias(uint32_t chunk_begin) const {
+    return model_.has_bias() ? model_.bias().data() + chunk_begin : nullptr;
+  }
   // Entries arm i is predicted to read until its variance is at most `target` or it reaches
   // `max_level`, assuming the variance falls in proportion to the entries read.
   double PredictedEntries(const QueryState& s, uint32_t i, double target, int max_level) const;
@@ -249,11 +214,11 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   if (FallBack(s, [&] { return static_cast<double>(n_) * s.entries_prefix[first]; })) return;
 
   s.level.assign(n_, 0);
-  s.bins.Reset(n_);
+  s.sums.resize((n_ + kChunk - 1) / kChunk * QueryState::kChunkSums);  // cleared on first pull
   s.exact_logit.resize(n_);
   s.estimate.resize(n_);
   s.variance.resize(n_);
-  // Refresh(s, i) for the empty prefix, without reading the zeroed bins.
+  // The estimates of the empty prefix.
   const float unknown = order_.last_level() > 0 ? std::numeric_limits<float>::infinity() : 0.0f;
   for (uint32_t i = 0; i < n_; ++i) {
     s.estimate[i] = static_cast<float>(s.beta * (model_.has_bias() ? model_.bias()[i] : 0.0));
@@ -284,43 +249,63 @@ void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
 
 void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin,
                              uint32_t chunk_end, Scratch& scratch) {
+  const uint32_t width = chunk_end - chunk_begin;
   const int top = order_.last_level();
-  const size_t levels = order_.levels();
-  scratch.pending.resize(std::max(scratch.pending.size(), jobs.size() * levels));
+  scratch.want.resize(std::max(scratch.want.size(), jobs.size() * kChunk));
+  auto want_of = [&](size_t q) { return scratch.want.data() + q * kChunk; };
+  auto update_wants = [&](size_t q) {
+    const PullJob& job = jobs[q];
+    const QueryState& s = *job.state;
+    Demand demand = job.demand;
+    if (demand.target != nullptr) demand.target += chunk_begin;
+    return UpdateWants(demand, &s.level[chunk_begin], &s.estimate[chunk_begin],
+                       &s.variance[chunk_begin], width, want_of(q));
+  };
   int lowest = top;
   for (size_t q = 0; q < jobs.size(); ++q) {
-    const QueryState& s = *jobs[q].state;
-    for (uint32_t i = chunk_begin; i < chunk_end; ++i) {
-      Enqueue(jobs[q], i, &scratch.pending[q * levels]);
-      if (s.level[i] != kExactLevel) lowest = std::min<int>(lowest, s.level[i]);
-    }
+    ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q));
+    lowest = std::min<int>(lowest, update_wants(q));
   }
   for (int level = lowest; level < top; ++level) {
     for (size_t q = 0; q < jobs.size(); ++q) {
       QueryState& s = *jobs[q].state;
-      std::vector<uint32_t>& pending = scratch.pending[q * levels + level];
-      if (pending.empty()) continue;
-      if (pending.size() * kDenseRatio >= chunk_end - chunk_begin) {
-        PullDense(s, level, pending.data(), pending.size(), chunk_begin, chunk_end, scratch);
+      const size_t count =
+          SelectLevel(want_of(q), &s.level[chunk_begin], level, width, scratch.mask.data());
+      if (count == 0) continue;
+      s.AddSamples(count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
+      if (count * kDenseRatio >= width) {
+        PullDense(s, level, chunk_begin, chunk_end, scratch);
+        update_wants(q);
       } else {
-        PullRows(s, level, pending.data(), pending.size());
+        PullRows(jobs[q], level, chunk_begin, chunk_end, want_of(q), scratch);
       }
-      s.AddSamples(pending.size() * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
-      for (uint32_t i : pending) {
-        s.level[i] = static_cast<uint8_t>(level + 1);
-        Refresh(s, i);
-        Enqueue(jobs[q], i, &scratch.pending[q * levels]);
-      }
-      pending.clear();
+      if (level + 1 == top) ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q));
     }
   }
 }
 
-// Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, then adds
-// the run's partial sums to the listed arms.
-void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, size_t count,
-                             uint32_t chunk_begin, uint32_t chunk_end, Scratch& scratch) {
+void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
+                                    uint8_t* want) {
+  if (!job.demand.search) return;
+  QueryState& s = *job.state;
+  const int top = order_.last_level();
+  for (uint32_t i = chunk_begin; i < chunk_end; ++i) {
+    if (s.level[i] != top) continue;
+    if (Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i])) {
+      ComputeExact(s, i);
+    }
+    want[i - chunk_begin] = false;
+  }
+}
+
+// Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, and adds
+// the run's partial sums to the masked arms.
+void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
+                             Scratch& scratch) {
   const uint32_t width = chunk_end - chunk_begin;
+  const uint8_t* mask = scratch.mask.data();
+  float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
+  if (level == 0) ClearSums(mask, width, sums);
   float* partial = scratch.partial.data();
   float* partial_sq = scratch.partial_sq.data();
   std::vector<const float*>& columns = scratch.columns;
@@ -332,38 +317,53 @@ void BatchSampler::PullDense(QueryState& s, int level, const uint32_t* arms, siz
       columns.push_back(model_.panel(order_.panel(t)) + chunk_begin);
     SweepColumns(columns.data(), &s.ordered_x[run.begin], columns.size(), width, partial,
                  partial_sq);
-    for (size_t k = 0; k < count; ++k) {
-      const uint32_t i = arms[k];
-      s.bins[i].sum[run.bin] += partial[i - chunk_begin];
-      s.bins[i].sum_sq[run.bin] += partial_sq[i - chunk_begin];
-    }
+    AddToSums(mask, partial, partial_sq, run.bin, width, sums);
   }
+  Advance(mask, sums, Weights(s, level + 1), ChunkBias(chunk_begin), width, &s.level[chunk_begin],
+          &s.estimate[chunk_begin], &s.variance[chunk_begin]);
 }
 
-// Reads the block's columns of each listed arm from its row: the columns are scattered, but
+// Reads the block's columns of each masked arm from its row: the columns are scattered, but
 // within one row they share DRAM pages and prefetch streams, unlike single column-panel slices.
-void BatchSampler::PullRows(QueryState& s, int level, const uint32_t* arms, size_t count) {
+void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
+                            uint32_t chunk_end, uint8_t* want, Scratch& scratch) {
+  QueryState& s = *job.state;
+  std::vector<uint32_t>& arms = scratch.arms;
+  arms.clear();
+  for (uint32_t r = 0; r < chunk_end - chunk_begin; ++r) {
+    if (scratch.mask[r]) arms.push_back(r);
+  }
+  float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
+  const LevelWeights weights = Weights(s, level + 1);
+  const float* bias = ChunkBias(chunk_begin);
   const size_t block_begin = order_.prefix(level);
   const size_t block_end = order_.prefix(level + 1);
-  const float* rows = model_.rows().data();
+  const float* rows = model_.rows().data() + size_t{chunk_begin} * d_;
   // Gathers are latency-bound: request the columns of an arm a few arms ahead.
   constexpr size_t kPrefetchDistance = 4;
-  auto prefetch = [&](uint32_t i) {
+  auto prefetch = [&](uint32_t r) {
     for (size_t t = block_begin; t < block_end; ++t) {
-      __builtin_prefetch(rows + size_t{i} * d_ + order_.panel(t) * kLanes);
+      __builtin_prefetch(rows + size_t{r} * d_ + order_.panel(t) * kLanes);
     }
   };
-  for (size_t k = 0; k < std::min(count, kPrefetchDistance); ++k) prefetch(arms[k]);
-  for (size_t k = 0; k < count; ++k) {
-    const uint32_t i = arms[k];
-    if (k + kPrefetchDistance < count) prefetch(arms[k + kPrefetchDistance]);
+  for (size_t k = 0; k < std::min(arms.size(), kPrefetchDistance); ++k) prefetch(arms[k]);
+  for (size_t k = 0; k < arms.size(); ++k) {
+    const uint32_t r = arms[k];
+    if (k + kPrefetchDistance < arms.size()) prefetch(arms[k + kPrefetchDistance]);
+    if (level == 0) {
+      for (int row = 0; row < 2 * kBins; ++row) sums[row * kChunk + r] = 0;
+    }
     for (const PanelOrder::Run& run : order_.runs(level)) {
       const SumAndSquares v = GatherArm(rows, kLanes, order_.panel_data() + run.begin,
                                         &s.ordered_x[run.begin * kLanes], run.end - run.begin,
-                                        size_t{i} * d_);
-      s.bins[i].sum[run.bin] += v.sum;
-      s.bins[i].sum_sq[run.bin] += v.sum_sq;
+                                        size_t{r} * d_);
+      sums[run.bin * kChunk + r] += v.sum;
+      sums[(kBins + run.bin) * kChunk + r] += v.sum_sq;
     }
+    const uint32_t i = chunk_begin + r;
+    s.level[i] = static_cast<uint8_t>(level + 1);
+    EstimateArm(sums, r, weights, bias != nullptr ? bias[r] : 0.0f, s.estimate[i], s.variance[i]);
+    want[r] = Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i]);
   }
 }
 
@@ -381,7 +381,7 @@ double BatchSampler::PredictedEntries(const QueryState& s, uint32_t i, double ta
 double BatchSampler::PredictedEntries(const PullJob& job) const {
   double entries = 0;
   for (uint32_t i = 0; i < n_; ++i)
-    entries += PredictedEntries(*job.state, i, job.target(i), job.max_level);
+    entries += PredictedEntries(*job.state, i, job.target(i), job.demand.max_level);
   return entries;
 }
 
@@ -411,7 +411,8 @@ void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
   s.AddSamples(d_ - s.entries_prefix[s.level[i]]);
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;
-  Refresh(s, i);
+  s.estimate[i] = static_cast<float>(s.exact_logit[i]);
+  s.variance[i] = 0;
 }
 
 // Paper Algorithm 2, second round: per-arm variance targets from the current estimates and
@@ -473,8 +474,8 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      const PullJob job{&s, false, v0 / options_.normalizer_multiplier, nullptr,
-                        first ? std::min(1, budget) : budget};
+      const PullJob job{&s, {.uniform_target = static_cast<float>(v0 / options_.normalizer_multiplier),
+                             .max_level = first ? std::min(1, budget) : budget}};
       if (!live(s) || (!first && FallBack(s, [&] { return PredictedEntries(job); }))) continue;
       jobs.push_back(job);
     }
@@ -496,7 +497,10 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     for (uint32_t i : references) ComputeExact(s, i);
     s.threshold = s.exact_logit[BestExact(s, k).back()];
     if (FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
-    jobs.push_back({&s, true, 0, nullptr, order_.last_level()});
+    jobs.push_back({&s,
+                    {.search = true,
+                     .threshold = static_cast<float>(s.threshold),
+                     .radius_scale = static_cast<float>(s.radius_scale)}});
   }
   PullUntil(jobs);
   for (const PullJob& job : jobs) {
@@ -509,7 +513,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   for (QueryState& s : states) {
     if (!live(s)) continue;
     SetNormalizerTargets(s);
-    const PullJob job{&s, false, 0, &s.target, order_.last_level()};
+    const PullJob job{&s, {.target = s.target.data(), .max_level = order_.last_level()}};
     if (!FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);

@@ -61,13 +61,13 @@ float LowerBounds(const float* estimate, const float* variance, float scale, siz
 
 ADASOFTMAX_KERNEL
 void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
-                       double* target) {
+                       float* target) {
 #pragma omp simd
   for (size_t i = 0; i < count; ++i) {
     double g = std::exp(0.5 * (lower[i] - shift));
     g = g > 1e-150 ? g : 1e-150;
     const double by_gamma = a / g, by_alpha = b / (g * g);
-    target[i] = by_gamma < by_alpha ? by_gamma : by_alpha;
+    target[i] = static_cast<float>(by_gamma < by_alpha ? by_gamma : by_alpha);
   }
 }
 

@@ -29,7 +29,7 @@ float LowerBounds(const float* estimate, const float* variance, float scale, siz
 // With g_i = exp((lower[i] - shift) / 2): target[i] = min(a / g_i, b / g_i^2), and g_i floored
 // at 1e-150 so that every target is finite.
 void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
-                       double* target);
+                       float* target);
 
 }  // namespace adasoftmax
 

@@ -1,0 +1,86 @@
+#ifndef ADASOFTMAX_CORE_ARM_KERNELS_H_
+#define ADASOFTMAX_CORE_ARM_KERNELS_H_
+
+// The sampler's bookkeeping over one chunk of up to kChunk consecutive arms, vectorised across
+// arms. The kernels are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time.
+//
+// A chunk's running sums are a structure of arrays of 2 * kBins rows, kChunk floats apart: row
+// b holds, for every arm of the chunk, the sum of a_ip over the panels p of bin b read so far
+// (a_ip = the panel's part of A_i . x), and row kBins + b the sum of a_ip^2. Arrays named
+// level, estimate, variance, want and mask hold one entry per arm of the chunk.
+
+#include <cstddef>
+#include <cstdint>
+
+namespace adasoftmax {
+
+inline constexpr int kBins = 8;
+inline constexpr uint32_t kChunk = 2048;
+// Level of an arm whose logit was computed exactly from its full row.
+inline constexpr uint8_t kExactLevel = 255;
+
+// The estimate of an arm's logit beta * (A_i . x + bias) and its variance, from its sums at a
+// level whose bins have inclusion probabilities q_b: inverse_inclusion[b] = 1 / q_b and
+// variance_factor[b] = (1 - q_b) / q_b^2.
+struct LevelWeights {
+  const float* inverse_inclusion;
+  const float* variance_factor;
+  float beta;
+};
+inline void EstimateArm(const float* sums, size_t arm, const LevelWeights& weights, float bias,
+                        float& estimate, float& variance) {
+  float e = 0, v = 0;
+  for (int b = 0; b < kBins; ++b) {
+    e += sums[b * kChunk + arm] * weights.inverse_inclusion[b];
+    v += sums[(kBins + b) * kChunk + arm] * weights.variance_factor[b];
+  }
+  estimate = weights.beta * (e + bias);
+  variance = weights.beta * weights.beta * v;
+}
+
+// What a pull asks of every arm. A search pulls an arm while its upper confidence bound,
+// estimate + sqrt(radius_scale * variance), reaches the threshold. Otherwise an arm is pulled
+// while its variance exceeds its target (target[arm], or uniform_target when target is null)
+// and its level is below max_level.
+struct Demand {
+  bool search = false;
+  float threshold = 0;
+  float radius_scale = 0;
+  const float* target = nullptr;
+  float uniform_target = 0;
+  int max_level = 0;
+};
+inline bool Wants(const Demand& demand, size_t arm, uint8_t level, float estimate,
+                  float variance) {
+  if (demand.search) {
+    const float gap = demand.threshold - estimate;
+    return level != kExactLevel && (gap <= 0 || demand.radius_scale * variance >= gap * gap);
+  }
+  const float target = demand.target != nullptr ? demand.target[arm] : demand.uniform_target;
+  return level < demand.max_level && variance > target;
+}
+
+// want[r] = Wants(demand, r, ...) for r < width, with demand.target (when set) relative to the
+// chunk. Returns the lowest level of a wanted arm, kExactLevel when none is wanted.
+uint8_t UpdateWants(const Demand& demand, const uint8_t* level, const float* estimate,
+                    const float* variance, size_t width, uint8_t* want);
+
+// mask[r] = want[r] && level[r] == at; returns the number of arms set.
+size_t SelectLevel(const uint8_t* want, const uint8_t* level, uint8_t at, size_t width,
+                   uint8_t* mask);
+
+// The masked arms' sums of every bin are set to 0.
+void ClearSums(const uint8_t* mask, size_t width, float* sums);
+
+// The masked arms' sums of `bin` grow by partial[r] and partial_sq[r].
+void AddToSums(const uint8_t* mask, const float* partial, const float* partial_sq, int bin,
+               size_t width, float* sums);
+
+// For each masked arm: level[r] += 1 (weights are those of the new level) and the arm's
+// estimate and variance are recomputed from its sums. bias (relative to the chunk) may be null.
+void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,
+             const float* bias, size_t width, uint8_t* level, float* estimate, float* variance);
+
+}  // namespace adasoftmax
+
+#endif  // ADASOFTMAX_CORE_ARM_KERNELS_H_
