@@ -1,66 +1,115 @@
 #include "core/arm_kernels.h"
 
+#include <bit>
+
 #include "core/target_clones.h"
 
-namespace adasoftmax {
+// Loops are written so that GCC vectorises every clone: masks are applied with bitwise selects,
+// byte and float arrays are handled in separate loops, and the demand's branches are taken
+// outside the loops.
 
-ADASOFTMAX_KERNEL
-uint8_t UpdateWants(const Demand& demand, const uint8_t* level, const float* estimate,
-                    const float* variance, size_t width, uint8_t* want) {
+namespace adasoftmax {
+namespace {
+
+// m ? a : b for m = 0 or ~0, without a branch or a conditional store.
+inline float Select(uint32_t m, float a, float b) {
+  return std::bit_cast<float>((std::bit_cast<uint32_t>(a) & m) |
+                              (std::bit_cast<uint32_t>(b) & ~m));
+}
+inline uint32_t AllOnes(uint8_t flag) { return -static_cast<uint32_t>(flag); }
+
+// The lowest level among arms with want[r] set, kExactLevel when none is.
+inline uint8_t LowestWanted(const uint8_t* __restrict want, const uint8_t* __restrict level,
+                            size_t width) {
   uint8_t lowest = kExactLevel;
-#pragma omp simd reduction(min : lowest)
   for (size_t r = 0; r < width; ++r) {
-    want[r] = Wants(demand, r, level[r], estimate[r], variance[r]);
-    const uint8_t wanted_level = want[r] ? level[r] : kExactLevel;
+    const uint8_t wanted_level = level[r] | static_cast<uint8_t>(want[r] - 1);
     lowest = wanted_level < lowest ? wanted_level : lowest;
   }
   return lowest;
 }
 
+}  // namespace
+
 ADASOFTMAX_KERNEL
-size_t SelectLevel(const uint8_t* want, const uint8_t* level, uint8_t at, size_t width,
-                   uint8_t* mask) {
-  size_t count = 0;
-#pragma omp simd reduction(+ : count)
+uint8_t UpdateWants(const Demand& demand, const uint8_t* __restrict level,
+                    const float* __restrict estimate, const float* __restrict variance,
+                    size_t width, uint8_t* __restrict want) {
+  if (demand.search) {
+    const float threshold = demand.threshold, radius_scale = demand.radius_scale;
+    for (size_t r = 0; r < width; ++r) {
+      const float gap = threshold - estimate[r];
+      want[r] = (level[r] != kExactLevel) & ((gap <= 0) | (radius_scale * variance[r] >= gap * gap));
+    }
+  } else if (demand.target == nullptr) {
+    const float target = demand.uniform_target;
+    const int max_level = demand.max_level;
+    for (size_t r = 0; r < width; ++r) want[r] = (level[r] < max_level) & (variance[r] > target);
+  } else {
+    const float* __restrict target = demand.target;
+    const int max_level = demand.max_level;
+    for (size_t r = 0; r < width; ++r) want[r] = (level[r] < max_level) & (variance[r] > target[r]);
+  }
+  return LowestWanted(want, level, width);
+}
+
+ADASOFTMAX_KERNEL
+size_t SelectLevel(const uint8_t* __restrict want, const uint8_t* __restrict level, uint8_t at,
+                   size_t width, uint8_t* __restrict mask) {
+  uint32_t count = 0;
   for (size_t r = 0; r < width; ++r) {
-    mask[r] = want[r] && level[r] == at;
-    count += mask[r];
+    const uint8_t selected = want[r] & (level[r] == at);
+    mask[r] = selected;
+    count += selected;
   }
   return count;
 }
 
 ADASOFTMAX_KERNEL
-void ClearSums(const uint8_t* mask, size_t width, float* sums) {
+void ClearSums(const uint8_t* __restrict mask, size_t width, float* __restrict sums) {
   for (int row = 0; row < 2 * kBins; ++row) {
-    float* sum = sums + row * kChunk;
-#pragma omp simd
-    for (size_t r = 0; r < width; ++r) sum[r] = mask[r] ? 0.0f : sum[r];
+    float* __restrict sum = sums + row * kChunk;
+    for (size_t r = 0; r < width; ++r) sum[r] = Select(AllOnes(mask[r]), 0.0f, sum[r]);
   }
 }
 
 ADASOFTMAX_KERNEL
-void AddToSums(const uint8_t* mask, const float* partial, const float* partial_sq, int bin,
-               size_t width, float* sums) {
-  float* sum = sums + bin * kChunk;
-  float* sum_sq = sums + (kBins + bin) * kChunk;
-#pragma omp simd
+void AddToSums(const uint8_t* __restrict mask, const float* __restrict partial,
+               const float* __restrict partial_sq, int bin, size_t width, float* __restrict sums) {
+  float* __restrict sum = sums + bin * kChunk;
+  float* __restrict sum_sq = sums + (kBins + bin) * kChunk;
   for (size_t r = 0; r < width; ++r) {
-    sum[r] += mask[r] ? partial[r] : 0.0f;
-    sum_sq[r] += mask[r] ? partial_sq[r] : 0.0f;
+    const uint32_t m = AllOnes(mask[r]);
+    sum[r] += Select(m, partial[r], 0.0f);
+    sum_sq[r] += Select(m, partial_sq[r], 0.0f);
   }
 }
 
 ADASOFTMAX_KERNEL
-void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,
-             const float* bias, size_t width, uint8_t* level, float* estimate, float* variance) {
-#pragma omp simd
-  for (size_t r = 0; r < width; ++r) {
-    float e, v;
-    EstimateArm(sums, r, weights, bias != nullptr ? bias[r] : 0.0f, e, v);
-    level[r] += mask[r];
-    estimate[r] = mask[r] ? e : estimate[r];
-    variance[r] = mask[r] ? v : variance[r];
+void Advance(const uint8_t* __restrict mask, const float* __restrict sums,
+             const LevelWeights& weights, const float* __restrict bias, size_t width,
+             uint8_t* __restrict level, float* __restrict estimate, float* __restrict variance) {
+  float inverse_inclusion[kBins], variance_factor[kBins];
+  for (int b = 0; b < kBins; ++b) {
+    inverse_inclusion[b] = weights.inverse_inclusion[b];
+    variance_factor[b] = weights.variance_factor[b];
   }
+  const LevelWeights local{inverse_inclusion, variance_factor, weights.beta};
+  auto advance = [&](auto bias_of) {
+    for (size_t r = 0; r < width; ++r) {
+      float e, v;
+      EstimateArm(sums, r, local, bias_of(r), e, v);
+      const uint32_t m = AllOnes(mask[r]);
+      estimate[r] = Select(m, e, estimate[r]);
+      variance[r] = Select(m, v, variance[r]);
+    }
+  };
+  if (bias != nullptr) {
+    advance([&](size_t r) { return bias[r]; });
+  } else {
+    advance([](size_t) { return 0.0f; });
+  }
+  for (size_t r = 0; r < width; ++r) level[r] += mask[r];
 }
 
 }  // namespace adasoftmax
