@@ -30,6 +30,7 @@ constexpr uint32_t kDenseRatio = 16;
 // starts: the better the k-th best of them, the sooner every other arm is eliminated. 32 rows
 // are under 0.1% of the entries of a 50257-row head.
 constexpr uint32_t kExtraReferences = 32;
+constexpr size_t kLineFloats = 64 / sizeof(float);
 
 // The `count` arms of [0, n) that `better` ranks first, best first, in O(n log count).
 template <typename Better>
@@ -346,6 +347,15 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
       __builtin_prefetch(rows + size_t{r} * d_ + order_.panel(t) * kLanes);
     }
   };
+  // A block of at least a row's cache lines' worth of columns touches about as many lines as
+  // the whole row, which streams: read the row.
+  if ((block_end - block_begin) * kLineFloats >= d_) {
+    for (uint32_t r : arms) {
+      ComputeExact(s, chunk_begin + r);
+      want[r] = false;
+    }
+    return;
+  }
   for (size_t k = 0; k < std::min(arms.size(), kPrefetchDistance); ++k) prefetch(arms[k]);
   for (size_t k = 0; k < arms.size(); ++k) {
     const uint32_t r = arms[k];
@@ -406,8 +416,7 @@ bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted
 void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
   const float* row = model_.rows().data() + static_cast<size_t>(i) * d_;
   const absl::Span<const float> x = s.query->x;
-  double dot = 0;
-  for (size_t j = 0; j < d_; ++j) dot += static_cast<double>(row[j]) * x[j];
+  const double dot = RowDot(row, x.data(), d_);
   s.AddSamples(d_ - s.entries_prefix[s.level[i]]);
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;
@@ -494,7 +503,9 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
         BestArms(n_, k + kExtraReferences, [&](uint32_t a, uint32_t b) {
           return s.estimate[a] > s.estimate[b] || (s.estimate[a] == s.estimate[b] && a < b);
         });
-    for (uint32_t i : references) ComputeExact(s, i);
+    for (uint32_t i : references) {
+      if (s.level[i] != kExactLevel) ComputeExact(s, i);  // not already read whole
+    }
     s.threshold = s.exact_logit[BestExact(s, k).back()];
     if (FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
     jobs.push_back({&s,

@@ -29,4 +29,18 @@ void SweepColumns(const float* const* columns, const float* x, size_t count, siz
   }
 }
 
+ADASOFTMAX_KERNEL
+double RowDot(const float* a, const float* b, size_t count) {
+  constexpr size_t kSums = 16;
+  double sums[kSums] = {};
+  size_t j = 0;
+  for (; j + kSums <= count; j += kSums) {
+    for (size_t l = 0; l < kSums; ++l) sums[l] += static_cast<double>(a[j + l]) * b[j + l];
+  }
+  double dot = 0;
+  for (; j < count; ++j) dot += static_cast<double>(a[j]) * b[j];
+  for (size_t l = 0; l < kSums; ++l) dot += sums[l];
+  return dot;
+}
+
 }  // namespace adasoftmax

@@ -39,6 +39,10 @@ inline SumAndSquares GatherArm(const float* panels, size_t panel_stride, const u
   return out;
 }
 
+// sum_j a[j] * b[j], accumulated in double in 16 interleaved partial sums (vectorised, so the
+// order differs from a plain loop's).
+double RowDot(const float* a, const float* b, size_t count);
+
 }  // namespace adasoftmax
 
 #endif  // ADASOFTMAX_CORE_PANEL_KERNELS_H_
