@@ -8,6 +8,7 @@
 
 #include "benchmark/benchmark.h"
 #include "core/adaptive_softmax.h"
+#include "core/arm_kernels.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
 #include "core/synth.h"
@@ -73,6 +74,39 @@ void BM_GatherArm(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * ids.size());
 }
 BENCHMARK(BM_GatherArm);
+
+// One level step of a chunk's bookkeeping with half its arms pulled: select them, add one
+// bin's partial sums, recompute their estimates and test what each arm still needs.
+void BM_ChunkBookkeeping(benchmark::State& state) {
+  const std::vector<float> sums = RandomFloats(2 * kBins * kChunk, 9);
+  const std::vector<float> partial = RandomFloats(kChunk, 10);
+  const std::vector<float> weights = RandomFloats(2 * kBins, 11);
+  std::vector<float> work = sums, estimate(kChunk), variance(kChunk, 1.0f);
+  std::vector<uint8_t> level(kChunk, 3), want(kChunk), mask(kChunk);
+  for (size_t r = 0; r < kChunk; ++r) want[r] = r % 2;
+  const Demand demand{.search = true, .threshold = 0.1f, .radius_scale = 20.0f};
+  for (auto _ : state) {
+    std::fill(level.begin(), level.end(), 3);
+    benchmark::DoNotOptimize(SelectLevel(want.data(), level.data(), 3, kChunk, mask.data()));
+    AddToSums(mask.data(), partial.data(), partial.data(), 2, kChunk, work.data());
+    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f}, nullptr, kChunk,
+            level.data(), estimate.data(), variance.data());
+    benchmark::DoNotOptimize(UpdateWants(demand, level.data(), estimate.data(), variance.data(),
+                                         kChunk, want.data()));
+    for (size_t r = 0; r < kChunk; ++r) want[r] = r % 2;
+  }
+  state.SetItemsProcessed(state.iterations() * kChunk);
+}
+BENCHMARK(BM_ChunkBookkeeping);
+
+// The exact read of one arm the sampler does for references, winners and large sparse blocks.
+void BM_RowDot(benchmark::State& state) {
+  const size_t d = state.range(0);
+  const std::vector<float> row = RandomFloats(d, 12), x = RandomFloats(d, 13);
+  for (auto _ : state) benchmark::DoNotOptimize(RowDot(row.data(), x.data(), d));
+  state.SetBytesProcessed(state.iterations() * d * sizeof(float));
+}
+BENCHMARK(BM_RowDot)->Arg(768)->Arg(4096);
 
 struct Workload {
   std::shared_ptr<const Model> model;

@@ -1,0 +1,145 @@
+#include "core/arm_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace adasoftmax {
+namespace {
+
+// A chunk of arms in every state the sampler produces: levels 0-9 and exact, infinite
+// variances before the first pull, and arbitrary sums. width < kChunk covers a last chunk.
+struct Chunk {
+  static constexpr size_t kWidth = 1500;
+  std::vector<uint8_t> level = std::vector<uint8_t>(kWidth);
+  std::vector<float> estimate = std::vector<float>(kWidth);
+  std::vector<float> variance = std::vector<float>(kWidth);
+  std::vector<float> target = std::vector<float>(kWidth);
+  std::vector<float> sums = std::vector<float>(2 * kBins * kChunk);
+  std::vector<uint8_t> mask = std::vector<uint8_t>(kWidth);
+
+  explicit Chunk(uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> unit(0, 1);
+    for (size_t r = 0; r < kWidth; ++r) {
+      level[r] = r % 11 == 10 ? kExactLevel : static_cast<uint8_t>(r % 10);
+      estimate[r] = 4 * unit(rng) - 2;
+      variance[r] = level[r] == 0 ? std::numeric_limits<float>::infinity() : unit(rng);
+      target[r] = unit(rng);
+      mask[r] = level[r] != kExactLevel && unit(rng) < 0.5;  // as SelectLevel would
+    }
+    for (float& s : sums) s = unit(rng) - 0.5f;
+  }
+};
+
+TEST(ArmKernelsTest, UpdateWantsAppliesEveryDemandToEveryArm) {
+  const Chunk c(1);
+  const Demand demands[] = {
+      {.search = true, .threshold = 0.5f, .radius_scale = 2.0f},
+      {.uniform_target = 0.3f, .max_level = 7},
+      {.target = c.target.data(), .max_level = 9},
+  };
+  for (const Demand& demand : demands) {
+    std::vector<uint8_t> want(Chunk::kWidth, 7);
+    const uint8_t lowest = UpdateWants(demand, c.level.data(), c.estimate.data(),
+                                       c.variance.data(), Chunk::kWidth, want.data());
+    uint8_t expected_lowest = kExactLevel;
+    size_t wanted = 0;
+    for (size_t r = 0; r < Chunk::kWidth; ++r) {
+      const bool expected = Wants(demand, r, c.level[r], c.estimate[r], c.variance[r]);
+      ASSERT_EQ(want[r], expected) << "arm " << r;
+      if (expected) expected_lowest = std::min(expected_lowest, c.level[r]);
+      wanted += expected;
+    }
+    EXPECT_EQ(lowest, expected_lowest);
+    EXPECT_GT(wanted, 0u);
+    EXPECT_LT(wanted, Chunk::kWidth);
+  }
+}
+
+TEST(ArmKernelsTest, WantsNothingReturnsExactLevel) {
+  const Chunk c(2);
+  std::vector<uint8_t> want(Chunk::kWidth);
+  const Demand none{.uniform_target = 0, .max_level = 0};
+  EXPECT_EQ(UpdateWants(none, c.level.data(), c.estimate.data(), c.variance.data(),
+                        Chunk::kWidth, want.data()),
+            kExactLevel);
+  EXPECT_EQ(std::count(want.begin(), want.end(), 1), 0);
+}
+
+TEST(ArmKernelsTest, SelectLevelMasksWantedArmsAtTheLevel) {
+  const Chunk c(3);
+  std::vector<uint8_t> mask(Chunk::kWidth, 9);
+  const size_t count = SelectLevel(c.mask.data(), c.level.data(), 4, Chunk::kWidth, mask.data());
+  size_t expected_count = 0;
+  for (size_t r = 0; r < Chunk::kWidth; ++r) {
+    const bool expected = c.mask[r] && c.level[r] == 4;
+    ASSERT_EQ(mask[r], expected) << "arm " << r;
+    expected_count += expected;
+  }
+  EXPECT_EQ(count, expected_count);
+  EXPECT_GT(count, 0u);
+}
+
+TEST(ArmKernelsTest, SumsChangeForMaskedArmsOnly) {
+  const Chunk c(4);
+  std::vector<float> partial(Chunk::kWidth), partial_sq(Chunk::kWidth);
+  for (size_t r = 0; r < Chunk::kWidth; ++r) {
+    partial[r] = 0.25f * static_cast<float>(r % 7);
+    partial_sq[r] = partial[r] * partial[r];
+  }
+  std::vector<float> added = c.sums;
+  AddToSums(c.mask.data(), partial.data(), partial_sq.data(), 3, Chunk::kWidth, added.data());
+  std::vector<float> cleared = c.sums;
+  ClearSums(c.mask.data(), Chunk::kWidth, cleared.data());
+  for (int row = 0; row < 2 * kBins; ++row) {
+    for (size_t r = 0; r < kChunk; ++r) {
+      const size_t at = row * kChunk + r;
+      const bool masked = r < Chunk::kWidth && c.mask[r];
+      float expected_add = c.sums[at];
+      if (masked && row == 3) expected_add += partial[r];
+      if (masked && row == kBins + 3) expected_add += partial_sq[r];
+      ASSERT_EQ(added[at], expected_add) << "row " << row << " arm " << r;
+      ASSERT_EQ(cleared[at], masked ? 0.0f : c.sums[at]) << "row " << row << " arm " << r;
+    }
+  }
+}
+
+TEST(ArmKernelsTest, AdvanceRaisesMaskedArmsAndRecomputesTheirEstimates) {
+  const Chunk c(5);
+  float inverse_inclusion[kBins], variance_factor[kBins];
+  for (int b = 0; b < kBins; ++b) {
+    inverse_inclusion[b] = 1.0f + b;
+    variance_factor[b] = 0.5f * b;
+  }
+  const LevelWeights weights{inverse_inclusion, variance_factor, 0.8f};
+  std::vector<float> bias(Chunk::kWidth);
+  for (size_t r = 0; r < Chunk::kWidth; ++r) bias[r] = 0.01f * static_cast<float>(r % 13);
+  const float* const biases[] = {nullptr, bias.data()};
+  for (const float* b : biases) {
+    Chunk after(5);
+    Advance(c.mask.data(), c.sums.data(), weights, b, Chunk::kWidth, after.level.data(),
+            after.estimate.data(), after.variance.data());
+    for (size_t r = 0; r < Chunk::kWidth; ++r) {
+      if (!c.mask[r]) {
+        ASSERT_EQ(after.level[r], c.level[r]);
+        ASSERT_EQ(after.estimate[r], c.estimate[r]);
+        ASSERT_EQ(after.variance[r], c.variance[r]);
+        continue;
+      }
+      float e, v;
+      EstimateArm(c.sums.data(), r, weights, b != nullptr ? b[r] : 0.0f, e, v);
+      ASSERT_EQ(after.level[r], static_cast<uint8_t>(c.level[r] + 1));
+      // The kernel may contract multiply-adds where this test's scalar code does not.
+      ASSERT_NEAR(after.estimate[r], e, 1e-5f * (1 + std::fabs(e))) << "arm " << r;
+      ASSERT_NEAR(after.variance[r], v, 1e-5f * (1 + std::fabs(v))) << "arm " << r;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace adasoftmax
