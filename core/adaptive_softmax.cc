@@ -22,15 +22,18 @@ namespace {
 static_assert(kBins == PanelOrder::kBins);
 // Arms are pulled in chunks of kChunk rows so a block of columns stays in cache while every
 // query of the batch uses it, and the chunk's bookkeeping stays in cache while its arms climb.
-// A query whose active arms fill at least 1/kDenseRatio of a chunk sweeps the chunk's slices of
-// each panel (streaming, 4 bytes per arm and column, wasted on inactive arms); sparser ones
-// gather their arms' columns from the rows (latency-bound, a cache line per arm and column).
-constexpr uint32_t kDenseRatio = 16;
+// A level's block of columns reaches the arms that need it in one of three ways, priced in
+// streamed entries: a sweep of the chunk's slices of the block (1 per arm of the chunk and
+// column, wanted or not), a gather of each arm's columns from its row (a cache line per column,
+// latency-bound: kGatherCost), or a read of each arm's whole row (kRowCost per entry; the arm
+// is then exact and done). Measured on calibrated W1 and W2, interleaved A/B runs.
+constexpr double kGatherCost = 64;
+constexpr double kRowCost = 2;
 // The search computes this many arms beyond the k best warm-up estimates exactly before it
 // starts: the better the k-th best of them, the sooner every other arm is eliminated. 32 rows
 // are under 0.1% of the entries of a 50257-row head.
 constexpr uint32_t kExtraReferences = 32;
-constexpr size_t kLineFloats = 64 / sizeof(float);
+
 
 // The `count` arms of [0, n) that `better` ranks first, best first, in O(n log count).
 template <typename Better>
@@ -131,12 +134,13 @@ class BatchSampler {
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
-  // Pulls the arms in scratch.mask from `level` to the next, sweeping the chunk's slices of
-  // the level's panels (streaming, but 4 bytes per arm and column are wasted on unmasked arms).
+  // Pulls the arms in scratch.mask from `level` to the next by sweeping the chunk's slices of
+  // the level's panels.
   void PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
-  // The same, gathering each masked arm's columns from its row (latency-bound, a cache line per
-  // arm and column), for when few arms are masked. Updates want[] of the pulled arms.
+  // The same by gathering each masked arm's columns from its row, or, when the block is large
+  // enough for that to cost more, by reading each masked arm's whole row. Updates want[] of the
+  // masked arms.
   void PullRows(const PullJob& job, int level, uint32_t chunk_begin, uint32_t chunk_end,
                 uint8_t* want, Scratch& scratch);
   // Search arms wanted at the last level are computed exactly (and no longer wanted).
@@ -273,8 +277,11 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
       const size_t count =
           SelectLevel(want_of(q), &s.level[chunk_begin], level, width, scratch.mask.data());
       if (count == 0) continue;
-      s.AddSamples(count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
-      if (count * kDenseRatio >= width) {
+      // The cheapest way to the next level (see kGatherCost).
+      const double block = static_cast<double>(order_.prefix(level + 1) - order_.prefix(level));
+      const double per_arm = std::min(block * kGatherCost, d_ * kRowCost);
+      if (width * block <= count * per_arm) {
+        s.AddSamples(count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
         PullDense(s, level, chunk_begin, chunk_end, scratch);
         update_wants(q);
       } else {
@@ -324,8 +331,8 @@ void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uin
           &s.estimate[chunk_begin], &s.variance[chunk_begin]);
 }
 
-// Reads the block's columns of each masked arm from its row: the columns are scattered, but
-// within one row they share DRAM pages and prefetch streams, unlike single column-panel slices.
+// Gathered columns are scattered, but within one row they share DRAM pages and prefetch
+// streams, unlike single column-panel slices.
 void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
                             uint32_t chunk_end, uint8_t* want, Scratch& scratch) {
   QueryState& s = *job.state;
@@ -334,11 +341,19 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
   for (uint32_t r = 0; r < chunk_end - chunk_begin; ++r) {
     if (scratch.mask[r]) arms.push_back(r);
   }
+  const size_t block_begin = order_.prefix(level);
+  const size_t block_end = order_.prefix(level + 1);
+  if ((block_end - block_begin) * kGatherCost >= d_ * kRowCost) {
+    for (uint32_t r : arms) {
+      ComputeExact(s, chunk_begin + r);
+      want[r] = false;
+    }
+    return;
+  }
+  s.AddSamples(arms.size() * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   const LevelWeights weights = Weights(s, level + 1);
   const float* bias = ChunkBias(chunk_begin);
-  const size_t block_begin = order_.prefix(level);
-  const size_t block_end = order_.prefix(level + 1);
   const float* rows = model_.rows().data() + size_t{chunk_begin} * d_;
   // Gathers are latency-bound: request the columns of an arm a few arms ahead.
   constexpr size_t kPrefetchDistance = 4;
@@ -347,15 +362,6 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
       __builtin_prefetch(rows + size_t{r} * d_ + order_.panel(t) * kLanes);
     }
   };
-  // A block of at least a row's cache lines' worth of columns touches about as many lines as
-  // the whole row, which streams: read the row.
-  if ((block_end - block_begin) * kLineFloats >= d_) {
-    for (uint32_t r : arms) {
-      ComputeExact(s, chunk_begin + r);
-      want[r] = false;
-    }
-    return;
-  }
   for (size_t k = 0; k < std::min(arms.size(), kPrefetchDistance); ++k) prefetch(arms[k]);
   for (size_t k = 0; k < arms.size(); ++k) {
     const uint32_t r = arms[k];
