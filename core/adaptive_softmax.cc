@@ -59,9 +59,10 @@ uint64_t FreshSeed() {
 }
 
 // Sampling state of one query of a batch. Arm i has read the panels of prefix(level[i]); the
-// sums of each chunk of arms (see arm_kernels.h) start at sums[chunk * kChunkSums] and are
-// valid from the arm's first pull on. estimate[i] and variance[i] are derived from them
-// whenever level[i] changes, so that the passes over all arms read 8 bytes per arm.
+// sums of each chunk of arms (see arm_kernels.h) start at sums[chunk * kChunkSums]; arm i's
+// sums of bin b are valid once b < bins_in_prefix(level[i]) (they are set, not cleared, when
+// the arm reaches the bin). estimate[i] and variance[i] are derived from them whenever level[i]
+// changes, so that the passes over all arms read 8 bytes per arm.
 struct QueryState {
   static constexpr size_t kChunkSums = 2 * kBins * kChunk;
 
@@ -148,7 +149,7 @@ class BatchSampler {
                         uint8_t* want);
   LevelWeights Weights(const QueryState& s, int level) const {
     return {order_.inverse_inclusion(level), order_.variance_factor(level),
-            static_cast<float>(s.beta)};
+            static_cast<float>(s.beta), order_.bins_in_prefix(level)};
   }
   const float* ChunkBias(uint32_t chunk_begin) const {
     return model_.has_bias() ? model_.bias().data() + chunk_begin : nullptr;
@@ -219,7 +220,7 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   if (FallBack(s, [&] { return static_cast<double>(n_) * s.entries_prefix[first]; })) return;
 
   s.level.assign(n_, 0);
-  s.sums.resize((n_ + kChunk - 1) / kChunk * QueryState::kChunkSums);  // cleared on first pull
+  s.sums.resize((n_ + kChunk - 1) / kChunk * QueryState::kChunkSums);  // set as bins are reached
   s.exact_logit.resize(n_);
   s.estimate.resize(n_);
   s.variance.resize(n_);
@@ -313,7 +314,6 @@ void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uin
   const uint32_t width = chunk_end - chunk_begin;
   const uint8_t* mask = scratch.mask.data();
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
-  if (level == 0) ClearSums(mask, width, sums);
   float* partial = scratch.partial.data();
   float* partial_sq = scratch.partial_sq.data();
   std::vector<const float*>& columns = scratch.columns;
@@ -325,7 +325,8 @@ void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uin
       columns.push_back(model_.panel(order_.panel(t)) + chunk_begin);
     SweepColumns(columns.data(), &s.ordered_x[run.begin], columns.size(), width, partial,
                  partial_sq);
-    AddToSums(mask, partial, partial_sq, run.bin, width, sums);
+    AddToSums(mask, partial, partial_sq, run.bin, run.bin >= order_.bins_in_prefix(level), width,
+              sums);
   }
   Advance(mask, sums, Weights(s, level + 1), ChunkBias(chunk_begin), width, &s.level[chunk_begin],
           &s.estimate[chunk_begin], &s.variance[chunk_begin]);
@@ -366,15 +367,15 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
   for (size_t k = 0; k < arms.size(); ++k) {
     const uint32_t r = arms[k];
     if (k + kPrefetchDistance < arms.size()) prefetch(arms[k + kPrefetchDistance]);
-    if (level == 0) {
-      for (int row = 0; row < 2 * kBins; ++row) sums[row * kChunk + r] = 0;
-    }
     for (const PanelOrder::Run& run : order_.runs(level)) {
       const SumAndSquares v = GatherArm(rows, kLanes, order_.panel_data() + run.begin,
                                         &s.ordered_x[run.begin * kLanes], run.end - run.begin,
                                         size_t{r} * d_);
-      sums[run.bin * kChunk + r] += v.sum;
-      sums[(kBins + run.bin) * kChunk + r] += v.sum_sq;
+      float& sum = sums[run.bin * kChunk + r];
+      float& sum_sq = sums[(kBins + run.bin) * kChunk + r];
+      const bool first = run.bin >= order_.bins_in_prefix(level);
+      sum = first ? v.sum : sum + v.sum;
+      sum_sq = first ? v.sum_sq : sum_sq + v.sum_sq;
     }
     const uint32_t i = chunk_begin + r;
     s.level[i] = static_cast<uint8_t>(level + 1);

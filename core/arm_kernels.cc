@@ -66,18 +66,19 @@ size_t SelectLevel(const uint8_t* __restrict want, const uint8_t* __restrict lev
 }
 
 ADASOFTMAX_KERNEL
-void ClearSums(const uint8_t* __restrict mask, size_t width, float* __restrict sums) {
-  for (int row = 0; row < 2 * kBins; ++row) {
-    float* __restrict sum = sums + row * kChunk;
-    for (size_t r = 0; r < width; ++r) sum[r] = Select(AllOnes(mask[r]), 0.0f, sum[r]);
-  }
-}
-
-ADASOFTMAX_KERNEL
 void AddToSums(const uint8_t* __restrict mask, const float* __restrict partial,
-               const float* __restrict partial_sq, int bin, size_t width, float* __restrict sums) {
+               const float* __restrict partial_sq, int bin, bool first, size_t width,
+               float* __restrict sums) {
   float* __restrict sum = sums + bin * kChunk;
   float* __restrict sum_sq = sums + (kBins + bin) * kChunk;
+  if (first) {
+    for (size_t r = 0; r < width; ++r) {
+      const uint32_t m = AllOnes(mask[r]);
+      sum[r] = Select(m, partial[r], sum[r]);
+      sum_sq[r] = Select(m, partial_sq[r], sum_sq[r]);
+    }
+    return;
+  }
   for (size_t r = 0; r < width; ++r) {
     const uint32_t m = AllOnes(mask[r]);
     sum[r] += Select(m, partial[r], 0.0f);
@@ -85,29 +86,36 @@ void AddToSums(const uint8_t* __restrict mask, const float* __restrict partial,
   }
 }
 
+// EstimateArm for every arm, bin by bin; unmasked arms' results (possibly from sums of bins
+// they have not reached) are discarded.
 ADASOFTMAX_KERNEL
 void Advance(const uint8_t* __restrict mask, const float* __restrict sums,
              const LevelWeights& weights, const float* __restrict bias, size_t width,
              uint8_t* __restrict level, float* __restrict estimate, float* __restrict variance) {
-  float inverse_inclusion[kBins], variance_factor[kBins];
-  for (int b = 0; b < kBins; ++b) {
-    inverse_inclusion[b] = weights.inverse_inclusion[b];
-    variance_factor[b] = weights.variance_factor[b];
-  }
-  const LevelWeights local{inverse_inclusion, variance_factor, weights.beta};
-  auto advance = [&](auto bias_of) {
+  float e[kChunk], v[kChunk];
+  for (size_t r = 0; r < width; ++r) e[r] = v[r] = 0;
+  for (int b = 0; b < weights.bins; ++b) {
+    const float* __restrict sum = sums + b * kChunk;
+    const float* __restrict sum_sq = sums + (kBins + b) * kChunk;
+    const float inverse_inclusion = weights.inverse_inclusion[b];
+    const float variance_factor = weights.variance_factor[b];
     for (size_t r = 0; r < width; ++r) {
-      float e, v;
-      EstimateArm(sums, r, local, bias_of(r), e, v);
+      e[r] += sum[r] * inverse_inclusion;
+      v[r] += sum_sq[r] * variance_factor;
+    }
+  }
+  const float beta = weights.beta;
+  auto finish = [&](auto bias_of) {
+    for (size_t r = 0; r < width; ++r) {
       const uint32_t m = AllOnes(mask[r]);
-      estimate[r] = Select(m, e, estimate[r]);
-      variance[r] = Select(m, v, variance[r]);
+      estimate[r] = Select(m, beta * (e[r] + bias_of(r)), estimate[r]);
+      variance[r] = Select(m, beta * beta * v[r], variance[r]);
     }
   };
   if (bias != nullptr) {
-    advance([&](size_t r) { return bias[r]; });
+    finish([&](size_t r) { return bias[r]; });
   } else {
-    advance([](size_t) { return 0.0f; });
+    finish([](size_t) { return 0.0f; });
   }
   for (size_t r = 0; r < width; ++r) level[r] += mask[r];
 }

@@ -20,17 +20,19 @@ inline constexpr uint32_t kChunk = 2048;
 inline constexpr uint8_t kExactLevel = 255;
 
 // The estimate of an arm's logit beta * (A_i . x + bias) and its variance, from its sums at a
-// level whose bins have inclusion probabilities q_b: inverse_inclusion[b] = 1 / q_b and
-// variance_factor[b] = (1 - q_b) / q_b^2.
+// level whose prefix has panels in bins [0, bins) only (the other bins' sums are not read), with
+// inclusion probabilities q_b: inverse_inclusion[b] = 1 / q_b and variance_factor[b] =
+// (1 - q_b) / q_b^2.
 struct LevelWeights {
   const float* inverse_inclusion;
   const float* variance_factor;
   float beta;
+  int bins;
 };
 inline void EstimateArm(const float* sums, size_t arm, const LevelWeights& weights, float bias,
                         float& estimate, float& variance) {
   float e = 0, v = 0;
-  for (int b = 0; b < kBins; ++b) {
+  for (int b = 0; b < weights.bins; ++b) {
     e += sums[b * kChunk + arm] * weights.inverse_inclusion[b];
     v += sums[(kBins + b) * kChunk + arm] * weights.variance_factor[b];
   }
@@ -69,12 +71,10 @@ uint8_t UpdateWants(const Demand& demand, const uint8_t* level, const float* est
 size_t SelectLevel(const uint8_t* want, const uint8_t* level, uint8_t at, size_t width,
                    uint8_t* mask);
 
-// The masked arms' sums of every bin are set to 0.
-void ClearSums(const uint8_t* mask, size_t width, float* sums);
-
-// The masked arms' sums of `bin` grow by partial[r] and partial_sq[r].
+// The masked arms' sums of `bin` grow by partial[r] and partial_sq[r], or, when `first` (the
+// bin's first panels), are set to them.
 void AddToSums(const uint8_t* mask, const float* partial, const float* partial_sq, int bin,
-               size_t width, float* sums);
+               bool first, size_t width, float* sums);
 
 // For each masked arm: level[r] += 1 (weights are those of the new level) and the arm's
 // estimate and variance are recomputed from its sums. bias (relative to the chunk) may be null.

@@ -1,6 +1,7 @@
 #include "core/panel_order.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -71,6 +72,25 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
     order.prefix_.push_back(std::min(next, m));
   }
 
+  // Number the weight classes in order of first appearance.
+  std::array<int, kBins> bin_of_class;
+  bin_of_class.fill(-1);
+  order.class_of_bin_.fill(kBins - 1);
+  std::vector<size_t> first_position;
+  for (size_t t = 0; t < m; ++t) {
+    int& bin = bin_of_class[bin_of[candidates[t]]];
+    if (bin >= 0) continue;
+    bin = static_cast<int>(first_position.size());
+    order.class_of_bin_[bin] = bin_of[candidates[t]];
+    first_position.push_back(t);
+  }
+  for (uint32_t j : candidates) bin_of[j] = static_cast<uint8_t>(bin_of_class[bin_of[j]]);
+  for (size_t prefix : order.prefix_) {
+    order.bins_in_prefix_.push_back(static_cast<int>(
+        std::lower_bound(first_position.begin(), first_position.end(), prefix) -
+        first_position.begin()));
+  }
+
   // Group each level's new block by bin; prefixes at level boundaries keep their sets.
   size_t begin = 0;
   for (size_t end : order.prefix_) {
@@ -105,7 +125,7 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
 
 double PanelOrder::InclusionProbability(size_t t, int bin) const {
   if (t >= keys_.size()) return 1.0;
-  const double log_weight = top_log_weight_ - bin * std::log(kBinRatio);
+  const double log_weight = top_log_weight_ - class_of_bin_[bin] * std::log(kBinRatio);
   return -std::expm1(-std::exp(log_weight - keys_[t]));
 }
 

@@ -1,6 +1,7 @@
 #ifndef ADASOFTMAX_CORE_PANEL_ORDER_H_
 #define ADASOFTMAX_CORE_PANEL_ORDER_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -23,10 +24,12 @@ struct ImportanceOptions {
 // arm wastes no bandwidth. A panel's weight is the sum of its columns' weights.
 //
 // Weights are rounded down to powers of 4 (kBins classes relative to the largest), so the
-// panels of one bin share an inclusion probability. A sampler therefore keeps, per arm and
-// bin, the running sums of a_ip and a_ip^2 (a_ip = the panel's part of A_i . x), and
-// re-weights them in O(kBins) when the prefix grows: its work is proportional to the samples
-// taken. Rounding keeps the estimator unbiased; it only costs a little variance reduction.
+// panels of one bin (weight class) share an inclusion probability. A sampler therefore keeps,
+// per arm and bin, the running sums of a_ip and a_ip^2 (a_ip = the panel's part of A_i . x),
+// and re-weights them in O(kBins) when the prefix grows: its work is proportional to the
+// samples taken. Rounding keeps the estimator unbiased; it only costs a little variance
+// reduction. Bins are numbered in order of first appearance, so the bins with a panel in
+// prefix(L) are [0, bins_in_prefix(L)): a sampler need not touch the others.
 //
 // Prefixes grow geometrically: level L covers the first prefix(L) panels of the order, with
 // prefix(0) = 0, prefix(1) = min(4, size()), prefix(L+1) = ceil(1.5 prefix(L)), and the last
@@ -52,6 +55,7 @@ class PanelOrder {
   int levels() const { return static_cast<int>(prefix_.size()); }
   int last_level() const { return levels() - 1; }
   size_t prefix(int level) const { return prefix_[level]; }
+  int bins_in_prefix(int level) const { return bins_in_prefix_[level]; }
   // The deepest level whose prefix holds at most max(prefix(1), fraction * size()) panels.
   int LevelForFraction(double fraction) const;
 
@@ -79,6 +83,8 @@ class PanelOrder {
   std::vector<uint8_t> bins_;
   std::vector<double> keys_;  // Gumbel keys in descending order (before regrouping by bin)
   std::vector<size_t> prefix_;
+  std::vector<int> bins_in_prefix_;
+  std::array<int, kBins> class_of_bin_;  // weight class: weight ~ kBinRatio^-class
   std::vector<Run> runs_;
   std::vector<size_t> run_begin_;  // first run of each level's block; one entry per level
   std::vector<float> inverse_inclusion_;

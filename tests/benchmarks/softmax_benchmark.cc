@@ -88,8 +88,8 @@ void BM_ChunkBookkeeping(benchmark::State& state) {
   for (auto _ : state) {
     std::fill(level.begin(), level.end(), 3);
     benchmark::DoNotOptimize(SelectLevel(want.data(), level.data(), 3, kChunk, mask.data()));
-    AddToSums(mask.data(), partial.data(), partial.data(), 2, kChunk, work.data());
-    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f}, nullptr, kChunk,
+    AddToSums(mask.data(), partial.data(), partial.data(), 2, false, kChunk, work.data());
+    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f, kBins}, nullptr, kChunk,
             level.data(), estimate.data(), variance.data());
     benchmark::DoNotOptimize(UpdateWants(demand, level.data(), estimate.data(), variance.data(),
                                          kChunk, want.data()));

@@ -92,19 +92,20 @@ TEST(ArmKernelsTest, SumsChangeForMaskedArmsOnly) {
     partial[r] = 0.25f * static_cast<float>(r % 7);
     partial_sq[r] = partial[r] * partial[r];
   }
-  std::vector<float> added = c.sums;
-  AddToSums(c.mask.data(), partial.data(), partial_sq.data(), 3, Chunk::kWidth, added.data());
-  std::vector<float> cleared = c.sums;
-  ClearSums(c.mask.data(), Chunk::kWidth, cleared.data());
-  for (int row = 0; row < 2 * kBins; ++row) {
-    for (size_t r = 0; r < kChunk; ++r) {
-      const size_t at = row * kChunk + r;
-      const bool masked = r < Chunk::kWidth && c.mask[r];
-      float expected_add = c.sums[at];
-      if (masked && row == 3) expected_add += partial[r];
-      if (masked && row == kBins + 3) expected_add += partial_sq[r];
-      ASSERT_EQ(added[at], expected_add) << "row " << row << " arm " << r;
-      ASSERT_EQ(cleared[at], masked ? 0.0f : c.sums[at]) << "row " << row << " arm " << r;
+  for (const bool first : {false, true}) {
+    std::vector<float> sums = c.sums;
+    AddToSums(c.mask.data(), partial.data(), partial_sq.data(), 3, first, Chunk::kWidth,
+              sums.data());
+    for (int row = 0; row < 2 * kBins; ++row) {
+      for (size_t r = 0; r < kChunk; ++r) {
+        const size_t at = row * kChunk + r;
+        float expected = c.sums[at];
+        if (r < Chunk::kWidth && c.mask[r] && (row == 3 || row == kBins + 3)) {
+          const float added = row == 3 ? partial[r] : partial_sq[r];
+          expected = first ? added : expected + added;
+        }
+        ASSERT_EQ(sums[at], expected) << "first " << first << " row " << row << " arm " << r;
+      }
     }
   }
 }
@@ -116,13 +117,17 @@ TEST(ArmKernelsTest, AdvanceRaisesMaskedArmsAndRecomputesTheirEstimates) {
     inverse_inclusion[b] = 1.0f + b;
     variance_factor[b] = 0.5f * b;
   }
-  const LevelWeights weights{inverse_inclusion, variance_factor, 0.8f};
+  // Bins past the first three hold garbage that must not be read.
+  Chunk garbage(5);
+  for (size_t at = 3 * kChunk; at < kBins * kChunk; ++at) garbage.sums[at] = NAN;
+  for (size_t at = (kBins + 3) * kChunk; at < 2 * kBins * kChunk; ++at) garbage.sums[at] = NAN;
+  const LevelWeights weights{inverse_inclusion, variance_factor, 0.8f, 3};
   std::vector<float> bias(Chunk::kWidth);
   for (size_t r = 0; r < Chunk::kWidth; ++r) bias[r] = 0.01f * static_cast<float>(r % 13);
   const float* const biases[] = {nullptr, bias.data()};
   for (const float* b : biases) {
     Chunk after(5);
-    Advance(c.mask.data(), c.sums.data(), weights, b, Chunk::kWidth, after.level.data(),
+    Advance(c.mask.data(), garbage.sums.data(), weights, b, Chunk::kWidth, after.level.data(),
             after.estimate.data(), after.variance.data());
     for (size_t r = 0; r < Chunk::kWidth; ++r) {
       if (!c.mask[r]) {
@@ -132,7 +137,8 @@ TEST(ArmKernelsTest, AdvanceRaisesMaskedArmsAndRecomputesTheirEstimates) {
         continue;
       }
       float e, v;
-      EstimateArm(c.sums.data(), r, weights, b != nullptr ? b[r] : 0.0f, e, v);
+      EstimateArm(garbage.sums.data(), r, weights, b != nullptr ? b[r] : 0.0f, e, v);
+      ASSERT_TRUE(std::isfinite(e) && std::isfinite(v)) << "arm " << r;
       ASSERT_EQ(after.level[r], static_cast<uint8_t>(c.level[r] + 1));
       // The kernel may contract multiply-adds where this test's scalar code does not.
       ASSERT_NEAR(after.estimate[r], e, 1e-5f * (1 + std::fabs(e))) << "arm " << r;
