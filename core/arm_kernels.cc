@@ -86,30 +86,34 @@ void AddToSums(const uint8_t* __restrict mask, const float* __restrict partial,
   }
 }
 
-// EstimateArm for every arm, bin by bin; unmasked arms' results (possibly from sums of bins
-// they have not reached) are discarded.
+// EstimateArm for the masked arms, bin by bin, accumulated in place (unmasked arms' sums may
+// hold anything, so their terms are selected away rather than multiplied by 0).
 ADASOFTMAX_KERNEL
 void Advance(const uint8_t* __restrict mask, const float* __restrict sums,
              const LevelWeights& weights, const float* __restrict bias, size_t width,
              uint8_t* __restrict level, float* __restrict estimate, float* __restrict variance) {
-  float e[kChunk], v[kChunk];
-  for (size_t r = 0; r < width; ++r) e[r] = v[r] = 0;
+  for (size_t r = 0; r < width; ++r) {
+    const uint32_t m = AllOnes(mask[r]);
+    estimate[r] = Select(m, 0.0f, estimate[r]);
+    variance[r] = Select(m, 0.0f, variance[r]);
+  }
   for (int b = 0; b < weights.bins; ++b) {
     const float* __restrict sum = sums + b * kChunk;
     const float* __restrict sum_sq = sums + (kBins + b) * kChunk;
     const float inverse_inclusion = weights.inverse_inclusion[b];
     const float variance_factor = weights.variance_factor[b];
     for (size_t r = 0; r < width; ++r) {
-      e[r] += sum[r] * inverse_inclusion;
-      v[r] += sum_sq[r] * variance_factor;
+      const uint32_t m = AllOnes(mask[r]);
+      estimate[r] += Select(m, sum[r] * inverse_inclusion, 0.0f);
+      variance[r] += Select(m, sum_sq[r] * variance_factor, 0.0f);
     }
   }
   const float beta = weights.beta;
   auto finish = [&](auto bias_of) {
     for (size_t r = 0; r < width; ++r) {
       const uint32_t m = AllOnes(mask[r]);
-      estimate[r] = Select(m, beta * (e[r] + bias_of(r)), estimate[r]);
-      variance[r] = Select(m, beta * beta * v[r], variance[r]);
+      estimate[r] = Select(m, beta * (estimate[r] + bias_of(r)), estimate[r]);
+      variance[r] = Select(m, beta * beta * variance[r], variance[r]);
     }
   };
   if (bias != nullptr) {

@@ -15,7 +15,7 @@
 namespace adasoftmax {
 
 inline constexpr int kBins = 8;
-inline constexpr uint32_t kChunk = 2048;
+inline constexpr uint32_t kChunk = 8192;
 // Level of an arm whose logit was computed exactly from its full row.
 inline constexpr uint8_t kExactLevel = 255;
 

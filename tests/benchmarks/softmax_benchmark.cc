@@ -36,12 +36,12 @@ void BM_SweepColumns(benchmark::State& state) {
   }
   state.SetBytesProcessed(state.iterations() * 4 * arms * sizeof(float));
 }
-BENCHMARK(BM_SweepColumns)->Arg(2048)->Arg(1 << 16);
+BENCHMARK(BM_SweepColumns)->Arg(kChunk)->Arg(1 << 16);
 
-// The same sweep out of cache, as the sampler runs it: 2048-arm slices of four random columns
+// The same sweep out of cache, as the sampler runs it: chunk-long slices of four random columns
 // of a 50257 x 768 column-major matrix (154 MB).
 void BM_SweepColumnsFromMemory(benchmark::State& state) {
-  const size_t n = 50257, d = 768, arms = 2048;
+  const size_t n = 50257, d = 768, arms = kChunk;
   const std::vector<float> matrix = RandomFloats(n * d, 6);
   const std::vector<float> x = RandomFloats(4, 7);
   std::vector<float> partial(arms), partial_sq(arms);
