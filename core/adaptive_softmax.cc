@@ -35,18 +35,29 @@ constexpr double kRowCost = 2;
 constexpr uint32_t kExtraReferences = 32;
 
 
-// The `count` arms of [0, n) that `better` ranks first, best first, in O(n log count).
-template <typename Better>
-std::vector<uint32_t> BestArms(size_t n, size_t count, Better better) {
+// The `count` arms with the largest values (ties to the lower index), best first, in
+// O(n log count). Blocks of values that cannot enter are skipped by their vectorised maximum.
+std::vector<uint32_t> BestArms(const float* values, size_t n, size_t count) {
+  auto better = [&](uint32_t a, uint32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  };
   std::vector<uint32_t> best;  // a heap, worst first
-  for (uint32_t i = 0; i < n; ++i) {
-    if (best.size() < count) {
-      best.push_back(i);
-      std::push_heap(best.begin(), best.end(), better);
-    } else if (better(i, best.front())) {
-      std::pop_heap(best.begin(), best.end(), better);
-      best.back() = i;
-      std::push_heap(best.begin(), best.end(), better);
+  constexpr size_t kBlock = 256;
+  for (size_t begin = 0; begin < n; begin += kBlock) {
+    const size_t end = std::min(n, begin + kBlock);
+    // Later arms enter only with a strictly larger value than the worst kept.
+    if (best.size() == count && MaxOf(values + begin, end - begin) <= values[best.front()]) {
+      continue;
+    }
+    for (uint32_t i = static_cast<uint32_t>(begin); i < end; ++i) {
+      if (best.size() < count) {
+        best.push_back(i);
+        std::push_heap(best.begin(), best.end(), better);
+      } else if (better(i, best.front())) {
+        std::pop_heap(best.begin(), best.end(), better);
+        best.back() = i;
+        std::push_heap(best.begin(), best.end(), better);
+      }
     }
   }
   std::sort_heap(best.begin(), best.end(), better);
@@ -170,8 +181,15 @@ class BatchSampler {
   // first. REQUIRES: at least k arms were computed exactly.
   std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) const {
     std::vector<uint32_t> exact;
-    for (uint32_t i = 0; i < n_; ++i) {
-      if (s.level[i] == kExactLevel) exact.push_back(i);
+    constexpr size_t kBlock = 64;  // exact arms are rare: skip blocks without one
+    for (size_t begin = 0; begin < n_; begin += kBlock) {
+      const size_t end = std::min(n_, begin + kBlock);
+      uint8_t any = 0;
+      for (size_t i = begin; i < end; ++i) any |= s.level[i] == kExactLevel;
+      if (!any) continue;
+      for (size_t i = begin; i < end; ++i) {
+        if (s.level[i] == kExactLevel) exact.push_back(static_cast<uint32_t>(i));
+      }
     }
     std::partial_sort(exact.begin(), exact.begin() + k, exact.end(), [&](uint32_t a, uint32_t b) {
       return s.exact_logit[a] > s.exact_logit[b] || (s.exact_logit[a] == s.exact_logit[b] && a < b);
@@ -507,9 +525,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     if (!live(s)) continue;
     const uint32_t k = s.query->options.k;
     const std::vector<uint32_t> references =
-        BestArms(n_, k + kExtraReferences, [&](uint32_t a, uint32_t b) {
-          return s.estimate[a] > s.estimate[b] || (s.estimate[a] == s.estimate[b] && a < b);
-        });
+        BestArms(s.estimate.data(), n_, k + kExtraReferences);
     for (uint32_t i : references) {
       if (s.level[i] != kExactLevel) ComputeExact(s, i);  // not already read whole
     }
