@@ -34,7 +34,6 @@ constexpr double kRowCost = 2;
 // are under 0.1% of the entries of a 50257-row head.
 constexpr uint32_t kExtraReferences = 32;
 
-
 // The `count` arms with the largest values (ties to the lower index), best first, in
 // O(n log count). Blocks of values that cannot enter are skipped by their vectorised maximum.
 std::vector<uint32_t> BestArms(const float* values, size_t n, size_t count) {
@@ -88,9 +87,6 @@ struct QueryState {
                                          // this query reads, per level
   std::vector<float> ordered_x;          // x's slices in the order's panel sequence
   std::vector<double> exact_logit;       // valid where level == kExactLevel
-  // The search's reference: the k-th best logit among the arms computed exactly before it
-  // started. An arm whose upper confidence bound falls below it is out of the top k.
-  double threshold = 0;
   double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
   std::vector<float> target;   // per-arm variance target of the normaliser
   std::vector<float> lower;    // scratch of SetNormalizerTargets
@@ -110,10 +106,6 @@ struct QueryState {
 struct PullJob {
   QueryState* state;
   Demand demand;
-
-  double target(uint32_t i) const {
-    return demand.target != nullptr ? demand.target[i] : demand.uniform_target;
-  }
 };
 
 class BatchSampler {
@@ -165,14 +157,13 @@ class BatchSampler {
   const float* ChunkBias(uint32_t chunk_begin) const {
     return model_.has_bias() ? model_.bias().data() + chunk_begin : nullptr;
   }
-  // Entries arm i is predicted to read until its variance is at most `target` or it reaches
-  // `max_level`, assuming the variance falls in proportion to the entries read.
-  double PredictedEntries(const QueryState& s, uint32_t i, double target, int max_level) const;
-  // Entries the job's arms are predicted to read.
-  double PredictedEntries(const PullJob& job) const;
-  // Entries the search is predicted to read: each arm until its confidence radius drops below
-  // its gap to the threshold.
-  double PredictedSearchEntries(const QueryState& s) const;
+  // Entries the job's arms are predicted to read (see PredictedEntries in arm_kernels.h).
+  double Predicted(const PullJob& job) const {
+    const QueryState& s = *job.state;
+    return PredictedEntries(job.demand, s.level.data(), s.estimate.data(), s.variance.data(),
+                            s.entries_prefix.data(),
+                            job.demand.search ? order_.last_level() : job.demand.max_level, n_);
+  }
   // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
   bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
@@ -402,34 +393,6 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
   }
 }
 
-double BatchSampler::PredictedEntries(const QueryState& s, uint32_t i, double target,
-                                      int max_level) const {
-  if (s.level[i] == kExactLevel || s.level[i] >= max_level) return 0;
-  const double read = static_cast<double>(s.entries_prefix[s.level[i]]);
-  const double cap = static_cast<double>(s.entries_prefix[max_level]);
-  // Nothing read yet (infinite variance) or a zero target: all the way to max_level.
-  const double needed =
-      target > 0 && std::isfinite(s.variance[i]) ? read * s.variance[i] / target : cap;
-  return std::clamp(needed, read, cap) - read;
-}
-
-double BatchSampler::PredictedEntries(const PullJob& job) const {
-  double entries = 0;
-  for (uint32_t i = 0; i < n_; ++i)
-    entries += PredictedEntries(*job.state, i, job.target(i), job.demand.max_level);
-  return entries;
-}
-
-double BatchSampler::PredictedSearchEntries(const QueryState& s) const {
-  double entries = 0;
-  for (uint32_t i = 0; i < n_; ++i) {
-    // Out once sqrt(radius_scale * v) < gap: v = gap^2 / radius_scale.
-    const double gap = std::max(0.0, s.threshold - s.estimate[i]);
-    entries += PredictedEntries(s, i, gap * gap / s.radius_scale, order_.last_level());
-  }
-  return entries;
-}
-
 bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const {
   if (options_.sample_cost > 0 &&
       options_.sample_cost * predicted() > static_cast<double>(n_) * static_cast<double>(d_)) {
@@ -510,7 +473,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
       const PullJob job{&s, {.uniform_target = static_cast<float>(v0 / options_.normalizer_multiplier),
                              .max_level = first ? std::min(1, budget) : budget}};
-      if (!live(s) || (!first && FallBack(s, [&] { return PredictedEntries(job); }))) continue;
+      if (!live(s) || (!first && FallBack(s, [&] { return Predicted(job); }))) continue;
       jobs.push_back(job);
     }
     PullUntil(jobs);
@@ -529,12 +492,13 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     for (uint32_t i : references) {
       if (s.level[i] != kExactLevel) ComputeExact(s, i);  // not already read whole
     }
-    s.threshold = s.exact_logit[BestExact(s, k).back()];
-    if (FallBack(s, [&] { return PredictedSearchEntries(s); })) continue;
-    jobs.push_back({&s,
-                    {.search = true,
-                     .threshold = static_cast<float>(s.threshold),
-                     .radius_scale = static_cast<float>(s.radius_scale)}});
+    // An arm whose upper confidence bound falls below the k-th best exact logit is out.
+    const double threshold = s.exact_logit[BestExact(s, k).back()];
+    const PullJob job{&s,
+                      {.search = true,
+                       .threshold = static_cast<float>(threshold),
+                       .radius_scale = static_cast<float>(s.radius_scale)}};
+    if (!FallBack(s, [&] { return Predicted(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);
   for (const PullJob& job : jobs) {
@@ -548,7 +512,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     if (!live(s)) continue;
     SetNormalizerTargets(s);
     const PullJob job{&s, {.target = s.target.data(), .max_level = order_.last_level()}};
-    if (!FallBack(s, [&] { return PredictedEntries(job); })) jobs.push_back(job);
+    if (!FallBack(s, [&] { return Predicted(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);
 

@@ -124,4 +124,40 @@ void Advance(const uint8_t* __restrict mask, const float* __restrict sums,
   for (size_t r = 0; r < width; ++r) level[r] += mask[r];
 }
 
+ADASOFTMAX_KERNEL
+double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
+                        const float* __restrict estimate, const float* __restrict variance,
+                        const uint64_t* entries, int max_level, size_t count) {
+  // entries[] as a full byte-indexed table (a vector gather), arms past max_level at cap.
+  float read_at[256];
+  const float cap = static_cast<float>(entries[max_level]);
+  for (int l = 0; l < 256; ++l) read_at[l] = l < max_level ? static_cast<float>(entries[l]) : cap;
+  auto predict = [&](auto target_of) {
+    double sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (size_t r = 0; r < count; ++r) {
+      const float read = read_at[level[r]];
+      const float target = target_of(r);
+      const bool unknown = !(target > 0) || variance[r] == __builtin_inff();
+      float needed = unknown ? cap : read * variance[r] / target;
+      needed = needed < read ? read : needed;
+      needed = needed > cap ? cap : needed;
+      sum += static_cast<double>(needed - read);
+    }
+    return sum;
+  };
+  if (demand.search) {
+    const float threshold = demand.threshold, radius_scale = demand.radius_scale;
+    return predict([&](size_t r) {
+      const float gap = threshold - estimate[r] > 0 ? threshold - estimate[r] : 0.0f;
+      return gap * gap / radius_scale;
+    });
+  }
+  if (demand.target == nullptr) {
+    const float uniform = demand.uniform_target;
+    return predict([&](size_t) { return uniform; });
+  }
+  return predict([&](size_t r) { return demand.target[r]; });
+}
+
 }  // namespace adasoftmax

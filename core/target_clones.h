@@ -1,10 +1,13 @@
 #ifndef ADASOFTMAX_CORE_TARGET_CLONES_H_
 #define ADASOFTMAX_CORE_TARGET_CLONES_H_
 
-// Marks a kernel to be compiled for AVX-512, AVX2 and baseline x86-64, the variant picked at
-// load time for the CPU it runs on (the CI machine may differ from the benchmarked one).
+// Marks a kernel to be compiled for x86-64-v4 (AVX-512 F/BW/DQ/VL), x86-64-v3 (AVX2, FMA) and
+// baseline x86-64, the variant picked at load time for the CPU it runs on (the CI machine may
+// differ from the benchmarked one). The v4 level's byte instructions let loops that mix byte
+// masks with floats vectorise.
 #if defined(__x86_64__)
-#define ADASOFTMAX_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define ADASOFTMAX_KERNEL \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define ADASOFTMAX_KERNEL
 #endif
