@@ -4,9 +4,9 @@
 
 #include "core/target_clones.h"
 
-// Loops are written so that GCC vectorises every clone: masks are applied with bitwise selects,
-// byte and float arrays are handled in separate loops, and the demand's branches are taken
-// outside the loops.
+// Loops are written for GCC's vectoriser: masks are applied with bitwise selects rather than
+// conditional stores, reductions are over bytes or marked `omp simd`, and the demand's branches
+// are taken outside the loops.
 
 namespace adasoftmax {
 namespace {
@@ -128,7 +128,8 @@ ADASOFTMAX_KERNEL
 double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
                         const float* __restrict estimate, const float* __restrict variance,
                         const uint64_t* entries, int max_level, size_t count) {
-  // entries[] as a full byte-indexed table (a vector gather), arms past max_level at cap.
+  // entries[] indexed by any level byte: arms at or past max_level (exact ones included) have
+  // read `cap` and so need nothing more.
   float read_at[256];
   const float cap = static_cast<float>(entries[max_level]);
   for (int l = 0; l < 256; ++l) read_at[l] = l < max_level ? static_cast<float>(entries[l]) : cap;

@@ -147,5 +147,39 @@ TEST(ArmKernelsTest, AdvanceRaisesMaskedArmsAndRecomputesTheirEstimates) {
   }
 }
 
+TEST(ArmKernelsTest, PredictedEntriesFollowsTheVarianceToEveryTarget) {
+  const Chunk c(6);
+  std::vector<uint64_t> entries(11);
+  for (size_t l = 0; l < entries.size(); ++l) entries[l] = 16 * l * l;  // entries[0] = 0
+  const Demand demands[] = {
+      {.search = true, .threshold = 0.5f, .radius_scale = 2.0f},
+      {.uniform_target = 0.3f, .max_level = 7},
+      {.target = c.target.data(), .max_level = 9},
+  };
+  for (const Demand& demand : demands) {
+    const int max_level = demand.search ? 10 : demand.max_level;
+    // The contract, arm by arm, in double precision.
+    double expected = 0;
+    for (size_t r = 0; r < Chunk::kWidth; ++r) {
+      if (c.level[r] == kExactLevel || c.level[r] >= max_level) continue;
+      double target = demand.target != nullptr ? demand.target[r] : demand.uniform_target;
+      if (demand.search) {
+        const double gap = std::max(0.0, double{demand.threshold} - c.estimate[r]);
+        target = gap * gap / demand.radius_scale;
+      }
+      const double read = static_cast<double>(entries[c.level[r]]);
+      const double cap = static_cast<double>(entries[max_level]);
+      const double needed =
+          target > 0 && std::isfinite(c.variance[r]) ? read * c.variance[r] / target : cap;
+      expected += std::clamp(needed, read, cap) - read;
+    }
+    const double predicted =
+        PredictedEntries(demand, c.level.data(), c.estimate.data(), c.variance.data(),
+                         entries.data(), max_level, Chunk::kWidth);
+    EXPECT_GT(expected, 0);
+    EXPECT_NEAR(predicted, expected, 1e-5 * expected);
+  }
+}
+
 }  // namespace
 }  // namespace adasoftmax
