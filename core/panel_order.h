@@ -32,7 +32,7 @@ struct ImportanceOptions {
 // prefix(L) are [0, bins_in_prefix(L)): a sampler need not touch the others.
 //
 // Prefixes grow geometrically: level L covers the first prefix(L) panels of the order, with
-// prefix(0) = 0, prefix(1) = min(4, size()), prefix(L+1) = ceil(1.5 prefix(L)), and the last
+// prefix(0) = 0, prefix(1) = min(16, size()), prefix(L+1) = ceil(1.5 prefix(L)), and the last
 // level's prefix = size().
 // Within each level's new block the panels are grouped by bin, so a pull sweeps one bin at a
 // time. Panels with zero weight (x_j = 0 in every query) never appear.

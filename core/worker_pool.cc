@@ -79,7 +79,11 @@ class WorkerPool {
     constexpr auto kSpin = std::chrono::microseconds(200);
     const auto deadline = std::chrono::steady_clock::now() + kSpin;
     while (queued_.load(std::memory_order_relaxed) == 0) {
-      for (int i = 0; i < 64; ++i) __builtin_ia32_pause();
+      for (int i = 0; i < 64; ++i) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      }
       if (std::chrono::steady_clock::now() > deadline) return;
     }
   }
