@@ -142,11 +142,10 @@ class BatchSampler {
   // the level's panels.
   void PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
-  // The same by gathering each masked arm's columns from its row, or, when the block is large
-  // enough for that to cost more, by reading each masked arm's whole row. Updates want[] of the
-  // masked arms.
-  void PullRows(const PullJob& job, int level, uint32_t chunk_begin, uint32_t chunk_end,
-                uint8_t* want, Scratch& scratch);
+  // The same by gathering each of the arms' columns from its row. Updates want[] of the arms.
+  // `arms` are relative to the chunk.
+  void PullRows(const PullJob& job, int level, uint32_t chunk_begin,
+                absl::Span<const uint32_t> arms, uint8_t* want);
   // Search arms wanted at the last level are computed exactly (and no longer wanted).
   void ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
                         uint8_t* want);
@@ -161,8 +160,7 @@ class BatchSampler {
   double Predicted(const PullJob& job) const {
     const QueryState& s = *job.state;
     return PredictedEntries(job.demand, s.level.data(), s.estimate.data(), s.variance.data(),
-                            s.entries_prefix.data(),
-                            job.demand.search ? order_.last_level() : job.demand.max_level, n_);
+                            s.entries_prefix.data(), n_);
   }
   // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
@@ -289,13 +287,28 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
       if (count == 0) continue;
       // The cheapest way to the next level (see kGatherCost).
       const double block = static_cast<double>(order_.prefix(level + 1) - order_.prefix(level));
-      const double per_arm = std::min(block * kGatherCost, d_ * kRowCost);
-      if (width * block <= count * per_arm) {
+      const double gather = block * kGatherCost, whole_row = d_ * kRowCost;
+      const bool sweep = width * block <= count * std::min(gather, whole_row);
+      if (sweep || gather < whole_row) {  // whole rows are counted by ComputeExact
         s.AddSamples(count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
+      }
+      if (sweep) {
         PullDense(s, level, chunk_begin, chunk_end, scratch);
         update_wants(q);
       } else {
-        PullRows(jobs[q], level, chunk_begin, chunk_end, want_of(q), scratch);
+        std::vector<uint32_t>& arms = scratch.arms;
+        arms.clear();
+        for (uint32_t r = 0; r < width; ++r) {
+          if (scratch.mask[r]) arms.push_back(r);
+        }
+        if (gather < whole_row) {
+          PullRows(jobs[q], level, chunk_begin, arms, want_of(q));
+        } else {  // whole rows: the arms are exact and done
+          for (uint32_t r : arms) {
+            ComputeExact(s, chunk_begin + r);
+            want_of(q)[r] = false;
+          }
+        }
       }
       if (level + 1 == top) ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q));
     }
@@ -344,23 +357,10 @@ void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uin
 // Gathered columns are scattered, but within one row they share DRAM pages and prefetch
 // streams, unlike single column-panel slices.
 void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
-                            uint32_t chunk_end, uint8_t* want, Scratch& scratch) {
+                            absl::Span<const uint32_t> arms, uint8_t* want) {
   QueryState& s = *job.state;
-  std::vector<uint32_t>& arms = scratch.arms;
-  arms.clear();
-  for (uint32_t r = 0; r < chunk_end - chunk_begin; ++r) {
-    if (scratch.mask[r]) arms.push_back(r);
-  }
   const size_t block_begin = order_.prefix(level);
   const size_t block_end = order_.prefix(level + 1);
-  if ((block_end - block_begin) * kGatherCost >= d_ * kRowCost) {
-    for (uint32_t r : arms) {
-      ComputeExact(s, chunk_begin + r);
-      want[r] = false;
-    }
-    return;
-  }
-  s.AddSamples(arms.size() * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   const LevelWeights weights = Weights(s, level + 1);
   const float* bias = ChunkBias(chunk_begin);
@@ -497,7 +497,8 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     const PullJob job{&s,
                       {.search = true,
                        .threshold = static_cast<float>(threshold),
-                       .radius_scale = static_cast<float>(s.radius_scale)}};
+                       .radius_scale = static_cast<float>(s.radius_scale),
+                       .max_level = order_.last_level()}};
     if (!FallBack(s, [&] { return Predicted(job); })) jobs.push_back(job);
   }
   PullUntil(jobs);

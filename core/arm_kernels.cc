@@ -127,7 +127,8 @@ void Advance(const uint8_t* __restrict mask, const float* __restrict sums,
 ADASOFTMAX_KERNEL
 double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
                         const float* __restrict estimate, const float* __restrict variance,
-                        const uint64_t* entries, int max_level, size_t count) {
+                        const uint64_t* entries, size_t count) {
+  const int max_level = demand.max_level;
   // entries[] indexed by any level byte: arms at or past max_level (exact ones included) have
   // read `cap` and so need nothing more.
   float read_at[256];

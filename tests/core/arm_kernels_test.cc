@@ -152,12 +152,12 @@ TEST(ArmKernelsTest, PredictedEntriesFollowsTheVarianceToEveryTarget) {
   std::vector<uint64_t> entries(11);
   for (size_t l = 0; l < entries.size(); ++l) entries[l] = 16 * l * l;  // entries[0] = 0
   const Demand demands[] = {
-      {.search = true, .threshold = 0.5f, .radius_scale = 2.0f},
+      {.search = true, .threshold = 0.5f, .radius_scale = 2.0f, .max_level = 10},
       {.uniform_target = 0.3f, .max_level = 7},
       {.target = c.target.data(), .max_level = 9},
   };
   for (const Demand& demand : demands) {
-    const int max_level = demand.search ? 10 : demand.max_level;
+    const int max_level = demand.max_level;
     // The contract, arm by arm, in double precision.
     double expected = 0;
     for (size_t r = 0; r < Chunk::kWidth; ++r) {
@@ -175,7 +175,7 @@ TEST(ArmKernelsTest, PredictedEntriesFollowsTheVarianceToEveryTarget) {
     }
     const double predicted =
         PredictedEntries(demand, c.level.data(), c.estimate.data(), c.variance.data(),
-                         entries.data(), max_level, Chunk::kWidth);
+                         entries.data(), Chunk::kWidth);
     EXPECT_GT(expected, 0);
     EXPECT_NEAR(predicted, expected, 1e-5 * expected);
   }
