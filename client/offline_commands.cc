@@ -51,6 +51,7 @@ struct InputFlags {
   std::string tensor;
   std::string bias;
   std::string bias_tensor;
+  std::string dtype;
   std::string queries;
   std::string labels;
   uint64_t k = 1;
@@ -73,6 +74,9 @@ void AddModelFlags(FlagSet& flags, InputFlags* f, bool required = true) {
   flags.AddString("bias", &f->bias, "bias b, length n (.npy or .safetensors)").Placeholder("PATH");
   flags.AddString("bias-tensor", &f->bias_tensor, "tensor name of the bias in a .safetensors file")
       .Placeholder("NAME");
+  flags.AddString("dtype", &f->dtype,
+                  "keep the weights in float32, float16 or bfloat16 (default: as stored)")
+      .Placeholder("DTYPE");
   Flag& queries = flags.AddString("queries", &f->queries,
                                   "queries, .npy matrix with one query (d values) a row");
   queries.Placeholder("PATH");
@@ -185,7 +189,13 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
     take("delta", c.delta, &in.query.delta);
     take("temperature", c.temperature, &in.query.temperature);
   }
-  ASSIGN_OR_RETURN(in.model, Model::Load(ModelFiles{f.weights, f.tensor, f.bias, f.bias_tensor}));
+  ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt};
+  if (!f.dtype.empty()) {
+    absl::StatusOr<DType> dtype = ParseDType(f.dtype);
+    if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
+    files.dtype = *dtype;
+  }
+  ASSIGN_OR_RETURN(in.model, Model::Load(files));
   ASSIGN_OR_RETURN(in.queries, ReadQueries(f.queries));
   if (!f.labels.empty()) {
     ASSIGN_OR_RETURN(in.labels, ReadLabels(f.labels));
@@ -452,6 +462,7 @@ int Bench(int argc, char** argv) {
   Json j;
   j["n"] = in->model->n();
   j["d"] = in->model->d();
+  j["dtype"] = DTypeName(in->model->dtype());
   j["k"] = in->query.k;
   j["epsilon"] = in->query.epsilon;
   j["delta"] = in->query.delta;
@@ -471,12 +482,14 @@ int Bench(int argc, char** argv) {
   j["pac_failures"] = s.pac_failures;
   j["sample_cost"] = in->adaptive.sample_cost;
   j["exact_fallbacks"] = s.exact_answers;
-  // The exact path's overhead over the bare SGEMV, same thread count (OpenBLAS's).
+  // The exact path's overhead over the bare SGEMV (for half dtypes, the widening GEMV kernel),
+  // same thread count.
   const double bare_median = Median(s.bare_us) / 1000;
   j["sgemv_median_ms"] = bare_median;
   j["exact_over_sgemv"] = exact_median / bare_median;
   // Bandwidth: weight bytes streamed by SGEMV, and bytes of A the adaptive path read.
-  const double weight_bytes = 4.0 * in->model->n() * in->model->d();
+  const double weight_bytes =
+      static_cast<double>(ElementBytes(in->model->dtype())) * in->model->n() * in->model->d();
   j["sgemv_read_gb_per_s"] = weight_bytes / (bare_median * 1e6);
   j["adaptive_read_gb_per_s"] = weight_bytes * (fraction_sum / count) / (adaptive_median * 1e6);
   j["weight_bytes"] = weight_bytes;

@@ -132,7 +132,7 @@ class BatchSampler {
     std::vector<uint32_t> arms;
     std::vector<float> partial = std::vector<float>(kChunk);
     std::vector<float> partial_sq = std::vector<float>(kChunk);
-    std::vector<const float*> columns;
+    std::vector<const void*> columns;
   };
   // Runs the jobs on every chunk of arms, chunks in parallel.
   void PullUntil(absl::Span<const PullJob> jobs);
@@ -338,14 +338,14 @@ void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uin
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   float* partial = scratch.partial.data();
   float* partial_sq = scratch.partial_sq.data();
-  std::vector<const float*>& columns = scratch.columns;
+  std::vector<const void*>& columns = scratch.columns;
   for (const PanelOrder::Run& run : order_.runs(level)) {
     std::fill(partial, partial + width, 0.0f);
     std::fill(partial_sq, partial_sq + width, 0.0f);
     columns.clear();
     for (size_t t = run.begin; t < run.end; ++t)
-      columns.push_back(model_.panel(order_.panel(t)) + chunk_begin);
-    SweepColumns(columns.data(), &s.ordered_x[run.begin], columns.size(), width, partial,
+      columns.push_back(model_.panel(order_.panel(t), chunk_begin));
+    SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width, partial,
                  partial_sq);
     AddToSums(mask, partial, partial_sq, run.bin, run.bin >= order_.bins_in_prefix(level), width,
               sums);
@@ -364,33 +364,37 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   const LevelWeights weights = Weights(s, level + 1);
   const float* bias = ChunkBias(chunk_begin);
-  const float* rows = model_.rows().data() + size_t{chunk_begin} * d_;
-  // Gathers are latency-bound: request the columns of an arm a few arms ahead.
-  constexpr size_t kPrefetchDistance = 4;
-  auto prefetch = [&](uint32_t r) {
-    for (size_t t = block_begin; t < block_end; ++t) {
-      __builtin_prefetch(rows + size_t{r} * d_ + order_.panel(t) * kLanes);
+  VisitDType(model_.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* rows = static_cast<const T*>(model_.row(chunk_begin));
+    // Gathers are latency-bound: request the columns of an arm a few arms ahead.
+    constexpr size_t kPrefetchDistance = 4;
+    auto prefetch = [&](uint32_t r) {
+      for (size_t t = block_begin; t < block_end; ++t) {
+        __builtin_prefetch(rows + size_t{r} * d_ + order_.panel(t) * kLanes);
+      }
+    };
+    for (size_t k = 0; k < std::min(arms.size(), kPrefetchDistance); ++k) prefetch(arms[k]);
+    for (size_t k = 0; k < arms.size(); ++k) {
+      const uint32_t r = arms[k];
+      if (k + kPrefetchDistance < arms.size()) prefetch(arms[k + kPrefetchDistance]);
+      for (const PanelOrder::Run& run : order_.runs(level)) {
+        const SumAndSquares v = GatherArm(rows, kLanes, order_.panel_data() + run.begin,
+                                          &s.ordered_x[run.begin * kLanes], run.end - run.begin,
+                                          size_t{r} * d_);
+        float& sum = sums[run.bin * kChunk + r];
+        float& sum_sq = sums[(kBins + run.bin) * kChunk + r];
+        const bool first = run.bin >= order_.bins_in_prefix(level);
+        sum = first ? v.sum : sum + v.sum;
+        sum_sq = first ? v.sum_sq : sum_sq + v.sum_sq;
+      }
+      const uint32_t i = chunk_begin + r;
+      s.level[i] = static_cast<uint8_t>(level + 1);
+      EstimateArm(sums, r, weights, bias != nullptr ? bias[r] : 0.0f, s.estimate[i],
+                  s.variance[i]);
+      want[r] = Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i]);
     }
-  };
-  for (size_t k = 0; k < std::min(arms.size(), kPrefetchDistance); ++k) prefetch(arms[k]);
-  for (size_t k = 0; k < arms.size(); ++k) {
-    const uint32_t r = arms[k];
-    if (k + kPrefetchDistance < arms.size()) prefetch(arms[k + kPrefetchDistance]);
-    for (const PanelOrder::Run& run : order_.runs(level)) {
-      const SumAndSquares v = GatherArm(rows, kLanes, order_.panel_data() + run.begin,
-                                        &s.ordered_x[run.begin * kLanes], run.end - run.begin,
-                                        size_t{r} * d_);
-      float& sum = sums[run.bin * kChunk + r];
-      float& sum_sq = sums[(kBins + run.bin) * kChunk + r];
-      const bool first = run.bin >= order_.bins_in_prefix(level);
-      sum = first ? v.sum : sum + v.sum;
-      sum_sq = first ? v.sum_sq : sum_sq + v.sum_sq;
-    }
-    const uint32_t i = chunk_begin + r;
-    s.level[i] = static_cast<uint8_t>(level + 1);
-    EstimateArm(sums, r, weights, bias != nullptr ? bias[r] : 0.0f, s.estimate[i], s.variance[i]);
-    want[r] = Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i]);
-  }
+  });
 }
 
 bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const {
@@ -402,9 +406,7 @@ bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted
 }
 
 void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
-  const float* row = model_.rows().data() + static_cast<size_t>(i) * d_;
-  const absl::Span<const float> x = s.query->x;
-  const double dot = RowDot(row, x.data(), d_);
+  const double dot = RowDot(model_.dtype(), model_.row(i), s.query->x.data(), d_);
   s.AddSamples(d_ - s.entries_prefix[s.level[i]]);
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;

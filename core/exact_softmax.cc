@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "core/blas.h"
+#include "core/panel_kernels.h"
 #include "core/softmax_kernels.h"
 #include "core/worker_pool.h"
 
@@ -20,6 +21,27 @@ struct RanksHigher {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   }
 };
+
+// RawProducts of rows [begin, end) of a half-precision model, which BLAS cannot read: one
+// query by a widening dot per row; a batch by SGEMM on blocks of rows widened into a buffer
+// that stays in cache, so A is still read once per batch. `x` is the batch x d queries.
+void HalfProducts(const Model& m, absl::Span<const Query> queries, const std::vector<float>& x,
+                  size_t begin, size_t end, absl::Span<float> out) {
+  const size_t d = m.d();
+  if (queries.size() == 1) {
+    RowsDotVector(m.dtype(), m.row(begin), end - begin, d, queries[0].x.data(), &out[begin]);
+    return;
+  }
+  const size_t block = std::max<size_t>(8, (size_t{1} << 16) / d);  // ~256 KB of floats
+  std::vector<float> widened(block * d);
+  for (size_t first = begin; first < end; first += block) {
+    const size_t rows = std::min(block, end - first);
+    WidenTo(m.dtype(), m.row(first), rows * d, widened.data());
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(queries.size()),
+                static_cast<int>(rows), static_cast<int>(d), 1.0f, x.data(), static_cast<int>(d),
+                widened.data(), static_cast<int>(d), 0.0f, &out[first], static_cast<int>(m.n()));
+  }
+}
 
 }  // namespace
 
@@ -92,8 +114,12 @@ void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<flo
   const size_t blocks = n * m.d() < kParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
   ParallelFor(blocks, [&](size_t b) {
     const size_t begin = n * b / blocks, end = n * (b + 1) / blocks;
+    if (m.dtype() != DType::kFloat32) {
+      HalfProducts(m, queries, x, begin, end, out);
+      return;
+    }
     const int rows = static_cast<int>(end - begin);
-    const float* a = m.rows().data() + begin * d;
+    const float* a = static_cast<const float*>(m.row(begin));
     if (batch == 1) {
       cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, d, 1.0f, a, d, queries[0].x.data(), 1, 0.0f,
                   out.data() + begin, 1);

@@ -1,37 +1,66 @@
 #include "core/model.h"
 
 #include <cmath>
+#include <cstring>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "core/status_macros.h"
-#include "core/tensor_io.h"
 
 namespace adasoftmax {
+namespace {
+
+// Element k of `raw`'s storage, widened (the data may be unaligned).
+float RawValue(const RawMatrix& raw, size_t k) {
+  const auto* bytes = static_cast<const std::byte*>(raw.data);
+  if (raw.dtype == DType::kFloat32) {
+    float v;
+    std::memcpy(&v, bytes + 4 * k, 4);
+    return v;
+  }
+  uint16_t bits;
+  std::memcpy(&bits, bytes + 2 * k, 2);
+  return raw.dtype == DType::kFloat16 ? Float16ToFloat(bits) : BFloat16ToFloat(bits);
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
-  ASSIGN_OR_RETURN(LoadedMatrix weights, ReadMatrix(files.weights, files.tensor));
+  ASSIGN_OR_RETURN(const RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
   std::vector<float> bias;
   if (!files.bias.empty()) {
     ASSIGN_OR_RETURN(bias, ReadVector(files.bias, files.bias_tensor));
-    if (bias.size() != weights.matrix.rows()) {
+    if (bias.size() != weights.rows) {
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: bias has %d entries but the weights in %s have %d rows", files.bias,
-                          bias.size(), files.weights, weights.matrix.rows()));
+                          bias.size(), files.weights, weights.rows));
     }
   }
-  return Create(std::move(weights.matrix), std::move(bias), std::move(weights.dtype));
+  return Build(weights, std::move(bias), files.dtype.value_or(weights.dtype), files.weights);
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::vector<float> bias,
-                                                           std::string dtype) {
-  if (weights.rows() == 0 || weights.cols() == 0) {
+                                                           DType dtype) {
+  auto owner = std::make_shared<const Matrix>(std::move(weights));
+  const RawMatrix raw{.dtype = DType::kFloat32,
+                      .rows = owner->rows(),
+                      .cols = owner->cols(),
+                      .layout = owner->layout(),
+                      .data = owner->data(),
+                      .keepalive = owner};
+  return Build(raw, std::move(bias), dtype, "weights");
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> Model::Build(const RawMatrix& weights,
+                                                          std::vector<float> bias, DType dtype,
+                                                          const std::string& source) {
+  if (weights.rows == 0 || weights.cols == 0) {
     return absl::InvalidArgumentError("weights are empty");
   }
-  if (!bias.empty() && bias.size() != weights.rows()) {
+  if (!bias.empty() && bias.size() != weights.rows) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "bias has %d entries but the weights have %d rows", bias.size(), weights.rows()));
+        "bias has %d entries but the weights have %d rows", bias.size(), weights.rows));
   }
   for (size_t i = 0; i < bias.size(); ++i) {
     if (!std::isfinite(bias[i])) {
@@ -39,26 +68,57 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::
     }
   }
   std::shared_ptr<Model> model(new Model);
-  model->rows_ =
-      weights.layout() == Layout::kRowMajor ? std::move(weights) : weights.Copy(Layout::kRowMajor);
-  const size_t n = model->n(), d = model->d();
-  const float* rows = model->rows_.data();
-  model->panels_.Reset(model->panels() * n * kPanelWidth);
-  model->column_abs_sums_.assign(d, 0.0f);
-  std::vector<double> abs_sums(d, 0.0);
-  for (size_t i = 0; i < n; ++i) {
-    const float* row = rows + i * d;
-    for (size_t j = 0; j < d; ++j) {
-      model->panels_[((j / kPanelWidth) * n + i) * kPanelWidth + j % kPanelWidth] = row[j];
-      abs_sums[j] += std::fabs(row[j]);
-    }
+  const size_t n = weights.rows, d = weights.cols, size = ElementBytes(dtype);
+  model->n_ = n;
+  model->d_ = d;
+  model->dtype_ = dtype;
+  if (weights.dtype == dtype && weights.layout == Layout::kRowMajor &&
+      reinterpret_cast<uintptr_t>(weights.data) % size == 0) {
+    model->rows_ = static_cast<const std::byte*>(weights.data);
+    model->rows_owner_ = weights.keepalive;
+  } else {  // converted (and transposed) into an owned copy
+    auto owned = std::make_shared<HugeBuffer<std::byte>>(n * d * size);
+    const bool row_major = weights.layout == Layout::kRowMajor;
+    RETURN_IF_ERROR(VisitDType(dtype, [&](auto tag) -> absl::Status {
+      using T = decltype(tag);
+      T* out = reinterpret_cast<T*>(owned->data());
+      for (size_t i = 0; i < n; ++i) {
+        for (size_t j = 0; j < d; ++j) {
+          const float v = RawValue(weights, row_major ? i * d + j : j * n + i);
+          out[i * d + j] = Narrow<T>(v);
+          if (!std::isfinite(Widen(out[i * d + j]))) {
+            return absl::InvalidArgumentError(
+                absl::StrFormat("%s: value %g at row %d, column %d is beyond the range of %s",
+                                source, v, i, j, DTypeName(dtype)));
+          }
+        }
+      }
+      return absl::OkStatus();
+    }));
+    model->rows_ = owned->data();
+    model->rows_owner_ = std::move(owned);
   }
-  for (size_t j = 0; j < d; ++j) model->column_abs_sums_[j] = static_cast<float>(abs_sums[j]);
+  model->panels_.Reset(model->panels() * n * kPanelWidth * size);
+  std::vector<double> abs_sums(d, 0.0);
+  VisitDType(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* rows = reinterpret_cast<const T*>(model->rows_);
+    T* panels = reinterpret_cast<T*>(model->panels_.data());
+    for (size_t i = 0; i < n; ++i) {
+      const T* row = rows + i * d;
+      for (size_t j = 0; j < d; ++j) {
+        panels[((j / kPanelWidth) * n + i) * kPanelWidth + j % kPanelWidth] = row[j];
+        abs_sums[j] += std::fabs(Widen(row[j]));
+      }
+    }
+  });
+  model->column_abs_sums_.assign(abs_sums.begin(), abs_sums.end());
   model->bias_ = std::move(bias);
-  model->dtype_ = std::move(dtype);
   return model;
 }
 
-size_t Model::memory_bytes() const { return (rows_.size() + panels_.size()) * sizeof(float); }
+size_t Model::memory_bytes() const {
+  return (n_ * d_ + panels() * n_ * kPanelWidth) * ElementBytes(dtype_);
+}
 
 }  // namespace adasoftmax

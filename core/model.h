@@ -3,28 +3,33 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/dtype.h"
 #include "core/huge_buffer.h"
 #include "core/matrix.h"
+#include "core/tensor_io.h"
 
 namespace adasoftmax {
 
-// Where a model's tensors live on disk.
+// Where a model's tensors live on disk, and the dtype to keep the weights in.
 struct ModelFiles {
   std::string weights;      // .npy or .safetensors, shape n x d (row i = class i)
   std::string tensor;       // tensor name inside a .safetensors file; empty for .npy
   std::string bias;         // optional .npy or .safetensors vector of length n
   std::string bias_tensor;  // tensor name inside a .safetensors bias file
+  std::optional<DType> dtype;  // none: as stored in the weights file
 };
 
-// The weights A (n x d), optional bias b (length n) and the derived data both softmax paths
-// read. Memory: the row-major matrix for the exact path (memory-mapped when the file allows,
-// else owned) plus an owned copy in column panels for the sampler, i.e. about
-// 2 x n x d x 4 bytes (d rounded up to a multiple of kPanelWidth), plus O(n + d).
+// The weights A (n x d) in one dtype (float32, float16 or bfloat16), optional float32 bias b
+// (length n) and the derived data both softmax paths read. Memory: the row-major matrix for
+// the exact path (a view of the memory-mapped file when it is stored row-major, aligned and in
+// the model's dtype, else owned) plus an owned copy in column panels for the sampler, i.e.
+// about 2 x n x d x ElementBytes(dtype) bytes, plus O(n + d).
 //
 // Column panels: panel p holds columns [p * kPanelWidth, (p + 1) * kPanelWidth) of every row,
 // stored row after row, so a sweep of a panel over consecutive arms streams. The panel is the
@@ -35,22 +40,29 @@ struct ModelFiles {
 class Model {
  public:
   static absl::StatusOr<std::shared_ptr<const Model>> Load(const ModelFiles& files);
-  // REQUIRES: bias is empty or has weights.rows() entries; all values finite.
+  // REQUIRES: bias is empty or has weights.rows() entries; all values finite and, once rounded
+  // to `dtype`, still finite (else InvalidArgument naming the entry).
   static absl::StatusOr<std::shared_ptr<const Model>> Create(Matrix weights,
                                                              std::vector<float> bias,
-                                                             std::string dtype = "float32");
+                                                             DType dtype = DType::kFloat32);
 
-  size_t n() const { return rows_.rows(); }
-  size_t d() const { return rows_.cols(); }
-  const std::string& dtype() const { return dtype_; }
+  size_t n() const { return n_; }
+  size_t d() const { return d_; }
+  DType dtype() const { return dtype_; }
   bool has_bias() const { return !bias_.empty(); }
 
   static constexpr size_t kPanelWidth = 1;
 
-  const Matrix& rows() const { return rows_; }  // row-major n x d
+  // Row i: d entries of dtype().
+  const void* row(size_t i) const { return rows_ + i * d_ * ElementBytes(dtype_); }
   size_t panels() const { return (d() + kPanelWidth - 1) / kPanelWidth; }
-  // Panel p: n x kPanelWidth floats, row-major; columns past d are zero.
-  const float* panel(size_t p) const { return panels_.data() + p * n() * kPanelWidth; }
+  // Panel p from arm `first_arm` on: (n - first_arm) x kPanelWidth entries of dtype(),
+  // row-major; columns past d are zero.
+  const void* panel(size_t p, size_t first_arm = 0) const {
+    return panels_.data() + (p * n_ + first_arm) * kPanelWidth * ElementBytes(dtype_);
+  }
+  // A_ij widened to float.
+  float weight(size_t i, size_t j) const { return WidenAt(dtype_, row(i), j); }
   absl::Span<const float> bias() const { return bias_; }  // empty when there is no bias
   // sum_i |A_ij| for each column j: the "atom" importance of a column.
   absl::Span<const float> column_abs_sums() const { return column_abs_sums_; }
@@ -59,12 +71,19 @@ class Model {
 
  private:
   Model() = default;
+  // `source` names the weights in errors.
+  static absl::StatusOr<std::shared_ptr<const Model>> Build(const RawMatrix& weights,
+                                                            std::vector<float> bias, DType dtype,
+                                                            const std::string& source);
 
-  Matrix rows_;
-  HugeBuffer<float> panels_;
+  size_t n_ = 0;
+  size_t d_ = 0;
+  DType dtype_ = DType::kFloat32;
+  const std::byte* rows_ = nullptr;     // row-major n x d
+  std::shared_ptr<const void> rows_owner_;  // keeps rows_ alive
+  HugeBuffer<std::byte> panels_;
   std::vector<float> bias_;
   std::vector<float> column_abs_sums_;
-  std::string dtype_;
 };
 
 }  // namespace adasoftmax

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <functional>
 
+#include "core/panel_kernels.h"
+
 namespace adasoftmax {
 
 ReferenceAnswer ComputeReference(const Model& model, absl::Span<const float> x,
@@ -13,10 +15,8 @@ ReferenceAnswer ComputeReference(const Model& model, absl::Span<const float> x,
   ref.logits.resize(n);
   double max = -INFINITY;
   for (size_t i = 0; i < n; ++i) {
-    const float* row = model.rows().data() + i * d;
-    double dot = model.has_bias() ? model.bias()[i] : 0.0;
-    for (size_t j = 0; j < d; ++j) dot += static_cast<double>(row[j]) * x[j];
-    ref.logits[i] = temperature * dot;
+    const double dot = RowDot(model.dtype(), model.row(i), x.data(), d);
+    ref.logits[i] = temperature * (dot + (model.has_bias() ? model.bias()[i] : 0.0));
     max = std::max(max, ref.logits[i]);
   }
   double sum = 0;

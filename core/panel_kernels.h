@@ -1,11 +1,14 @@
 #ifndef ADASOFTMAX_CORE_PANEL_KERNELS_H_
 #define ADASOFTMAX_CORE_PANEL_KERNELS_H_
 
-// The sampler's inner loops over column panels (see Model). SweepColumns is compiled for
-// AVX-512, AVX2 and baseline x86-64 and picked at load time for the CPU it runs on.
+// The inner loops over the weights of both softmax paths, for every storage dtype: entries are
+// read in their own dtype and widened to float in registers. The out-of-line kernels are
+// compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time for the CPU they run on.
 
 #include <cstddef>
 #include <cstdint>
+
+#include "core/dtype.h"
 
 namespace adasoftmax {
 
@@ -13,9 +16,9 @@ inline constexpr size_t kLanes = 1;  // == Model::kPanelWidth
 
 // For r in [0, arms): v_c = columns[c][r] * x[c] for c in [0, count); partial[r] += sum_c v_c;
 // partial_sq[r] += sum_c v_c^2. Each column pointer addresses consecutive arms' entries of one
-// single-column panel.
-void SweepColumns(const float* const* columns, const float* x, size_t count, size_t arms,
-                  float* partial, float* partial_sq);
+// single-column panel, in `dtype`.
+void SweepColumns(DType dtype, const void* const* columns, const float* x, size_t count,
+                  size_t arms, float* partial, float* partial_sq);
 
 // For one arm: sum and sum of squares of v_u = slice_u . x_u over `count` panels, where
 // slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes. Reads the
@@ -26,22 +29,30 @@ struct SumAndSquares {
   float sum = 0;
   float sum_sq = 0;
 };
-inline SumAndSquares GatherArm(const float* panels, size_t panel_stride, const uint32_t* ids,
-                               const float* xs, size_t count, size_t arm_offset) {
+template <typename T>
+SumAndSquares GatherArm(const T* panels, size_t panel_stride, const uint32_t* ids,
+                        const float* xs, size_t count, size_t arm_offset) {
   SumAndSquares out;
   for (size_t u = 0; u < count; ++u) {
-    const float* slice = panels + ids[u] * panel_stride + arm_offset;
+    const T* slice = panels + ids[u] * panel_stride + arm_offset;
     float v = 0;
-    for (size_t c = 0; c < kLanes; ++c) v += slice[c] * xs[u * kLanes + c];
+    for (size_t c = 0; c < kLanes; ++c) v += Widen(slice[c]) * xs[u * kLanes + c];
     out.sum += v;
     out.sum_sq += v * v;
   }
   return out;
 }
 
-// sum_j a[j] * b[j], accumulated in double in 16 interleaved partial sums (vectorised, so the
-// order differs from a plain loop's).
-double RowDot(const float* a, const float* b, size_t count);
+// sum_j a[j] * b[j] for `count` entries a of `dtype`, accumulated in double in 16 interleaved
+// partial sums (vectorised, so the order differs from a plain loop's).
+double RowDot(DType dtype, const void* a, const float* b, size_t count);
+
+// out[r] = row_r . x for the `rows` consecutive rows of d entries of `dtype` at `a`, accumulated
+// in float: the exact path's GEMV for the dtypes BLAS lacks.
+void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x, float* out);
+
+// out[k] = a[k] widened, for `count` entries of `dtype`.
+void WidenTo(DType dtype, const void* a, size_t count, float* out);
 
 }  // namespace adasoftmax
 

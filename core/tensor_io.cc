@@ -53,22 +53,6 @@ namespace {
 
 constexpr std::string_view kNpyMagic("\x93NUMPY", 6);
 
-enum class DType { kFloat32, kFloat16, kBFloat16 };
-
-size_t ItemSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
-const char* DTypeName(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return "float32";
-    case DType::kFloat16:
-      return "float16";
-    case DType::kBFloat16:
-      return "bfloat16";
-  }
-  return "?";
-}
-
 absl::Status Invalid(const std::string& path, absl::string_view problem) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", problem));
 }
@@ -104,7 +88,7 @@ std::string ShapeString(const std::vector<uint64_t>& shape) {
 
 // Bytes occupied by a tensor of this shape and dtype; nullopt when that overflows.
 std::optional<uint64_t> ByteSize(const std::vector<uint64_t>& shape, DType dtype) {
-  uint64_t bytes = ItemSize(dtype);
+  uint64_t bytes = ElementBytes(dtype);
   for (uint64_t dim : shape) {
     if (dim == 0) return 0;
   }
@@ -515,61 +499,99 @@ absl::StatusOr<StoredTensor> OpenTensor(const std::string& path, const std::stri
   return LocateSafetensors(path, std::move(file), tensor);
 }
 
-// Checks that every value is finite; the error names the first bad element in storage order.
-absl::Status CheckFinite(const std::string& path, const StoredTensor& tensor, const Matrix& m,
-                         bool is_vector) {
-  const float* data = m.data();
+// Reads element k's bits (unaligned data allowed).
+uint32_t BitsAt(DType dtype, const uint8_t* data, size_t k) {
+  if (dtype == DType::kFloat32) {
+    uint32_t bits;
+    std::memcpy(&bits, data + 4 * k, 4);
+    return bits;
+  }
+  uint16_t bits;
+  std::memcpy(&bits, data + 2 * k, 2);
+  return bits;
+}
+
+float ValueAt(DType dtype, const uint8_t* data, size_t k) {
+  const uint32_t bits = BitsAt(dtype, data, k);
+  switch (dtype) {
+    case DType::kFloat16:
+      return Float16ToFloat(static_cast<uint16_t>(bits));
+    case DType::kBFloat16:
+      return BFloat16ToFloat(static_cast<uint16_t>(bits));
+    case DType::kFloat32:
+      break;
+  }
+  return std::bit_cast<float>(bits);
+}
+
+// Checks that every value of the rows x cols tensor is finite; the error names the first bad
+// element in storage order.
+absl::Status CheckFinite(const std::string& path, const StoredTensor& tensor, size_t rows,
+                         size_t cols, Layout layout, bool is_vector) {
+  const uint32_t exponent = tensor.dtype == DType::kFloat32   ? 0x7f800000u
+                            : tensor.dtype == DType::kFloat16 ? 0x7c00u
+                                                              : 0x7f80u;
+  const size_t count = rows * cols;
   constexpr size_t kBlock = 4096;
-  for (size_t start = 0; start < m.size(); start += kBlock) {
-    const size_t stop = std::min(m.size(), start + kBlock);
-    bool bad = false;  // Branch-free scan of the block, then locate.
-    for (size_t k = start; k < stop; ++k) {
-      bad |= (std::bit_cast<uint32_t>(data[k]) & 0x7f800000u) == 0x7f800000u;
-    }
-    if (!bad) continue;
+  for (size_t start = 0; start < count; start += kBlock) {
+    const size_t stop = std::min(count, start + kBlock);
+    // Branch-free scan of the block, then locate.
+    auto any_bad = [&](auto word) {
+      bool bad = false;
+      for (size_t k = start; k < stop; ++k) {
+        std::memcpy(&word, tensor.data + k * sizeof(word), sizeof(word));
+        bad |= (word & exponent) == exponent;
+      }
+      return bad;
+    };
+    if (!(ElementBytes(tensor.dtype) == 4 ? any_bad(uint32_t{}) : any_bad(uint16_t{}))) continue;
     size_t k = start;
-    while (std::isfinite(data[k])) ++k;
+    while ((BitsAt(tensor.dtype, tensor.data, k) & exponent) != exponent) ++k;
     std::string where;
     if (is_vector) {
       where = absl::StrCat("element ", k);
     } else {
-      const bool row_major = m.layout() == Layout::kRowMajor;
-      const size_t row = row_major ? k / m.cols() : k % m.rows();
-      const size_t col = row_major ? k % m.cols() : k / m.rows();
+      const bool row_major = layout == Layout::kRowMajor;
+      const size_t row = row_major ? k / cols : k % rows;
+      const size_t col = row_major ? k % cols : k / rows;
       where = absl::StrCat("row ", row, ", column ", col);
     }
-    return Invalid(path, absl::StrCat(tensor.label, "non-finite value ", data[k], " at ", where));
+    return Invalid(path, absl::StrCat(tensor.label, "non-finite value ",
+                                      ValueAt(tensor.dtype, tensor.data, k), " at ", where));
   }
   return absl::OkStatus();
 }
 
-// The stored data as a rows x cols matrix in `layout` (which must match the storage order):
-// a view of the mapping for aligned float32, an owned decoded copy otherwise.
+// The stored data as a float32 rows x cols matrix in `layout` (which must match the storage
+// order): a view of the mapping for aligned float32, an owned decoded copy otherwise.
 absl::StatusOr<Matrix> ToMatrix(const std::string& path, const StoredTensor& tensor, size_t rows,
                                 size_t cols, Layout layout, bool is_vector) {
-  Matrix m;
+  RETURN_IF_ERROR(CheckFinite(path, tensor, rows, cols, layout, is_vector));
   if (tensor.dtype == DType::kFloat32 &&
       reinterpret_cast<uintptr_t>(tensor.data) % alignof(float) == 0) {
-    m = Matrix::View(reinterpret_cast<const float*>(tensor.data), rows, cols, layout, tensor.file);
-  } else {
-    m = Matrix::Owned(rows, cols, layout);
-    float* out = m.mutable_data();
-    const uint8_t* in = tensor.data;
-    const size_t count = m.size();
-    if (tensor.dtype == DType::kFloat32) {
-      std::memcpy(out, in, count * sizeof(float));
-    } else {
-      float (*convert)(uint16_t) =
-          tensor.dtype == DType::kFloat16 ? &Float16ToFloat : &BFloat16ToFloat;
-      for (size_t k = 0; k < count; ++k) {
-        uint16_t bits;
-        std::memcpy(&bits, in + 2 * k, 2);
-        out[k] = convert(bits);
-      }
-    }
+    return Matrix::View(reinterpret_cast<const float*>(tensor.data), rows, cols, layout,
+                        tensor.file);
   }
-  RETURN_IF_ERROR(CheckFinite(path, tensor, m, is_vector));
+  Matrix m = Matrix::Owned(rows, cols, layout);
+  float* out = m.mutable_data();
+  for (size_t k = 0; k < m.size(); ++k) out[k] = ValueAt(tensor.dtype, tensor.data, k);
   return m;
+}
+
+// Opens a rank-2 tensor with nonzero dimensions.
+absl::StatusOr<StoredTensor> OpenMatrixTensor(const std::string& path, std::string_view tensor) {
+  ASSIGN_OR_RETURN(StoredTensor stored, OpenTensor(path, std::string(tensor)));
+  const std::vector<uint64_t>& shape = stored.shape;
+  if (shape.size() != 2) {
+    return Invalid(
+        path, absl::StrCat(stored.label, "wrong rank: expected a matrix (rank 2) but the shape is ",
+                           ShapeString(shape), " (rank ", shape.size(), ")"));
+  }
+  if (shape[0] == 0 || shape[1] == 0) {
+    return Invalid(
+        path, absl::StrCat(stored.label, "zero-sized dimension in shape ", ShapeString(shape)));
+  }
+  return stored;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -621,21 +643,23 @@ absl::Status WriteNpyData(const std::string& path, absl::string_view shape, bool
 }  // namespace
 
 absl::StatusOr<LoadedMatrix> ReadMatrix(const std::string& path, std::string_view tensor) {
-  ASSIGN_OR_RETURN(const StoredTensor stored, OpenTensor(path, std::string(tensor)));
-  const std::vector<uint64_t>& shape = stored.shape;
-  if (shape.size() != 2) {
-    return Invalid(
-        path, absl::StrCat(stored.label, "wrong rank: expected a matrix (rank 2) but the shape is ",
-                           ShapeString(shape), " (rank ", shape.size(), ")"));
-  }
-  if (shape[0] == 0 || shape[1] == 0) {
-    return Invalid(
-        path, absl::StrCat(stored.label, "zero-sized dimension in shape ", ShapeString(shape)));
-  }
+  ASSIGN_OR_RETURN(const StoredTensor stored, OpenMatrixTensor(path, tensor));
   const Layout layout = stored.fortran_order ? Layout::kColMajor : Layout::kRowMajor;
-  ASSIGN_OR_RETURN(Matrix matrix, ToMatrix(path, stored, shape[0], shape[1], layout,
+  ASSIGN_OR_RETURN(Matrix matrix, ToMatrix(path, stored, stored.shape[0], stored.shape[1], layout,
                                            /*is_vector=*/false));
   return LoadedMatrix{std::move(matrix), DTypeName(stored.dtype)};
+}
+
+absl::StatusOr<RawMatrix> ReadRawMatrix(const std::string& path, std::string_view tensor) {
+  ASSIGN_OR_RETURN(const StoredTensor stored, OpenMatrixTensor(path, tensor));
+  RawMatrix raw{.dtype = stored.dtype,
+                .rows = stored.shape[0],
+                .cols = stored.shape[1],
+                .layout = stored.fortran_order ? Layout::kColMajor : Layout::kRowMajor,
+                .data = stored.data,
+                .keepalive = stored.file};
+  RETURN_IF_ERROR(CheckFinite(path, stored, raw.rows, raw.cols, raw.layout, /*is_vector=*/false));
+  return raw;
 }
 
 absl::StatusOr<std::vector<float>> ReadVector(const std::string& path, std::string_view tensor) {

@@ -13,6 +13,7 @@
 // thread-safe.
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -21,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "core/dtype.h"
 #include "core/matrix.h"
 
 namespace adasoftmax {
@@ -35,6 +37,20 @@ struct LoadedMatrix {
 // one tensor. For .npy, `tensor` must be empty. C-order data gives a Layout::kRowMajor matrix,
 // Fortran-order data a Layout::kColMajor one.
 absl::StatusOr<LoadedMatrix> ReadMatrix(const std::string& path, std::string_view tensor = "");
+
+// A rank-2 tensor's elements in their stored dtype: a view of the mapped file, alive while
+// `keepalive` is. `data` need not be aligned (safetensors data offsets are arbitrary).
+struct RawMatrix {
+  DType dtype = DType::kFloat32;
+  size_t rows = 0;
+  size_t cols = 0;
+  Layout layout = Layout::kRowMajor;
+  const void* data = nullptr;  // rows x cols elements in `layout`
+  std::shared_ptr<const void> keepalive;
+};
+
+// Like ReadMatrix (same checks, same errors) without decoding.
+absl::StatusOr<RawMatrix> ReadRawMatrix(const std::string& path, std::string_view tensor = "");
 
 // Reads a rank-1 tensor (shape (n,)); also accepts shapes (n,1) and (1,n).
 absl::StatusOr<std::vector<float>> ReadVector(const std::string& path,

@@ -41,7 +41,7 @@ absl::StatusOr<std::unique_ptr<InferenceService>> InferenceService::Create(
     auto entry = std::make_unique<Entry>();
     Entry* e = entry.get();
     e->metrics = metrics->AddModel(served->name, served->model->n(), served->model->d(),
-                                   served->model->dtype());
+                                   DTypeName(served->model->dtype()));
     InferenceService* self = service.get();
     ASSIGN_OR_RETURN(
         e->queue,
@@ -221,7 +221,7 @@ v1::ListModelsResponse InferenceService::ListModels() const {
     m.set_name(s.name);
     m.set_n(s.model->n());
     m.set_d(s.model->d());
-    m.set_dtype(s.model->dtype());
+    m.set_dtype(DTypeName(s.model->dtype()));
     m.set_has_bias(s.model->has_bias());
     m.set_has_labels(!s.labels.empty());
     m.set_default_epsilon(s.default_epsilon);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <system_error>
@@ -110,8 +111,10 @@ absl::Status WriteNpyAtomically(const std::string& path, const T& data) {
 
 // Reads the cached copy of a synthetic model; any failure means "regenerate".
 absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::string& dir,
-                                                                 const SynthOptions& o) {
+                                                                 const SynthOptions& o,
+                                                                 std::optional<DType> dtype) {
   ModelFiles files;
+  files.dtype = dtype;
   files.weights = (fs::path(dir) / "weights.npy").string();
   if (o.bias) files.bias = (fs::path(dir) / "bias.npy").string();
   // The queries are written last: their presence marks a complete cache.
@@ -128,13 +131,13 @@ absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::stri
 
 absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     const std::string& name, const v1::SyntheticModel& synthetic, const std::string& cache_dir,
-    const std::function<void(const std::string&)>& log, std::string* source,
-    std::string* queries) {
+    std::optional<DType> dtype, const std::function<void(const std::string&)>& log,
+    std::string* source, std::string* queries) {
   ASSIGN_OR_RETURN(const SynthOptions o, ToSynthOptions(synthetic));
   if (cache_dir.empty()) return absl::InvalidArgumentError("synthetic: no --cache_dir to cache it in");
   const std::string dir = SyntheticCacheDir(cache_dir, name, synthetic);
   *queries = (fs::path(dir) / "queries.npy").string();
-  absl::StatusOr<std::shared_ptr<const Model>> cached = ReadCachedSynthetic(dir, o);
+  absl::StatusOr<std::shared_ptr<const Model>> cached = ReadCachedSynthetic(dir, o, dtype);
   if (cached.ok()) {
     *source = absl::StrCat("synthetic, cached in ", dir);
     return cached;
@@ -162,7 +165,8 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     queries->clear();
     if (log) log(absl::StrCat("model ", name, ": could not cache: ", written.message()));
   }
-  return Model::Create(std::move(data.weights), std::move(data.bias));
+  return Model::Create(std::move(data.weights), std::move(data.bias),
+                       dtype.value_or(DType::kFloat32));
 }
 
 absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
@@ -182,16 +186,22 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   RETURN_IF_ERROR(ValidateName(served->name));
 
   // Weights.
+  std::optional<DType> dtype;
+  if (!c.dtype().empty()) {
+    absl::StatusOr<DType> parsed = ParseDType(c.dtype());
+    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("dtype: ", parsed.status().message()));
+    dtype = *parsed;
+  }
   if (c.weights().empty() == !c.has_synthetic()) {
     return absl::InvalidArgumentError("exactly one of `weights` and `synthetic` must be set");
   }
   if (c.has_synthetic()) {
     if (!c.bias().empty()) return absl::InvalidArgumentError("bias: not allowed with `synthetic`");
     ASSIGN_OR_RETURN(served->model, LoadSynthetic(served->name, c.synthetic(), options.cache_dir,
-                                                  log, &served->source, &served->sample_queries));
+                                                  dtype, log, &served->source, &served->sample_queries));
   } else {
-    ModelFiles files{Resolve(dir, c.weights()), c.weights_tensor(), Resolve(dir, c.bias()),
-                     c.bias_tensor()};
+    const ModelFiles files{Resolve(dir, c.weights()), c.weights_tensor(), Resolve(dir, c.bias()),
+                           c.bias_tensor(), dtype};
     ASSIGN_OR_RETURN(served->model, Model::Load(files));
     served->source = files.weights;
     served->sample_queries = Resolve(dir, c.sample_queries());
@@ -354,7 +364,7 @@ std::string DescribeModel(const ServedModel& m) {
   return absl::StrFormat(
       "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
       "max_batch_size=%d batch_timeout_us=%d audit_fraction=%g memory=%.1fMB from %s",
-      m.name, m.model->n(), m.model->d(), m.model->dtype(), m.model->has_bias() ? "yes" : "no",
+      m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()), m.model->has_bias() ? "yes" : "no",
       m.labels.empty() ? "no" : "yes", m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive",
       m.calibration_mode, m.batching.max_batch_size,
       absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,

@@ -14,8 +14,12 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-TEST(ExactSoftmaxTest, MatchesNaiveDoublePrecisionSoftmaxOnTheOcrHead) {
-  testing::ModelAndQueries head = testing::OcrHead();
+// Every dtype: half-precision models are compared with double precision on their own rounded
+// weights (ComputeReference reads the model).
+class ExactSoftmaxTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(ExactSoftmaxTest, MatchesNaiveDoublePrecisionSoftmaxOnTheOcrHead) {
+  testing::ModelAndQueries head = testing::OcrHead(GetParam());
   const ExactSoftmax exact(head.model);
   for (size_t q = 0; q < 50; ++q) {
     for (double temperature : {1.0, 0.5}) {
@@ -35,8 +39,8 @@ TEST(ExactSoftmaxTest, MatchesNaiveDoublePrecisionSoftmaxOnTheOcrHead) {
   }
 }
 
-TEST(ExactSoftmaxTest, BatchAnswersEqualSingleAnswers) {
-  testing::ModelAndQueries head = testing::OcrHead();
+TEST_P(ExactSoftmaxTest, BatchAnswersEqualSingleAnswers) {
+  testing::ModelAndQueries head = testing::OcrHead(GetParam());
   const ExactSoftmax exact(head.model);
   std::vector<Query> batch;
   for (size_t q = 0; q < 7; ++q) batch.push_back({head.query(q), {.k = 3}});
@@ -49,7 +53,13 @@ TEST(ExactSoftmaxTest, BatchAnswersEqualSingleAnswers) {
   }
 }
 
-TEST(ExactSoftmaxTest, SoftmaxTopKBreaksTiesByLowerIndexAndHandlesKEqualsN) {
+INSTANTIATE_TEST_SUITE_P(DTypes, ExactSoftmaxTest,
+                         ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
+
+TEST(SoftmaxTopKTest, BreaksTiesByLowerIndexAndHandlesKEqualsN) {
   const std::vector<float> raw = {1, 3, 3, 0, 3};
   const TopKResult top = SoftmaxTopK(raw, {}, 1.0, 2);
   EXPECT_THAT(top.indices, ElementsAre(1, 2));

@@ -103,6 +103,35 @@ TEST(BinomialMarginTest, MatchesKnownQuantiles) {
   EXPECT_EQ(BinomialMargin(300, 0.05), 31);
 }
 
+// Half-precision heads: the guarantee holds against the exact answer on the rounded weights
+// the model keeps.
+TEST(HalfPrecisionPacTest, TheoryModeHoldsDeltaOnHalfPrecisionHeads) {
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    const testing::ModelAndQueries head = testing::SynthHead({.n = 6000,
+                                                              .d = 192,
+                                                              .queries = 200,
+                                                              .seed = 23,
+                                                              .heavy_tailed = true,
+                                                              .column_scale_spread = 0.5},
+                                                             dtype);
+    ASSERT_EQ(head.model->dtype(), dtype);
+    const AdaptiveSoftmax adaptive(head.model);
+    const QueryOptions options{.k = 1, .epsilon = 0.3, .delta = 0.01};
+    int failures = 0;
+    double fraction = 0;
+    for (int q = 0; q < 200; ++q) {
+      QueryOptions o = options;
+      o.seed = 3000u + q;
+      const Query query{head.query(q), o};
+      const TopKResult r = *adaptive.Answer(query);
+      failures += !MeetsPac(r, ComputeReference(*head.model, query.x, 1.0), 1, options.epsilon);
+      fraction += r.sample_fraction / 200;
+    }
+    EXPECT_LE(failures, BinomialMargin(200, options.delta)) << DTypeName(dtype);
+    EXPECT_LT(fraction, 0.9) << DTypeName(dtype) << ": the sampler must not read everything";
+  }
+}
+
 // Calibration on one split, verification on a disjoint held-out split never seen by it.
 TEST(CalibratedModePacTest, CalibratedMultipliersHoldDeltaOnHeldOutQueries) {
   testing::ModelAndQueries head =

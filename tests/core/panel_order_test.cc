@@ -93,7 +93,7 @@ TEST(PanelOrderTest, EstimatorIsUnbiasedAndVarianceIsCalibrated) {
   constexpr int kDraws = 20000;
   for (size_t arm : {0u, 123u}) {
     double truth = 0;
-    for (size_t j = 0; j < d; ++j) truth += double{model.rows().at(arm, j)} * x[j];
+    for (size_t j = 0; j < d; ++j) truth += double{model.weight(arm, j)} * x[j];
     for (int level : {1, 2, 3}) {
       double mean = 0, mean_sq = 0, mean_var_estimate = 0;
       for (int draw = 0; draw < kDraws; ++draw) {
@@ -102,7 +102,7 @@ TEST(PanelOrderTest, EstimatorIsUnbiasedAndVarianceIsCalibrated) {
         const float* factor = order.variance_factor(level);
         double estimate = 0, variance = 0;
         for (size_t t = 0; t < order.prefix(level); ++t) {
-          const double a = double{model.rows().at(arm, order.panel(t))} * x[order.panel(t)];
+          const double a = double{model.weight(arm, order.panel(t))} * x[order.panel(t)];
           estimate += a * inverse[order.bin(t)];
           variance += a * a * factor[order.bin(t)];
         }

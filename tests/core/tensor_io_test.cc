@@ -192,6 +192,29 @@ TEST(NpyTest, Float16FortranOrder) {
   for (size_t k = 0; k < 8; ++k) EXPECT_EQ(loaded->matrix.at(k % 2, k / 2), kHalfValues[k]);
 }
 
+TEST(NpyTest, RawReadKeepsTheStoredDtypeAndLayout) {
+  const std::string path =
+      WriteBytes("h.npy", NpyFile(NpyDict("<f2", "(2, 4)", /*fortran=*/true), Bytes(kHalfBits)));
+  absl::StatusOr<RawMatrix> raw = ReadRawMatrix(path);
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_EQ(raw->dtype, DType::kFloat16);
+  EXPECT_EQ(raw->rows, 2);
+  EXPECT_EQ(raw->cols, 4);
+  EXPECT_EQ(raw->layout, Layout::kColMajor);
+  EXPECT_EQ(std::memcmp(raw->data, kHalfBits.data(), 16), 0);
+  EXPECT_NE(raw->keepalive, nullptr);
+
+  // The same checks as ReadMatrix.
+  const std::string inf =
+      WriteBytes("inf.npy", NpyFile(NpyDict("<f2", "(2, 2)"), Bytes(std::vector<uint16_t>{
+                                                                  0x3c00, 0x3c00, 0x3c00, 0xfc00})));
+  ExpectError(ReadRawMatrix(inf).status(), absl::StatusCode::kInvalidArgument, inf,
+              "non-finite value -inf at row 1, column 1");
+  const std::string vector = WriteBytes("v.npy", NpyFile(NpyDict("<f2", "(8,)"), Bytes(kHalfBits)));
+  ExpectError(ReadRawMatrix(vector).status(), absl::StatusCode::kInvalidArgument, vector,
+              "wrong rank");
+}
+
 TEST(NpyTest, Versions2And3AndOldStyleHeaders) {
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
   for (int major : {2, 3}) {

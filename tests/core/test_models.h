@@ -25,22 +25,23 @@ struct ModelAndQueries {
   }
 };
 
-// The shipped real OCR head with bias and its real queries (tests run from the repository root).
-inline ModelAndQueries OcrHead() {
+// The shipped real OCR head with bias and its real queries (tests run from the repository root),
+// its weights kept in `dtype`.
+inline ModelAndQueries OcrHead(DType dtype = DType::kFloat32) {
   const std::string dir = "tests/data/ppocrv4-rec/";
   absl::StatusOr<std::shared_ptr<const Model>> model =
-      Model::Load({.weights = dir + "weights.npy", .bias = dir + "bias.npy"});
+      Model::Load({.weights = dir + "weights.npy", .bias = dir + "bias.npy", .dtype = dtype});
   EXPECT_TRUE(model.ok()) << model.status();
   absl::StatusOr<LoadedMatrix> queries = ReadMatrix(dir + "queries.npy");
   EXPECT_TRUE(queries.ok()) << queries.status();
   return {*std::move(model), std::move(queries->matrix)};
 }
 
-inline ModelAndQueries SynthHead(const SynthOptions& options) {
+inline ModelAndQueries SynthHead(const SynthOptions& options, DType dtype = DType::kFloat32) {
   absl::StatusOr<SynthData> data = Synthesize(options);
   EXPECT_TRUE(data.ok()) << data.status();
   absl::StatusOr<std::shared_ptr<const Model>> model =
-      Model::Create(std::move(data->weights), std::move(data->bias));
+      Model::Create(std::move(data->weights), std::move(data->bias), dtype);
   EXPECT_TRUE(model.ok()) << model.status();
   return {*std::move(model), std::move(data->queries)};
 }

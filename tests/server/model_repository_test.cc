@@ -190,7 +190,7 @@ TEST_F(ModelRepositoryTest, SyntheticModelIsCachedAndRegeneratedWhenCorrupt) {
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_THAT((*second)->source, HasSubstr("cached"));
   EXPECT_TRUE(log_.empty());
-  EXPECT_EQ((*second)->model->rows().at(17, 5), (*first)->model->rows().at(17, 5));
+  EXPECT_EQ((*second)->model->weight(17, 5), (*first)->model->weight(17, 5));
   EXPECT_EQ((*second)->model->bias()[3], (*first)->model->bias()[3]);
 
   std::filesystem::resize_file(cache + "/weights.npy", 100);  // truncated
@@ -199,7 +199,7 @@ TEST_F(ModelRepositoryTest, SyntheticModelIsCachedAndRegeneratedWhenCorrupt) {
   EXPECT_THAT((*third)->source, HasSubstr("generated"));
   ASSERT_EQ(log_.size(), 1u);
   EXPECT_THAT(log_[0], HasSubstr("generating"));
-  EXPECT_EQ((*third)->model->rows().at(17, 5), (*first)->model->rows().at(17, 5));
+  EXPECT_EQ((*third)->model->weight(17, 5), (*first)->model->weight(17, 5));
 
   // Any change of the generator settings uses another cache folder.
   synthetic.set_seed(10);
@@ -221,7 +221,7 @@ TEST_F(ModelRepositoryTest, LoadsSafetensorsByTensorName) {
   auto m = Load("st");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->model->n(), 300u);
-  EXPECT_EQ((*m)->model->rows().at(7, 3), data.weights.at(7, 3));
+  EXPECT_EQ((*m)->model->weight(7, 3), data.weights.at(7, 3));
   EXPECT_EQ((*m)->model->bias()[9], data.bias[9]);
 
   WriteTextFile(dir_.Sub("repo/st/model.pbtxt"),

@@ -1,0 +1,28 @@
+#include "core/dtype.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace adasoftmax {
+
+const char* DTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "float32";
+    case DType::kFloat16:
+      return "float16";
+    case DType::kBFloat16:
+      return "bfloat16";
+  }
+  return "?";
+}
+
+absl::StatusOr<DType> ParseDType(absl::string_view name) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    if (name == DTypeName(dtype)) return dtype;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown dtype '", name, "' (expected float32, float16 or bfloat16)"));
+}
+
+}  // namespace adasoftmax

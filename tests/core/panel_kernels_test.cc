@@ -1,0 +1,101 @@
+// The weight kernels of both paths against double-precision loops, for every storage dtype and
+// for lengths that exercise the vector bodies and their tails.
+
+#include "core/panel_kernels.h"
+
+#include <cmath>
+#include <vector>
+
+#include "absl/random/random.h"
+#include "core/dtype.h"
+#include "gtest/gtest.h"
+
+namespace adasoftmax {
+namespace {
+
+// Random entries already rounded to `dtype`, as bytes of that dtype and widened.
+struct Entries {
+  std::vector<std::byte> stored;
+  std::vector<float> widened;
+};
+Entries RandomEntries(DType dtype, size_t count, uint64_t seed) {
+  absl::BitGen gen(std::seed_seq{seed});
+  Entries e;
+  e.stored.resize(count * ElementBytes(dtype));
+  VisitDType(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* out = reinterpret_cast<T*>(e.stored.data());
+    for (size_t k = 0; k < count; ++k) {
+      out[k] = Narrow<T>(absl::Gaussian<float>(gen));
+      e.widened.push_back(Widen(out[k]));
+    }
+  });
+  return e;
+}
+
+class PanelKernelsTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresOfEveryColumn) {
+  const DType dtype = GetParam();
+  for (size_t count : {1, 4, 7}) {
+    const size_t arms = 37;
+    const Entries a = RandomEntries(dtype, count * arms, count);  // column c at c * arms
+    const Entries x = RandomEntries(DType::kFloat32, count, 99);
+    std::vector<const void*> columns;
+    for (size_t c = 0; c < count; ++c) columns.push_back(&a.stored[c * arms * ElementBytes(dtype)]);
+    std::vector<float> partial(arms, 1.0f), partial_sq(arms, 2.0f);
+    SweepColumns(dtype, columns.data(), x.widened.data(), count, arms, partial.data(),
+                 partial_sq.data());
+    for (size_t r = 0; r < arms; ++r) {
+      double sum = 1, sum_sq = 2;
+      for (size_t c = 0; c < count; ++c) {
+        const double v = double{a.widened[c * arms + r]} * x.widened[c];
+        sum += v;
+        sum_sq += v * v;
+      }
+      EXPECT_NEAR(partial[r], sum, 1e-5 * (1 + std::abs(sum))) << count << " " << r;
+      EXPECT_NEAR(partial_sq[r], sum_sq, 1e-5 * sum_sq) << count << " " << r;
+    }
+  }
+}
+
+TEST_P(PanelKernelsTest, RowKernelsMatchDoubleDots) {
+  const DType dtype = GetParam();
+  const size_t rows = 5;
+  for (size_t d : {1, 31, 33, 100}) {
+    const Entries a = RandomEntries(dtype, rows * d, d);
+    const Entries x = RandomEntries(DType::kFloat32, d, 7);
+    std::vector<float> out(rows), widened(rows * d);
+    RowsDotVector(dtype, a.stored.data(), rows, d, x.widened.data(), out.data());
+    WidenTo(dtype, a.stored.data(), rows * d, widened.data());
+    EXPECT_EQ(widened, a.widened);
+    for (size_t r = 0; r < rows; ++r) {
+      double dot = 0, scale = 0;
+      for (size_t j = 0; j < d; ++j) {
+        dot += double{a.widened[r * d + j]} * x.widened[j];
+        scale += std::abs(double{a.widened[r * d + j]} * x.widened[j]);
+      }
+      const void* row = &a.stored[r * d * ElementBytes(dtype)];
+      EXPECT_NEAR(RowDot(dtype, row, x.widened.data(), d), dot, 1e-12 * (1 + scale));
+      EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale)) << d << " " << r;
+      // GatherArm over single-column panels of the row-major rows reads the same row.
+      std::vector<uint32_t> ids(d);
+      for (size_t j = 0; j < d; ++j) ids[j] = static_cast<uint32_t>(j);
+      const SumAndSquares g = VisitDType(dtype, [&](auto tag) {
+        using T = decltype(tag);
+        return GatherArm(reinterpret_cast<const T*>(a.stored.data()), kLanes, ids.data(),
+                         x.widened.data(), d, r * d);
+      });
+      EXPECT_NEAR(g.sum, dot, 1e-5 * (1 + scale));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(DTypes, PanelKernelsTest,
+                         ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
+
+}  // namespace
+}  // namespace adasoftmax
