@@ -398,8 +398,9 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
 }
 
 bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const {
-  if (options_.sample_cost > 0 &&
-      options_.sample_cost * predicted() > static_cast<double>(n_) * static_cast<double>(d_)) {
+  const double exact_cost = static_cast<double>(n_) * static_cast<double>(d_) *
+                            static_cast<double>(ElementBytes(model_.dtype())) / sizeof(float);
+  if (options_.sample_cost > 0 && options_.sample_cost * predicted() > exact_cost) {
     s.fallback = true;
   }
   return s.fallback;

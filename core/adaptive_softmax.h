@@ -22,10 +22,11 @@ struct AdaptiveOptions {
   double warmup_fraction = 0.1;
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
-  // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one entry
-  // streamed by the exact path's SGEMV. Between rounds, a query whose remaining sampling is
-  // predicted to cost more than the whole exact pass (sample_cost x predicted entries > n x d)
-  // switches to the exact path; its result is then exact, so the guarantee holds a fortiori.
+  // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one float32
+  // entry streamed by the exact path's SGEMV. Between rounds, a query whose remaining sampling
+  // is predicted to cost more than the whole exact pass (sample_cost x predicted entries >
+  // n x d x ElementBytes(dtype) / 4: a half-precision pass streams twice as fast, while the
+  // sampler's cost is mostly bookkeeping) switches to the exact path; its result is then exact, so the guarantee holds a fortiori.
   // 0 disables the fallback. REQUIRES: finite, >= 0. Default: 0 (the library samples as told;
   // the CLI and the server turn it on).
   double sample_cost = 0;

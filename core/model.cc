@@ -21,7 +21,7 @@ float RawValue(const RawMatrix& raw, size_t k) {
   }
   uint16_t bits;
   std::memcpy(&bits, bytes + 2 * k, 2);
-  return raw.dtype == DType::kFloat16 ? Float16ToFloat(bits) : BFloat16ToFloat(bits);
+  return raw.dtype == DType::kFloat16 ? Widen(Float16{bits}) : Widen(BFloat16{bits});
 }
 
 }  // namespace

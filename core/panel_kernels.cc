@@ -71,7 +71,7 @@ ADASOFTMAX_KERNEL void SweepColumnsF32(const void* const* columns, const float* 
 }
 ADASOFTMAX_KERNEL void SweepColumnsF16(const void* const* columns, const float* x, size_t count,
                                        size_t arms, float* partial, float* partial_sq) {
-  SweepColumnsOf<_Float16>(columns, x, count, arms, partial, partial_sq);
+  SweepColumnsOf<Float16>(columns, x, count, arms, partial, partial_sq);
 }
 ADASOFTMAX_KERNEL void SweepColumnsBF16(const void* const* columns, const float* x, size_t count,
                                         size_t arms, float* partial, float* partial_sq) {
@@ -82,7 +82,7 @@ ADASOFTMAX_KERNEL double RowDotF32(const void* a, const float* b, size_t count) 
   return DotOf<double, 16>(static_cast<const float*>(a), b, count);
 }
 ADASOFTMAX_KERNEL double RowDotF16(const void* a, const float* b, size_t count) {
-  return DotOf<double, 16>(static_cast<const _Float16*>(a), b, count);
+  return DotOf<double, 16>(static_cast<const Float16*>(a), b, count);
 }
 ADASOFTMAX_KERNEL double RowDotBF16(const void* a, const float* b, size_t count) {
   return DotOf<double, 16>(static_cast<const BFloat16*>(a), b, count);
@@ -94,7 +94,7 @@ ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, co
 }
 ADASOFTMAX_KERNEL void RowsDotVectorF16(const void* a, size_t rows, size_t d, const float* x,
                                         float* out) {
-  RowsDotVectorOf<_Float16>(a, rows, d, x, out);
+  RowsDotVectorOf<Float16>(a, rows, d, x, out);
 }
 ADASOFTMAX_KERNEL void RowsDotVectorBF16(const void* a, size_t rows, size_t d, const float* x,
                                          float* out) {
@@ -102,7 +102,7 @@ ADASOFTMAX_KERNEL void RowsDotVectorBF16(const void* a, size_t rows, size_t d, c
 }
 
 ADASOFTMAX_KERNEL void WidenToF16(const void* a, size_t count, float* out) {
-  WidenToOf<_Float16>(a, count, out);
+  WidenToOf<Float16>(a, count, out);
 }
 ADASOFTMAX_KERNEL void WidenToBF16(const void* a, size_t count, float* out) {
   WidenToOf<BFloat16>(a, count, out);

@@ -29,26 +29,6 @@ namespace adasoftmax {
 static_assert(std::endian::native == std::endian::little,
               "tensor_io maps little-endian file data directly into memory");
 
-float Float16ToFloat(uint16_t bits) {
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  const uint32_t mantissa = bits & 0x3ffu;
-  if (exponent == 0) {
-    // Zero or subnormal: mantissa * 2^-24, exactly representable as a float.
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign ? -magnitude : magnitude;
-  }
-  if (exponent == 0x1f) {  // Infinity or NaN (payload kept).
-    return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
-  }
-  // Normal: rebias the exponent from 15 to 127.
-  return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
-}
-
-float BFloat16ToFloat(uint16_t bits) {
-  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-}
-
 namespace {
 
 constexpr std::string_view kNpyMagic("\x93NUMPY", 6);
@@ -515,9 +495,9 @@ float ValueAt(DType dtype, const uint8_t* data, size_t k) {
   const uint32_t bits = BitsAt(dtype, data, k);
   switch (dtype) {
     case DType::kFloat16:
-      return Float16ToFloat(static_cast<uint16_t>(bits));
+      return Widen(Float16{static_cast<uint16_t>(bits)});
     case DType::kBFloat16:
-      return BFloat16ToFloat(static_cast<uint16_t>(bits));
+      return Widen(BFloat16{static_cast<uint16_t>(bits)});
     case DType::kFloat32:
       break;
   }

@@ -71,10 +71,6 @@ absl::Status WriteNpy(const std::string& path, absl::Span<const float> v);
 absl::Status WriteSafetensors(const std::string& path,
                               const std::vector<std::pair<std::string, const Matrix*>>& tensors);
 
-// IEEE 754 binary16 bits to float (exact, including subnormals, infinities and NaNs).
-float Float16ToFloat(uint16_t bits);
-// bfloat16 bits (the high half of a float32) to float (exact).
-float BFloat16ToFloat(uint16_t bits);
 
 }  // namespace adasoftmax
 

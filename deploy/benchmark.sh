@@ -4,6 +4,8 @@
 #    (--sample-cost 0: no exact fallback), theory and calibrated mode;
 #  - Performance: exact vs adaptive latency on workloads W1-W5, with and without the exact
 #    fallback (default --sample-cost), the bare SGEMV baseline, bandwidth and peak memory;
+#  - Half precision: W1 and W2 (calibrated, held out) with the weights stored and kept in
+#    bfloat16 and float16;
 #    and deploy/performance.png (latency vs matrix size).
 #
 #   deploy/benchmark.sh [WORKDIR]     (default WORKDIR: ~/.cache/adasoftmax/benchmark)
@@ -37,6 +39,28 @@ calibrate() {  # name, held-out fraction
     --queries "$work/$1/queries.npy" "${common[@]}" --holdout-fraction "$2" \
     --threads "$(nproc)" --out "$work/$1/calibration.json" >/dev/null
 }
+# Half-precision copies of a head's weights: float16 .npy and bfloat16 .safetensors (rounded to
+# nearest even), so that models load in their stored dtype.
+halves() {
+  [ -f "$work/$1/weights.bf16.safetensors" ] || /usr/bin/python3 - "$work/$1" <<'PY'
+import json, sys
+import numpy as np
+d = sys.argv[1]
+a = np.load(d + "/weights.npy", mmap_mode="r")
+np.save(d + "/weights.f16.npy", a.astype(np.float16))
+bits = np.ascontiguousarray(a).view(np.uint32)
+bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+header = json.dumps({"weight": {"dtype": "BF16", "shape": list(a.shape),
+                                "data_offsets": [0, bf16.nbytes]}}).encode()
+header += b" " * (-len(header) % 8)
+with open(d + "/weights.bf16.safetensors", "wb") as f:
+    f.write(len(header).to_bytes(8, "little") + header)
+    bf16.tofile(f)
+PY
+}
+halves heavy768
+halves heavy4096
+
 calibrate heavy768 0.3   # 700 calibration queries, 300 held out
 calibrate heavy4096 0.4  # 300 calibration queries, 200 held out
 calibrate heavy128k 0.4
@@ -64,6 +88,15 @@ w() { echo --weights "$work/$1/weights.npy" --queries "$work/$1/queries.npy"; }
   bench w3-heavy128k $(w heavy128k) --limit 200 "${common[@]}"
   bench w3-heavy128k-calibrated $(w heavy128k) --queries-offset 300 \
     --calibration "$work/heavy128k/calibration.json" --seed 1
+  # Half precision, the float32 calibrations: PAC is judged on the rounded weights.
+  for head in heavy768:700 heavy4096:300; do
+    name=${head%:*} offset=${head#*:}
+    for file in f16.npy bf16.safetensors; do
+      bench "$name-${file%%.*}" --weights "$work/$name/weights.$file" \
+        --queries "$work/$name/queries.npy" --queries-offset "$offset" --limit 200 \
+        --calibration "$work/$name/calibration.json" --seed 1
+    done
+  done
 }
 
 /usr/bin/python3 - "$work" "$root/deploy/performance.png" <<'PY'
@@ -106,6 +139,25 @@ for name, label in rows:
         f["adaptive_median_ms"], f["adaptive_p99_ms"], f["exact_fallbacks"], f["queries"],
         f["speedup"], 100 * f["pac_success_rate"], f["sgemv_read_gb_per_s"],
         s["adaptive_read_gb_per_s"], f["peak_rss_over_weight_bytes"]))
+
+print("\nHalf precision (calibrated, held out; weights stored and kept in the dtype):\n")
+print("| workload | dtype | bare GEMV | exact | adaptive, sampler | adaptive, fallback | fallbacks "
+      "| speedup | PAC | GEMV GB/s | peak RSS / weights |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for name, label, f32 in (("heavy768", "W1", "w1-heavy768-calibrated"),
+                         ("heavy4096", "W2", "w2-heavy4096-calibrated")):
+    for suffix in ("f16", "bf16"):
+        s, f = load(f32, "sampler"), load(f32, "fallback")
+        if suffix == "f16":  # the float32 row, for comparison
+            print("| %s | float32 | %.2f | %.2f | %.2f | %.2f | %d/%d | %.2fx | %.1f%% | %.1f | %.2f |" % (
+                label, f["sgemv_median_ms"], f["exact_median_ms"], s["adaptive_median_ms"],
+                f["adaptive_median_ms"], f["exact_fallbacks"], f["queries"], f["speedup"],
+                100 * f["pac_success_rate"], f["sgemv_read_gb_per_s"], f["peak_rss_over_weight_bytes"]))
+        s, f = load("%s-%s" % (name, suffix), "sampler"), load("%s-%s" % (name, suffix), "fallback")
+        print("| %s | %s | %.2f | %.2f | %.2f | %.2f | %d/%d | %.2fx | %.1f%% | %.1f | %.2f |" % (
+            label, f["dtype"], f["sgemv_median_ms"], f["exact_median_ms"], s["adaptive_median_ms"],
+            f["adaptive_median_ms"], f["exact_fallbacks"], f["queries"], f["speedup"],
+            100 * f["pac_success_rate"], f["sgemv_read_gb_per_s"], f["peak_rss_over_weight_bytes"]))
 
 for name in ("heavy768", "heavy4096", "heavy128k"):
     with open(os.path.join(work, name, "calibration.json")) as f:

@@ -9,6 +9,7 @@
 #include "benchmark/benchmark.h"
 #include "core/adaptive_softmax.h"
 #include "core/arm_kernels.h"
+#include "core/dtype.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
 #include "core/synth.h"
@@ -28,34 +29,66 @@ void BM_SweepColumns(benchmark::State& state) {
   const size_t arms = state.range(0);
   const std::vector<float> slices = RandomFloats(4 * arms, 1);
   const std::vector<float> x = RandomFloats(4, 2);
-  const float* columns[4] = {&slices[0], &slices[arms], &slices[2 * arms], &slices[3 * arms]};
+  const void* columns[4] = {&slices[0], &slices[arms], &slices[2 * arms], &slices[3 * arms]};
   std::vector<float> partial(arms), partial_sq(arms);
   for (auto _ : state) {
-    SweepColumns(columns, x.data(), 4, arms, partial.data(), partial_sq.data());
+    SweepColumns(DType::kFloat32, columns, x.data(), 4, arms, partial.data(), partial_sq.data());
     benchmark::DoNotOptimize(partial.data());
   }
   state.SetBytesProcessed(state.iterations() * 4 * arms * sizeof(float));
 }
 BENCHMARK(BM_SweepColumns)->Arg(kChunk)->Arg(1 << 16);
 
+// A 50257 x 768 matrix of random entries in `dtype` (154 MB as float32), out of cache.
+std::vector<std::byte> RandomMatrix(DType dtype, size_t entries, uint64_t seed) {
+  const std::vector<float> values = RandomFloats(entries, seed);
+  std::vector<std::byte> out(entries * ElementBytes(dtype));
+  VisitDType(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    T* typed = reinterpret_cast<T*>(out.data());
+    for (size_t k = 0; k < entries; ++k) typed[k] = Narrow<T>(values[k]);
+  });
+  return out;
+}
+DType DTypeArg(const benchmark::State& state) { return static_cast<DType>(state.range(0)); }
+constexpr int kF32 = static_cast<int>(DType::kFloat32), kF16 = static_cast<int>(DType::kFloat16),
+              kBF16 = static_cast<int>(DType::kBFloat16);
+
 // The same sweep out of cache, as the sampler runs it: chunk-long slices of four random columns
-// of a 50257 x 768 column-major matrix (154 MB).
+// of a 50257 x 768 column-major matrix, per dtype (argument: 0 float32, 1 float16, 2 bfloat16).
 void BM_SweepColumnsFromMemory(benchmark::State& state) {
-  const size_t n = 50257, d = 768, arms = kChunk;
-  const std::vector<float> matrix = RandomFloats(n * d, 6);
+  const DType dtype = DTypeArg(state);
+  const size_t n = 50257, d = 768, arms = kChunk, bytes = ElementBytes(dtype);
+  const std::vector<std::byte> matrix = RandomMatrix(dtype, n * d, 6);
   const std::vector<float> x = RandomFloats(4, 7);
   std::vector<float> partial(arms), partial_sq(arms);
   std::mt19937_64 rng(8);
   for (auto _ : state) {
     const size_t first = rng() % (n - arms);
-    const float* columns[4];
-    for (const float*& c : columns) c = matrix.data() + (rng() % d) * n + first;
-    SweepColumns(columns, x.data(), 4, arms, partial.data(), partial_sq.data());
+    const void* columns[4];
+    for (const void*& c : columns) c = &matrix[((rng() % d) * n + first) * bytes];
+    SweepColumns(dtype, columns, x.data(), 4, arms, partial.data(), partial_sq.data());
     benchmark::DoNotOptimize(partial.data());
   }
-  state.SetBytesProcessed(state.iterations() * 4 * arms * sizeof(float));
+  state.SetBytesProcessed(state.iterations() * 4 * arms * bytes);
 }
-BENCHMARK(BM_SweepColumnsFromMemory);
+BENCHMARK(BM_SweepColumnsFromMemory)->Arg(kF32)->Arg(kF16)->Arg(kBF16);
+
+// The exact path's GEMV for half dtypes (float32 for comparison; the exact path uses OpenBLAS
+// there): all 50257 rows of 768, one thread.
+void BM_RowsDotVector(benchmark::State& state) {
+  const DType dtype = DTypeArg(state);
+  const size_t n = 50257, d = 768;
+  const std::vector<std::byte> matrix = RandomMatrix(dtype, n * d, 14);
+  const std::vector<float> x = RandomFloats(d, 15);
+  std::vector<float> out(n);
+  for (auto _ : state) {
+    RowsDotVector(dtype, matrix.data(), n, d, x.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * matrix.size());
+}
+BENCHMARK(BM_RowsDotVector)->Arg(kF32)->Arg(kF16)->Arg(kBF16)->Unit(benchmark::kMillisecond);
 
 // Single-arm gathers of 32 random panels from a 50257 x 768 column-major matrix.
 void BM_GatherArm(benchmark::State& state) {
@@ -103,7 +136,7 @@ BENCHMARK(BM_ChunkBookkeeping);
 void BM_RowDot(benchmark::State& state) {
   const size_t d = state.range(0);
   const std::vector<float> row = RandomFloats(d, 12), x = RandomFloats(d, 13);
-  for (auto _ : state) benchmark::DoNotOptimize(RowDot(row.data(), x.data(), d));
+  for (auto _ : state) benchmark::DoNotOptimize(RowDot(DType::kFloat32, row.data(), x.data(), d));
   state.SetBytesProcessed(state.iterations() * d * sizeof(float));
 }
 BENCHMARK(BM_RowDot)->Arg(768)->Arg(4096);

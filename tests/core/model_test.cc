@@ -47,9 +47,9 @@ TEST(DTypeTest, NarrowRoundsToNearestEven) {
   EXPECT_EQ(bf16(0xff800000u), 0xff80);  // -infinity stays
   EXPECT_TRUE(std::isnan(Widen(Narrow<BFloat16>(std::numeric_limits<float>::quiet_NaN()))));
   EXPECT_TRUE(std::isnan(Widen(BFloat16{bf16(0x7f800001u)})));  // a NaN never becomes infinity
-  EXPECT_EQ(Widen(Narrow<_Float16>(1.0f / 3)), 0.333251953125f);
-  EXPECT_EQ(Widen(Narrow<_Float16>(65504.0f)), 65504.0f);
-  EXPECT_TRUE(std::isinf(Widen(Narrow<_Float16>(65520.0f))));
+  EXPECT_EQ(Widen(Narrow<Float16>(1.0f / 3)), 0.333251953125f);
+  EXPECT_EQ(Widen(Narrow<Float16>(65504.0f)), 65504.0f);
+  EXPECT_TRUE(std::isinf(Widen(Narrow<Float16>(65520.0f))));
 }
 
 TEST(ModelTest, HalfModelsKeepRoundedWeightsInHalfTheMemory) {
@@ -112,7 +112,7 @@ std::string WriteFloat16Npy(const std::string& name, const Matrix& a) {
   bytes.push_back(static_cast<char>(dict.size() >> 8));
   bytes += dict;
   for (size_t k = 0; k < a.size(); ++k) {
-    const _Float16 h = Narrow<_Float16>(a.data()[k]);
+    const Float16 h = Narrow<Float16>(a.data()[k]);
     bytes.append(reinterpret_cast<const char*>(&h), 2);
   }
   const std::string path = absl::StrCat(::testing::TempDir(), "/", name);
@@ -133,7 +133,7 @@ TEST(ModelTest, LoadKeepsTheStoredDtypeUnlessTold) {
     ASSERT_TRUE(told.ok()) << told.status();
     EXPECT_EQ((*told)->dtype(), dtype);
     for (size_t k = 0; k < a.size(); ++k) {
-      const float half = Widen(Narrow<_Float16>(a.data()[k]));
+      const float half = Widen(Narrow<Float16>(a.data()[k]));
       EXPECT_EQ((*stored)->weight(k / 6, k % 6), half);
       EXPECT_EQ((*told)->weight(k / 6, k % 6),
                 dtype == DType::kFloat32 ? half : Widen(Narrow<BFloat16>(half)));

@@ -99,27 +99,27 @@ const std::vector<float> kHalfValues = {
 
 TEST(HalfConversionTest, Float16KnownValues) {
   for (size_t i = 0; i < kHalfBits.size(); ++i) {
-    const float value = Float16ToFloat(kHalfBits[i]);
+    const float value = Widen(Float16{kHalfBits[i]});
     EXPECT_EQ(value, kHalfValues[i]) << std::hex << kHalfBits[i];
     EXPECT_EQ(std::signbit(value), std::signbit(kHalfValues[i]));
   }
-  EXPECT_EQ(Float16ToFloat(0x7c00), std::numeric_limits<float>::infinity());
-  EXPECT_EQ(Float16ToFloat(0xfc00), -std::numeric_limits<float>::infinity());
-  EXPECT_TRUE(std::isnan(Float16ToFloat(0x7e00)));
-  EXPECT_TRUE(std::isnan(Float16ToFloat(0x7c01)));
-  EXPECT_EQ(Float16ToFloat(0x0000), 0.0f);
+  EXPECT_EQ(Widen(Float16{0x7c00}), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(Widen(Float16{0xfc00}), -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(Widen(Float16{0x7e00})));
+  EXPECT_TRUE(std::isnan(Widen(Float16{0x7c01})));
+  EXPECT_EQ(Widen(Float16{0x0000}), 0.0f);
 }
 
 TEST(HalfConversionTest, BFloat16KnownValues) {
-  EXPECT_EQ(BFloat16ToFloat(0x3f80), 1.0f);
-  EXPECT_EQ(BFloat16ToFloat(0xc040), -3.0f);
-  EXPECT_EQ(BFloat16ToFloat(0x4049), 3.140625f);
-  EXPECT_EQ(BFloat16ToFloat(0x0001), 0x1.0p-133f);  // Smallest subnormal.
-  EXPECT_EQ(BFloat16ToFloat(0x7f7f), 0x1.fep127f);  // Largest finite.
-  EXPECT_EQ(BFloat16ToFloat(0x7f80), std::numeric_limits<float>::infinity());
-  EXPECT_EQ(BFloat16ToFloat(0xff80), -std::numeric_limits<float>::infinity());
-  EXPECT_TRUE(std::isnan(BFloat16ToFloat(0x7fc0)));
-  EXPECT_TRUE(std::signbit(BFloat16ToFloat(0x8000)));
+  EXPECT_EQ(Widen(BFloat16{0x3f80}), 1.0f);
+  EXPECT_EQ(Widen(BFloat16{0xc040}), -3.0f);
+  EXPECT_EQ(Widen(BFloat16{0x4049}), 3.140625f);
+  EXPECT_EQ(Widen(BFloat16{0x0001}), 0x1.0p-133f);  // Smallest subnormal.
+  EXPECT_EQ(Widen(BFloat16{0x7f7f}), 0x1.fep127f);  // Largest finite.
+  EXPECT_EQ(Widen(BFloat16{0x7f80}), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(Widen(BFloat16{0xff80}), -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(Widen(BFloat16{0x7fc0})));
+  EXPECT_TRUE(std::signbit(Widen(BFloat16{0x8000})));
 }
 
 TEST(NpyTest, RoundTripRowMajorIsMapped) {

@@ -131,6 +131,7 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"", "exactly one of `weights` and `synthetic`"},
       {"weights: \"weights.npy\"\nsynthetic { n: 10 d: 2 }\n", "exactly one"},
       {"weights: \"weights.npy\"\nname: \"bad name!\"\n", "name"},
+      {"weights: \"weights.npy\"\ndtype: \"fp8\"\n", "dtype: unknown dtype 'fp8'"},
   };
   WriteModel(dir_.Sub("repo/m"), Tiny());
   WriteTextFile(dir_.Sub("repo/m/short.txt"), "a\nb\n");
@@ -227,6 +228,24 @@ TEST_F(ModelRepositoryTest, LoadsSafetensorsByTensorName) {
   WriteTextFile(dir_.Sub("repo/st/model.pbtxt"),
                 "weights: \"head.safetensors\"\nweights_tensor: \"missing\"\n");
   EXPECT_THAT(Load("st").status().message(), HasSubstr("missing"));
+}
+
+TEST_F(ModelRepositoryTest, DtypeKeepsFileAndSyntheticWeightsInHalfPrecision) {
+  const SynthData data = WriteModel(dir_.Sub("repo/half"), Tiny(7));
+  WriteTextFile(dir_.Sub("repo/half/model.pbtxt"),
+                "weights: \"weights.npy\"\ndtype: \"bfloat16\"\n");
+  auto m = Load("half");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->model->dtype(), DType::kBFloat16);
+  EXPECT_EQ((*m)->model->weight(7, 3), Widen(Narrow<BFloat16>(data.weights.at(7, 3))));
+
+  WriteTextFile(dir_.Sub("repo/syn16/model.pbtxt"),
+                "synthetic { n: 400 d: 32 seed: 9 queries: 5 }\ndtype: \"float16\"\n");
+  for (int load = 0; load < 2; ++load) {  // generated, then read from the cache
+    auto synthetic = Load("syn16");
+    ASSERT_TRUE(synthetic.ok()) << synthetic.status();
+    EXPECT_EQ((*synthetic)->model->dtype(), DType::kFloat16) << load;
+  }
 }
 
 TEST_F(ModelRepositoryTest, ReadLabelsKeepsSpacesAndAcceptsCrLf) {
