@@ -10,10 +10,10 @@
 #
 #   deploy/benchmark.sh [WORKDIR]     (default WORKDIR: ~/.cache/adasoftmax/benchmark)
 #
-# Needs a Release build (deploy/run.sh build) and about 6 GB of disk in WORKDIR. Data comes from
+# Needs a Release build (deploy/run.sh build) and about 6.5 GB of disk in WORKDIR. Data comes from
 # `adasoftmax synth` with fixed seeds and every adaptive query uses a fixed seed, so sample counts
 # and PAC results reproduce; latencies are medians of queries interleaved with the exact path.
-# About 20 minutes on two cores, most of it the 128256 x 4096 head.
+# About 30 minutes on two cores, most of it the 128256 x 4096 head.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
