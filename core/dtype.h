@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -78,10 +79,12 @@ decltype(auto) VisitDType(DType dtype, F&& f) {
   return f(float{});
 }
 
-// Element `index` of an array of `dtype`, widened.
+// Element `index` of an array of `dtype`, widened. `data` need not be aligned.
 inline float WidenAt(DType dtype, const void* data, size_t index) {
   return VisitDType(dtype, [&](auto tag) {
-    return Widen(static_cast<const decltype(tag)*>(data)[index]);
+    decltype(tag) v;
+    std::memcpy(&v, static_cast<const std::byte*>(data) + index * sizeof(v), sizeof(v));
+    return Widen(v);
   });
 }
 

@@ -9,23 +9,6 @@
 #include "core/status_macros.h"
 
 namespace adasoftmax {
-namespace {
-
-// Element k of `raw`'s storage, widened (the data may be unaligned).
-float RawValue(const RawMatrix& raw, size_t k) {
-  const auto* bytes = static_cast<const std::byte*>(raw.data);
-  if (raw.dtype == DType::kFloat32) {
-    float v;
-    std::memcpy(&v, bytes + 4 * k, 4);
-    return v;
-  }
-  uint16_t bits;
-  std::memcpy(&bits, bytes + 2 * k, 2);
-  return raw.dtype == DType::kFloat16 ? Widen(Float16{bits}) : Widen(BFloat16{bits});
-}
-
-}  // namespace
-
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
   ASSIGN_OR_RETURN(const RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
   std::vector<float> bias;
@@ -84,7 +67,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(const RawMatrix& weigh
       T* out = reinterpret_cast<T*>(owned->data());
       for (size_t i = 0; i < n; ++i) {
         for (size_t j = 0; j < d; ++j) {
-          const float v = RawValue(weights, row_major ? i * d + j : j * n + i);
+          const float v = WidenAt(weights.dtype, weights.data, row_major ? i * d + j : j * n + i);
           out[i * d + j] = Narrow<T>(v);
           if (!std::isfinite(Widen(out[i * d + j]))) {
             return absl::InvalidArgumentError(

@@ -491,19 +491,6 @@ uint32_t BitsAt(DType dtype, const uint8_t* data, size_t k) {
   return bits;
 }
 
-float ValueAt(DType dtype, const uint8_t* data, size_t k) {
-  const uint32_t bits = BitsAt(dtype, data, k);
-  switch (dtype) {
-    case DType::kFloat16:
-      return Widen(Float16{static_cast<uint16_t>(bits)});
-    case DType::kBFloat16:
-      return Widen(BFloat16{static_cast<uint16_t>(bits)});
-    case DType::kFloat32:
-      break;
-  }
-  return std::bit_cast<float>(bits);
-}
-
 // Checks that every value of the rows x cols tensor is finite; the error names the first bad
 // element in storage order.
 absl::Status CheckFinite(const std::string& path, const StoredTensor& tensor, size_t rows,
@@ -537,7 +524,7 @@ absl::Status CheckFinite(const std::string& path, const StoredTensor& tensor, si
       where = absl::StrCat("row ", row, ", column ", col);
     }
     return Invalid(path, absl::StrCat(tensor.label, "non-finite value ",
-                                      ValueAt(tensor.dtype, tensor.data, k), " at ", where));
+                                      WidenAt(tensor.dtype, tensor.data, k), " at ", where));
   }
   return absl::OkStatus();
 }
@@ -554,7 +541,7 @@ absl::StatusOr<Matrix> ToMatrix(const std::string& path, const StoredTensor& ten
   }
   Matrix m = Matrix::Owned(rows, cols, layout);
   float* out = m.mutable_data();
-  for (size_t k = 0; k < m.size(); ++k) out[k] = ValueAt(tensor.dtype, tensor.data, k);
+  for (size_t k = 0; k < m.size(); ++k) out[k] = WidenAt(tensor.dtype, tensor.data, k);
   return m;
 }
 
