@@ -63,6 +63,13 @@ std::vector<uint32_t> BestArms(const float* values, size_t n, size_t count) {
   return best;
 }
 
+// The exact path's cost in float32 entries streamed: n x d x ElementBytes / 4 (a half-precision
+// pass streams twice as fast; the sampler's cost is mostly bookkeeping).
+double ExactPassCost(const Model& model) {
+  return static_cast<double>(model.n()) * static_cast<double>(model.d()) *
+         static_cast<double>(ElementBytes(model.dtype())) / sizeof(float);
+}
+
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
   return absl::Uniform<uint64_t>(gen);
@@ -398,9 +405,7 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
 }
 
 bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const {
-  const double exact_cost = static_cast<double>(n_) * static_cast<double>(d_) *
-                            static_cast<double>(ElementBytes(model_.dtype())) / sizeof(float);
-  if (options_.sample_cost > 0 && options_.sample_cost * predicted() > exact_cost) {
+  if (options_.sample_cost > 0 && options_.sample_cost * predicted() > ExactPassCost(model_)) {
     s.fallback = true;
   }
   return s.fallback;
@@ -553,24 +558,49 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
   return absl::OkStatus();
 }
 
+bool AdaptiveSoftmax::SkipsSampling(const Query& query) const {
+  if (options_.sample_cost == 0) return false;
+  const WeightSpread spread = SpreadOfWeights(*model_, query.x, options_.importance);
+  const double predicted = kSpreadFraction * spread.share *
+                           std::min(1.0, options_.topk_multiplier) *
+                           static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
+  return options_.sample_cost * predicted > ExactPassCost(*model_);
+}
+
 std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) const {
-  if (queries.empty()) return {};
-  // One shared order per batch. Seeded when every query carries the same nonzero seed.
-  uint64_t seed = queries[0].options.seed;
-  for (const Query& q : queries) {
-    if (q.options.seed != seed) seed = 0;
+  std::vector<TopKResult> results(queries.size());
+  std::vector<size_t> sampled, exact;  // indices into queries
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const Query& query = queries[q];
+    if (query.stop && query.stop()) continue;  // unanswered
+    (SkipsSampling(query) ? exact : sampled).push_back(q);
   }
-  if (seed == 0) seed = FreshSeed();
-  std::vector<absl::Span<const float>> xs;
-  for (const Query& q : queries) xs.push_back(q.x);
-  const PanelOrder order = PanelOrder::Draw(*model_, xs, options_.importance, seed);
-  BatchSampler sampler(*model_, order, options_);
-  std::vector<TopKResult> results = sampler.Run(queries);
-  if (!sampler.fallbacks().empty()) {
+  if (!sampled.empty()) {
+    std::vector<Query> subset;
+    absl::Span<const Query> batch = queries;
+    if (sampled.size() < queries.size()) {
+      for (size_t q : sampled) subset.push_back(queries[q]);
+      batch = subset;
+    }
+    // One shared order per batch. Seeded when every query carries the same nonzero seed.
+    uint64_t seed = batch[0].options.seed;
+    for (const Query& q : batch) {
+      if (q.options.seed != seed) seed = 0;
+    }
+    if (seed == 0) seed = FreshSeed();
+    std::vector<absl::Span<const float>> xs;
+    for (const Query& q : batch) xs.push_back(q.x);
+    const PanelOrder order = PanelOrder::Draw(*model_, xs, options_.importance, seed);
+    BatchSampler sampler(*model_, order, options_);
+    std::vector<TopKResult> answers = sampler.Run(batch);
+    for (size_t r = 0; r < answers.size(); ++r) results[sampled[r]] = std::move(answers[r]);
+    for (size_t r : sampler.fallbacks()) exact.push_back(sampled[r]);
+  }
+  if (!exact.empty()) {
     std::vector<Query> exact_queries;
-    for (size_t q : sampler.fallbacks()) exact_queries.push_back(queries[q]);
-    std::vector<TopKResult> exact = ExactSoftmax(model_).Run(exact_queries);
-    for (size_t r = 0; r < exact.size(); ++r) results[sampler.fallbacks()[r]] = std::move(exact[r]);
+    for (size_t q : exact) exact_queries.push_back(queries[q]);
+    std::vector<TopKResult> answers = ExactSoftmax(model_).Run(exact_queries);
+    for (size_t r = 0; r < answers.size(); ++r) results[exact[r]] = std::move(answers[r]);
   }
   return results;
 }

@@ -23,10 +23,12 @@ struct AdaptiveOptions {
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
   // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one float32
-  // entry streamed by the exact path's SGEMV. Between rounds, a query whose remaining sampling
-  // is predicted to cost more than the whole exact pass (sample_cost x predicted entries >
-  // n x d x ElementBytes(dtype) / 4: a half-precision pass streams twice as fast, while the
-  // sampler's cost is mostly bookkeeping) switches to the exact path; its result is then exact, so the guarantee holds a fortiori.
+  // entry streamed by the exact path's SGEMV. A query whose sampling is predicted to cost more
+  // than the whole exact pass (sample_cost x predicted entries > n x d x ElementBytes(dtype) / 4:
+  // a half-precision pass streams twice as fast, while the sampler's cost is mostly
+  // bookkeeping) is answered by the exact path instead, so the guarantee holds a fortiori. It
+  // is predicted twice: before sampling, from the spread of its importance weights alone (see
+  // kSpreadFraction), and between rounds, from its arms' estimates.
   // 0 disables the fallback. REQUIRES: finite, >= 0. Default: 0 (the library samples as told;
   // the CLI and the server turn it on).
   double sample_cost = 0;
@@ -36,6 +38,14 @@ struct AdaptiveOptions {
 // bench` on the 2-core benchmark machine of the README: a sampled entry costs 6 (dense pulls,
 // W4) to 10 (heavy-tailed, W1) entries streamed by the exact path.
 inline constexpr double kDefaultSampleCost = 8;
+
+// Before sampling, a query is predicted to read kSpreadFraction x share x
+// min(1, topk_multiplier) of its panels per arm, with share = SpreadOfWeights(...).share: the
+// search's cost is proportional to the variance of one importance sample and to its radius.
+// Measured in theory mode, W1 to W5 of the README read 0.8 to 1.6 x share; half the lower end
+// keeps the prediction below the real cost, so only the clear losers (evenly spread weights,
+// such as dense Gaussian queries) skip sampling. The others are judged between rounds.
+inline constexpr double kSpreadFraction = 0.5;
 
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 
@@ -52,8 +62,9 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // A batch shares one column order drawn from the weights of all its queries. Arms are processed
 // in chunks of rows, in parallel on the process's worker threads (see ParallelFor); within a
 // chunk each block of columns is read once for every query that still needs it, and each query
-// keeps its own arms, targets and stopping rules. Queries that fall back to the exact path (see
-// AdaptiveOptions::sample_cost) are finished together by SGEMV/SGEMM. Thread-safe.
+// keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
+// AdaptiveOptions::sample_cost), before or during sampling, are answered together by
+// SGEMV/SGEMM. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   // REQUIRES: ValidateAdaptiveOptions(options).ok().
@@ -63,6 +74,10 @@ class AdaptiveSoftmax : public TopKSoftmax {
   std::vector<TopKResult> Run(absl::Span<const Query> queries) const override;
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
+
+  // Whether Run sends `query` to the exact path before any sampling (see kSpreadFraction).
+  // Never when options().sample_cost is 0. REQUIRES: ValidateQuery(query).ok().
+  bool SkipsSampling(const Query& query) const;
 
  private:
   std::shared_ptr<const Model> model_;

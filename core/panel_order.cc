@@ -16,10 +16,11 @@ constexpr double kGrowth = 1.5;
 // Keeps 1/q and (1-q)/q^2 finite in float for panels that were drawn against the odds.
 constexpr double kMinInclusion = 1e-12;
 
-}  // namespace
-
-PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
-                            const ImportanceOptions& importance, uint64_t seed) {
+// The order's weight of every panel: the sum over its columns of the query weight (|x_j| / |x|_1
+// summed over the queries, or the count of queries with x_j != 0) times the atom weight.
+std::vector<double> PanelWeights(const Model& model,
+                                 absl::Span<const absl::Span<const float>> queries,
+                                 const ImportanceOptions& importance) {
   const size_t d = model.d();
   std::vector<double> query_weight(d, 0.0);
   for (absl::Span<const float> x : queries) {
@@ -30,13 +31,35 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
       if (x[j] != 0) query_weight[j] += importance.query ? std::fabs(x[j]) / l1 : 1.0;
     }
   }
-  const size_t panels = model.panels();
-  std::vector<double> weight(panels, 0.0);
+  std::vector<double> weight(model.panels(), 0.0);
   for (size_t j = 0; j < d; ++j) {
     const double atom = model.column_abs_sums()[j];
     if (atom == 0) continue;  // an all-zero column contributes exactly zero
     weight[j / Model::kPanelWidth] += query_weight[j] * (importance.atom ? atom : 1.0);
   }
+  return weight;
+}
+
+}  // namespace
+
+WeightSpread SpreadOfWeights(const Model& model, absl::Span<const float> x,
+                             const ImportanceOptions& importance) {
+  const std::vector<double> weight = PanelWeights(model, absl::MakeConstSpan(&x, 1), importance);
+  WeightSpread spread;
+  double sum = 0, sum_sq = 0;
+  for (double w : weight) {
+    spread.panels += w > 0;
+    sum += w;
+    sum_sq += w * w;
+  }
+  if (spread.panels > 0) spread.share = sum * sum / (static_cast<double>(spread.panels) * sum_sq);
+  return spread;
+}
+
+PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
+                            const ImportanceOptions& importance, uint64_t seed) {
+  const std::vector<double> weight = PanelWeights(model, queries, importance);
+  const size_t panels = weight.size();
   std::vector<uint32_t> candidates;
   std::vector<double> log_weight(panels, 0.0);
   for (size_t p = 0; p < panels; ++p) {

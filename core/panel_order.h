@@ -17,6 +17,19 @@ struct ImportanceOptions {
   bool query = true;  // weight column j by |x_j| (by sum_q |x_qj| / |x_q|_1 for a batch)
 };
 
+// How evenly the order's weights (below) spread over the panels of one query alone:
+// share = (sum_p w_p)^2 / (panels x sum_p w_p^2) over its panels of nonzero weight, in
+// [1 / panels, 1]: 1 when they all weigh the same, 1 / panels when one holds all the weight.
+// When the weights track |A_ip x_p|, an importance-sampled estimate of A_i . x needs about
+// share x panels samples to be as precise as the spread of the logits A_i . x over i.
+struct WeightSpread {
+  size_t panels = 0;  // panels of nonzero weight
+  double share = 0;   // 0 when panels == 0
+};
+// REQUIRES: x has model.d() entries.
+WeightSpread SpreadOfWeights(const Model& model, absl::Span<const float> x,
+                             const ImportanceOptions& importance);
+
 // A random order of the column panels (Model::kPanelWidth adjacent columns) a batch of queries
 // reads, drawn as a weighted sample without replacement (Gumbel-top-k), together with the
 // Horvitz-Thompson inclusion probabilities of every prefix the sampler stops at. A panel is the

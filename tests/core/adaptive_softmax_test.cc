@@ -218,6 +218,43 @@ TEST(AdaptiveSoftmaxTest, CostlierSamplingFallsBackMoreOftenAndStaysCorrect) {
   EXPECT_EQ(previous, static_cast<int>(head.queries.rows()));
 }
 
+TEST(AdaptiveSoftmaxTest, EvenlySpreadQueriesSkipSamplingAndGetTheExactAnswer) {
+  // The same head with dense Gaussian queries (share ~0.64) and heavy-tailed ones (~0.1).
+  const SynthOptions options{.n = 4000, .d = 256, .queries = 8, .seed = 3};
+  const testing::ModelAndQueries dense = testing::SynthHead(options);
+  SynthOptions heavy_options = options;
+  heavy_options.heavy_tailed = true;
+  const testing::ModelAndQueries heavy = testing::SynthHead(heavy_options);
+  // sample_cost 4 skips sampling from a predicted 1/4 of the entries: share > 0.5.
+  const AdaptiveSoftmax adaptive(dense.model, {.sample_cost = 4});
+  const AdaptiveSoftmax cautious(dense.model, {.topk_multiplier = 0.1, .sample_cost = 4});
+  const AdaptiveSoftmax never(dense.model, {.sample_cost = 0});
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 8; ++q) {
+    batch.push_back({dense.query(q), {.seed = 9}});
+    batch.push_back({heavy.query(q), {.seed = 9}});
+  }
+  for (size_t q = 0; q < batch.size(); q += 2) {
+    EXPECT_TRUE(adaptive.SkipsSampling(batch[q])) << q;
+    EXPECT_FALSE(adaptive.SkipsSampling(batch[q + 1])) << q;
+    EXPECT_FALSE(cautious.SkipsSampling(batch[q])) << q;  // a smaller radius samples less
+    EXPECT_FALSE(never.SkipsSampling(batch[q])) << q;
+  }
+  // A mixed batch: the dense queries are answered exactly; every answer lands in its place.
+  const std::vector<TopKResult> results = adaptive.Run(batch);
+  const ExactSoftmax exact(dense.model);
+  for (size_t q = 0; q < batch.size(); ++q) {
+    const TopKResult want = *exact.Answer(batch[q]);
+    EXPECT_EQ(results[q].indices, want.indices) << q;
+    EXPECT_TRUE(MeetsPac(results[q], ComputeReference(*dense.model, batch[q].x, 1.0), 1, 0.3))
+        << q;
+    if (q % 2 == 0) {
+      EXPECT_TRUE(results[q].exact) << q;
+      EXPECT_NEAR(results[q].log_partition, want.log_partition, 1e-4) << q;
+    }
+  }
+}
+
 TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),

@@ -21,6 +21,35 @@ testing::ModelAndQueries SmallHead() {
                     .column_scale_spread = 1.0});
 }
 
+TEST(PanelOrderTest, SpreadOfWeightsMeasuresHowEvenlyTheyCoverTheColumns) {
+  // Column j of A has absolute sum j + 1 (the atom weight); column 3 is all zero.
+  Matrix a = Matrix::Owned(2, 4, Layout::kRowMajor);
+  for (size_t j = 0; j < 3; ++j) {
+    a.mutable_data()[j] = a.mutable_data()[4 + j] = -0.5f * static_cast<float>(j + 1);
+  }
+  const std::shared_ptr<const Model> model = *Model::Create(std::move(a), {});
+  auto spread = [&](std::vector<float> x, ImportanceOptions importance = {}) {
+    return SpreadOfWeights(*model, x, importance);
+  };
+  // Weights |x_j| (j + 1) = 3, 3, 0 (x_2 = 0) and nothing for the zero column: equal.
+  WeightSpread s = spread({3, 1.5, 0, 7});
+  EXPECT_EQ(s.panels, 2u);
+  EXPECT_DOUBLE_EQ(s.share, 1.0);
+  // Weights 1, 2, 3: 36 / (3 x 14).
+  s = spread({1, 1, 1, 1});
+  EXPECT_EQ(s.panels, 3u);
+  EXPECT_DOUBLE_EQ(s.share, 36.0 / 42.0);
+  // Without the atom weights, |x_j| alone: 1, 4, 1 gives 36 / (3 x 18).
+  s = spread({-1, 4, 1, 0}, {.atom = false});
+  EXPECT_DOUBLE_EQ(s.share, 36.0 / 54.0);
+  // One column holds nearly all the weight: share -> 1 / panels.
+  s = spread({1e-6f, 1e-6f, 1e3f, 0});
+  EXPECT_NEAR(s.share, 1.0 / 3.0, 1e-6);
+  s = spread({0, 0, 0, 5});
+  EXPECT_EQ(s.panels, 0u);
+  EXPECT_EQ(s.share, 0.0);
+}
+
 TEST(PanelOrderTest, IsAPermutationOfTheNonzeroColumnsWithGrowingPrefixes) {
   testing::ModelAndQueries head = SmallHead();
   std::vector<float> x(head.query(0).begin(), head.query(0).end());
