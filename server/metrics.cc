@@ -168,8 +168,9 @@ Metrics::Metrics(prometheus::Registry& registry)
                           .Register(registry)),
       exact_answers_(prometheus::BuildCounter()
                          .Name("adasoftmax_adaptive_exact_answers_total")
-                         .Help("Adaptive queries answered exactly: sampling was predicted to cost "
-                               "more than the exact path (fallback), or read every entry.")
+                         .Help("Adaptive queries answered exactly: sampling was predicted, before "
+                               "or during it, to cost more than the exact path, or read every "
+                               "entry.")
                          .Register(registry)) {}
 
 ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
