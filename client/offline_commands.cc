@@ -192,7 +192,9 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
   ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt};
   if (!f.dtype.empty()) {
     absl::StatusOr<DType> dtype = ParseDType(f.dtype);
-    if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
+    if (!dtype.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
+    }
     files.dtype = *dtype;
   }
   ASSIGN_OR_RETURN(in.model, Model::Load(files));

@@ -352,8 +352,8 @@ void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uin
     columns.clear();
     for (size_t t = run.begin; t < run.end; ++t)
       columns.push_back(model_.panel(order_.panel(t), chunk_begin));
-    SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width, partial,
-                 partial_sq);
+    SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width,
+                 partial, partial_sq);
     AddToSums(mask, partial, partial_sq, run.bin, run.bin >= order_.bins_in_prefix(level), width,
               sums);
   }
@@ -479,8 +479,9 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      const PullJob job{&s, {.uniform_target = static_cast<float>(v0 / options_.normalizer_multiplier),
-                             .max_level = first ? std::min(1, budget) : budget}};
+      const float target = static_cast<float>(v0 / options_.normalizer_multiplier);
+      const PullJob job{
+          &s, {.uniform_target = target, .max_level = first ? std::min(1, budget) : budget}};
       if (!live(s) || (!first && FallBack(s, [&] { return Predicted(job); }))) continue;
       jobs.push_back(job);
     }

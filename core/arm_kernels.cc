@@ -39,7 +39,8 @@ uint8_t UpdateWants(const Demand& demand, const uint8_t* __restrict level,
     const float threshold = demand.threshold, radius_scale = demand.radius_scale;
     for (size_t r = 0; r < width; ++r) {
       const float gap = threshold - estimate[r];
-      want[r] = (level[r] != kExactLevel) & ((gap <= 0) | (radius_scale * variance[r] >= gap * gap));
+      want[r] =
+          (level[r] != kExactLevel) & ((gap <= 0) | (radius_scale * variance[r] >= gap * gap));
     }
   } else if (demand.target == nullptr) {
     const float target = demand.uniform_target;

@@ -83,10 +83,10 @@ void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights
 
 // The entries `count` arms are predicted to read before `demand` is done with them, assuming an
 // arm's variance falls in proportion to the entries it reads. entries[L] is what an arm at
-// level L has read, for L <= demand.max_level. An arm needs entries[level] * variance / target, with target = gap^2 /
-// radius_scale for a search (gap = threshold - estimate, at least 0): at least what it has
-// read, at most entries[max_level], and all of that when the variance is infinite or the
-// target 0. Exact arms and arms at max_level need nothing more. demand.target is indexed like
+// level L has read, for L <= demand.max_level. An arm needs entries[level] * variance /
+// target, with target = gap^2 / radius_scale for a search (gap = threshold - estimate, at least
+// 0): at least what it has read, at most entries[max_level], and all of that when the variance
+// is infinite or the target 0. Exact arms and arms at max_level need nothing more. demand.target is indexed like
 // the arms.
 double PredictedEntries(const Demand& demand, const uint8_t* level, const float* estimate,
                         const float* variance, const uint64_t* entries, size_t count);

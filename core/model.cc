@@ -9,6 +9,7 @@
 #include "core/status_macros.h"
 
 namespace adasoftmax {
+
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
   ASSIGN_OR_RETURN(const RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
   std::vector<float> bias;

@@ -108,57 +108,44 @@ ADASOFTMAX_KERNEL void WidenToBF16(const void* a, size_t count, float* out) {
   WidenToOf<BFloat16>(a, count, out);
 }
 
+void WidenToF32(const void* a, size_t count, float* out) {
+  const float* in = static_cast<const float*>(a);
+  std::copy(in, in + count, out);
+}
+
+// The variant of a kernel for `dtype`.
+template <typename Fn>
+Fn ForDType(DType dtype, Fn f32, Fn f16, Fn bf16) {
+  switch (dtype) {
+    case DType::kFloat16:
+      return f16;
+    case DType::kBFloat16:
+      return bf16;
+    case DType::kFloat32:
+      break;
+  }
+  return f32;
+}
+
 }  // namespace
 
 void SweepColumns(DType dtype, const void* const* columns, const float* x, size_t count,
                   size_t arms, float* partial, float* partial_sq) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return SweepColumnsF16(columns, x, count, arms, partial, partial_sq);
-    case DType::kBFloat16:
-      return SweepColumnsBF16(columns, x, count, arms, partial, partial_sq);
-    case DType::kFloat32:
-      break;
-  }
-  SweepColumnsF32(columns, x, count, arms, partial, partial_sq);
+  ForDType(dtype, SweepColumnsF32, SweepColumnsF16, SweepColumnsBF16)(columns, x, count, arms,
+                                                                      partial, partial_sq);
 }
 
 double RowDot(DType dtype, const void* a, const float* b, size_t count) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return RowDotF16(a, b, count);
-    case DType::kBFloat16:
-      return RowDotBF16(a, b, count);
-    case DType::kFloat32:
-      break;
-  }
-  return RowDotF32(a, b, count);
+  return ForDType(dtype, RowDotF32, RowDotF16, RowDotBF16)(a, b, count);
 }
 
 void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x,
                    float* out) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return RowsDotVectorF16(a, rows, d, x, out);
-    case DType::kBFloat16:
-      return RowsDotVectorBF16(a, rows, d, x, out);
-    case DType::kFloat32:
-      break;
-  }
-  RowsDotVectorF32(a, rows, d, x, out);
+  ForDType(dtype, RowsDotVectorF32, RowsDotVectorF16, RowsDotVectorBF16)(a, rows, d, x, out);
 }
 
 void WidenTo(DType dtype, const void* a, size_t count, float* out) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return WidenToF16(a, count, out);
-    case DType::kBFloat16:
-      return WidenToBF16(a, count, out);
-    case DType::kFloat32:
-      break;
-  }
-  const float* in = static_cast<const float*>(a);
-  std::copy(in, in + count, out);
+  ForDType(dtype, WidenToF32, WidenToF16, WidenToBF16)(a, count, out);
 }
 
 }  // namespace adasoftmax

@@ -189,7 +189,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   std::optional<DType> dtype;
   if (!c.dtype().empty()) {
     absl::StatusOr<DType> parsed = ParseDType(c.dtype());
-    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("dtype: ", parsed.status().message()));
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("dtype: ", parsed.status().message()));
+    }
     dtype = *parsed;
   }
   if (c.weights().empty() == !c.has_synthetic()) {
@@ -197,8 +199,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   }
   if (c.has_synthetic()) {
     if (!c.bias().empty()) return absl::InvalidArgumentError("bias: not allowed with `synthetic`");
-    ASSIGN_OR_RETURN(served->model, LoadSynthetic(served->name, c.synthetic(), options.cache_dir,
-                                                  dtype, log, &served->source, &served->sample_queries));
+    ASSIGN_OR_RETURN(served->model,
+                     LoadSynthetic(served->name, c.synthetic(), options.cache_dir, dtype, log,
+                                   &served->source, &served->sample_queries));
   } else {
     const ModelFiles files{Resolve(dir, c.weights()), c.weights_tensor(), Resolve(dir, c.bias()),
                            c.bias_tensor(), dtype};
@@ -364,7 +367,8 @@ std::string DescribeModel(const ServedModel& m) {
   return absl::StrFormat(
       "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
       "max_batch_size=%d batch_timeout_us=%d audit_fraction=%g memory=%.1fMB from %s",
-      m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()), m.model->has_bias() ? "yes" : "no",
+      m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()),
+      m.model->has_bias() ? "yes" : "no",
       m.labels.empty() ? "no" : "yes", m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive",
       m.calibration_mode, m.batching.max_batch_size,
       absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,
