@@ -9,10 +9,12 @@
 #include "benchmark/benchmark.h"
 #include "core/adaptive_softmax.h"
 #include "core/arm_kernels.h"
+#include "core/blas.h"
 #include "core/dtype.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
 #include "core/synth.h"
+#include "core/worker_pool.h"
 
 namespace adasoftmax {
 namespace {
@@ -168,6 +170,46 @@ void BM_Sgemv(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * w.model->n() * w.model->d() * sizeof(float));
 }
 BENCHMARK(BM_Sgemv)->Unit(benchmark::kMillisecond);
+
+// A batch's products (argument: batch size) by the exact path's blocked SGEMMs, and by one
+// SGEMM per thread over its half of the rows, the plain way to call BLAS.
+std::vector<Query> BatchOfQueries(const Workload& w, size_t batch) {
+  std::vector<Query> queries;
+  const size_t d = w.queries.cols();
+  for (size_t q = 0; q < batch; ++q) {
+    queries.push_back({absl::MakeConstSpan(w.queries.data() + q * d, d), {}});
+  }
+  return queries;
+}
+void BM_ExactBatch(benchmark::State& state) {
+  const Workload& w = HeavyTailedHead();
+  const std::vector<Query> queries = BatchOfQueries(w, state.range(0));
+  std::vector<float> products(queries.size() * w.model->n());
+  for (auto _ : state) {
+    RawProducts(*w.model, queries, absl::MakeSpan(products));
+    benchmark::DoNotOptimize(products.data());
+  }
+  state.SetItemsProcessed(state.iterations() * queries.size());
+}
+void BM_SgemmBatch(benchmark::State& state) {
+  const Workload& w = HeavyTailedHead();
+  const int batch = static_cast<int>(state.range(0));
+  const int n = static_cast<int>(w.model->n()), d = static_cast<int>(w.model->d());
+  const float* a = static_cast<const float*>(w.model->row(0));
+  std::vector<float> products(static_cast<size_t>(batch) * n);
+  for (auto _ : state) {
+    ParallelFor(ParallelWidth(), [&](size_t b) {
+      const int begin = n * b / ParallelWidth(), end = n * (b + 1) / ParallelWidth();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, end - begin, d, 1.0f,
+                  w.queries.data(), d, a + static_cast<size_t>(begin) * d, d, 0.0f,
+                  &products[begin], n);
+    });
+    benchmark::DoNotOptimize(products.data());
+  }
+  state.SetItemsProcessed(state.iterations() * batch);
+}
+BENCHMARK(BM_ExactBatch)->RangeMultiplier(2)->Range(2, 32)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_SgemmBatch)->RangeMultiplier(2)->Range(2, 32)->Unit(benchmark::kMillisecond);
 
 void BM_SoftmaxTopK(benchmark::State& state) {
   const std::vector<float> raw = RandomFloats(50257, 9);
