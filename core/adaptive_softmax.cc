@@ -559,22 +559,44 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
   return absl::OkStatus();
 }
 
-bool AdaptiveSoftmax::SkipsSampling(const Query& query) const {
-  if (options_.sample_cost == 0) return false;
-  const WeightSpread spread = SpreadOfWeights(*model_, query.x, options_.importance);
-  const double predicted = kSpreadFraction * spread.share *
-                           std::min(1.0, options_.topk_multiplier) *
-                           static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
-  return options_.sample_cost * predicted > ExactPassCost(*model_);
+std::vector<bool> AdaptiveSoftmax::SkipsSampling(absl::Span<const Query> batch) const {
+  std::vector<bool> skips(batch.size(), false);
+  if (options_.sample_cost == 0) return skips;
+  const double pass = ExactPassCost(*model_);
+  // The exact path's cost for `count` queries of the batch together.
+  auto exact_cost = [&](size_t count) {
+    if (count == 0) return 0.0;
+    return pass + kBatchedExactQueryCost * static_cast<double>(count - 1) *
+                      static_cast<double>(model_->n()) * static_cast<double>(model_->d());
+  };
+  double sampling_cost = 0;
+  size_t skipped = 0;
+  for (size_t q = 0; q < batch.size(); ++q) {
+    const WeightSpread spread = SpreadOfWeights(*model_, batch[q].x, options_.importance);
+    const double cost = options_.sample_cost * kSpreadFraction * spread.share *
+                        std::min(1.0, options_.topk_multiplier) *
+                        static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
+    if (cost > pass) {
+      skips[q] = true;
+      ++skipped;
+    } else {
+      sampling_cost += cost;
+    }
+  }
+  if (sampling_cost > exact_cost(batch.size()) - exact_cost(skipped)) {
+    skips.assign(batch.size(), true);
+  }
+  return skips;
 }
 
 std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) const {
   std::vector<TopKResult> results(queries.size());
   std::vector<size_t> sampled, exact;  // indices into queries
+  const std::vector<bool> skips = SkipsSampling(queries);
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
-    (SkipsSampling(query) ? exact : sampled).push_back(q);
+    (skips[q] ? exact : sampled).push_back(q);
   }
   if (!sampled.empty()) {
     std::vector<Query> subset;

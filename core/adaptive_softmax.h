@@ -47,6 +47,12 @@ inline constexpr double kDefaultSampleCost = 8;
 // such as dense Gaussian queries) skip sampling. The others are judged between rounds.
 inline constexpr double kSpreadFraction = 0.5;
 
+// The exact path answers a batch's queries together by blocked SGEMMs (see exact_softmax.cc):
+// the first costs one pass over A, each further one about this fraction of n x d float32
+// entries. Measured with BM_ExactBatch against BM_Sgemv on the README's 2-core machine: 0.13
+// to 0.19 per query for batches of 8 to 32 (compute-bound, so the same for half precision).
+inline constexpr double kBatchedExactQueryCost = 0.2;
+
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 
 // Adaptive top-k softmax (Baharav et al., NeurIPS 2024): each class is a bandit arm whose
@@ -63,8 +69,8 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // in chunks of rows, in parallel on the process's worker threads (see ParallelFor); within a
 // chunk each block of columns is read once for every query that still needs it, and each query
 // keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
-// AdaptiveOptions::sample_cost), before or during sampling, are answered together by
-// SGEMV/SGEMM. Thread-safe.
+// AdaptiveOptions::sample_cost and SkipsSampling), before or during sampling, are answered
+// together by SGEMV/SGEMM. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   // REQUIRES: ValidateAdaptiveOptions(options).ok().
@@ -75,9 +81,12 @@ class AdaptiveSoftmax : public TopKSoftmax {
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
 
-  // Whether Run sends `query` to the exact path before any sampling (see kSpreadFraction).
-  // Never when options().sample_cost is 0. REQUIRES: ValidateQuery(query).ok().
-  bool SkipsSampling(const Query& query) const;
+  // Which queries of `batch` Run sends to the exact path before any sampling. Each is priced
+  // alone, at sample_cost x its predicted entries (see kSpreadFraction), and goes when that is
+  // more than one exact pass. Then the rest go too if sampling them all is predicted to cost
+  // more than adding them to the batch's exact queries (see kBatchedExactQueryCost). None when
+  // options().sample_cost is 0. REQUIRES: ValidateQuery(q).ok() for every q in batch.
+  std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const;
 
  private:
   std::shared_ptr<const Model> model_;

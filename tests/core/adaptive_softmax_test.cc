@@ -13,6 +13,7 @@
 namespace adasoftmax {
 namespace {
 
+using ::testing::Each;
 using ::testing::HasSubstr;
 
 testing::ModelAndQueries HeavyHead() {
@@ -218,6 +219,10 @@ TEST(AdaptiveSoftmaxTest, CostlierSamplingFallsBackMoreOftenAndStaysCorrect) {
   EXPECT_EQ(previous, static_cast<int>(head.queries.rows()));
 }
 
+bool SkipsAlone(const AdaptiveSoftmax& adaptive, const Query& query) {
+  return adaptive.SkipsSampling({&query, 1})[0];
+}
+
 TEST(AdaptiveSoftmaxTest, EvenlySpreadQueriesSkipSamplingAndGetTheExactAnswer) {
   // The same head with dense Gaussian queries (share ~0.64) and heavy-tailed ones (~0.1).
   const SynthOptions options{.n = 4000, .d = 256, .queries = 8, .seed = 3};
@@ -235,10 +240,10 @@ TEST(AdaptiveSoftmaxTest, EvenlySpreadQueriesSkipSamplingAndGetTheExactAnswer) {
     batch.push_back({heavy.query(q), {.seed = 9}});
   }
   for (size_t q = 0; q < batch.size(); q += 2) {
-    EXPECT_TRUE(adaptive.SkipsSampling(batch[q])) << q;
-    EXPECT_FALSE(adaptive.SkipsSampling(batch[q + 1])) << q;
-    EXPECT_FALSE(cautious.SkipsSampling(batch[q])) << q;  // a smaller radius samples less
-    EXPECT_FALSE(never.SkipsSampling(batch[q])) << q;
+    EXPECT_TRUE(SkipsAlone(adaptive, batch[q])) << q;
+    EXPECT_FALSE(SkipsAlone(adaptive, batch[q + 1])) << q;
+    EXPECT_FALSE(SkipsAlone(cautious, batch[q])) << q;  // a smaller radius samples less
+    EXPECT_FALSE(SkipsAlone(never, batch[q])) << q;
   }
   // A mixed batch: the dense queries are answered exactly; every answer lands in its place.
   const std::vector<TopKResult> results = adaptive.Run(batch);
@@ -252,6 +257,28 @@ TEST(AdaptiveSoftmaxTest, EvenlySpreadQueriesSkipSamplingAndGetTheExactAnswer) {
       EXPECT_TRUE(results[q].exact) << q;
       EXPECT_NEAR(results[q].log_partition, want.log_partition, 1e-4) << q;
     }
+  }
+}
+
+TEST(AdaptiveSoftmaxTest, BatchesCheaperToAnswerExactlyTogetherSkipSampling) {
+  // At this cost each query alone is cheaper to sample than one exact pass, but 16 together
+  // are dearer than one pass plus 15 x kBatchedExactQueryCost; two are not.
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model, {.sample_cost = 6});
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 16; ++q) batch.push_back({head.query(q), {.seed = 4}});
+  for (const Query& query : batch) EXPECT_FALSE(SkipsAlone(adaptive, query));
+  EXPECT_THAT(adaptive.SkipsSampling(absl::MakeConstSpan(batch).first(2)), Each(false));
+  EXPECT_THAT(adaptive.SkipsSampling(batch), Each(true));
+  const AdaptiveSoftmax never(head.model, {.sample_cost = 0});
+  EXPECT_THAT(never.SkipsSampling(batch), Each(false));
+  // Run answers the batch as the exact path does.
+  const std::vector<TopKResult> results = adaptive.Run(batch);
+  const std::vector<TopKResult> want = ExactSoftmax(head.model).Run(batch);
+  for (size_t q = 0; q < batch.size(); ++q) {
+    EXPECT_TRUE(results[q].exact) << q;
+    EXPECT_EQ(results[q].indices, want[q].indices) << q;
+    EXPECT_EQ(results[q].log_partition, want[q].log_partition) << q;
   }
 }
 
