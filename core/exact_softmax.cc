@@ -142,18 +142,23 @@ std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const
   const Model& m = *model_;
   const size_t n = m.n();
   const size_t batch = queries.size();
-  std::vector<TopKResult> results;
-  results.reserve(batch);
+  std::vector<TopKResult> results(batch);
   if (batch == 0) return results;
 
   std::vector<float> logits(n * batch);
   RawProducts(m, queries, absl::MakeSpan(logits));
-  for (size_t q = 0; q < batch; ++q) {
-    TopKResult r = SoftmaxTopK(absl::MakeConstSpan(&logits[q * n], n), m.bias(),
-                               queries[q].options.temperature, queries[q].options.k);
+  auto answer = [&](size_t q) {
+    TopKResult& r = results[q];
+    r = SoftmaxTopK(absl::MakeConstSpan(&logits[q * n], n), m.bias(),
+                    queries[q].options.temperature, queries[q].options.k);
     r.samples = static_cast<uint64_t>(n) * m.d();
     r.sample_fraction = 1.0;
-    results.push_back(std::move(r));
+  };
+  // A batch's fused passes in parallel, unless they take less than waking the workers.
+  if (batch > 1 && n * batch >= kParallelMinEntries / 16) {
+    ParallelFor(batch, answer);
+  } else {
+    for (size_t q = 0; q < batch; ++q) answer(q);
   }
   return results;
 }

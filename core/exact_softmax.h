@@ -8,8 +8,8 @@
 
 namespace adasoftmax {
 
-// Exact top-k softmax: all logits by BLAS (SGEMV for one query, SGEMM for a batch), then one
-// fused pass per query keeping the running max, the rescaled sum and a top-k heap.
+// Exact top-k softmax: all logits by BLAS (SGEMV for one query, blocked SGEMM for a batch),
+// then one fused pass per query keeping the running max, the rescaled sum and a top-k heap.
 // Thread-safe.
 class ExactSoftmax : public TopKSoftmax {
  public:

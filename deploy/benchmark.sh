@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Reruns the README's two tables and its plot:
+# Reruns the README's tables and its plot:
 #  - Results: what the sampler alone reads and how often it meets the PAC criterion
 #    (--sample-cost 0: no exact fallback), theory and calibrated mode;
 #  - Performance: exact vs adaptive latency on workloads W1-W5, with and without the exact
 #    fallback (default --sample-cost), the bare SGEMV baseline, bandwidth and peak memory;
 #  - Half precision: W1 and W2 (calibrated, held out) with the weights stored and kept in
 #    bfloat16 and float16;
-#    and deploy/performance.png (latency vs matrix size).
+#    and deploy/performance.png (latency vs matrix size);
+#  - the server table, by deploy/benchmark-server.sh on the same data.
 #
 #   deploy/benchmark.sh [WORKDIR]     (default WORKDIR: ~/.cache/adasoftmax/benchmark)
 #
 # Needs a Release build (deploy/run.sh build) and about 6.5 GB of disk in WORKDIR. Data comes from
 # `adasoftmax synth` with fixed seeds and every adaptive query uses a fixed seed, so sample counts
 # and PAC results reproduce; latencies are medians of queries interleaved with the exact path.
-# About 30 minutes on two cores, most of it the 128256 x 4096 head.
+# About 40 minutes on two cores, most of it the 128256 x 4096 head and the server runs.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -202,3 +203,6 @@ plot "%s" index 0 using 1:2 with linespoints lw 2 title "exact (OpenBLAS SGEMV +
 subprocess.run(["gnuplot"], input=script.encode(), check=True)
 print("\nPlot: %s" % png)
 PY
+
+echo >&2
+"$root/deploy/benchmark-server.sh" "$work"

@@ -3,7 +3,7 @@
 
 // The business logic behind the RPCs, free of any transport: request validation, defaults,
 // batching per model, running batches (adaptive batches share one column order, exact batches
-// one SGEMM), filling responses, metrics and the live guarantee audit.
+// one blocked SGEMM), filling responses, metrics and the live guarantee audit.
 
 #include <cstdint>
 #include <functional>
