@@ -26,8 +26,8 @@ struct RanksHigher {
 // queries per call. One call over all rows made OpenBLAS pack A into a buffer too large for
 // the cache: about two passes over A however small the batch. Blocks that stay in L2 read A
 // once, and calls this small (up to 10^6 multiply-adds) take OpenBLAS 0.3.21's unpacked small-
-// matrix kernels on AVX-512 CPUs. Measured on 50257 x 768 and 32000 x 4096, batches of 2 to 16
-// ran 1.3-3x faster than one call per thread (see BM_ExactBatch).
+// matrix kernels on AVX-512 CPUs. Measured on 50257 x 768 and 32000 x 4096, batches of 2 to 32
+// ran 1.3-3.5x faster than one call per thread (see BM_ExactBatch).
 constexpr size_t kGemmBlockBytes = size_t{128} << 10;
 constexpr size_t kGemmQueries = 16;
 
