@@ -148,10 +148,11 @@ struct Workload {
   Matrix queries;
 };
 
+constexpr SynthOptions kHeavyTailedHead{
+    .n = 50257, .d = 768, .queries = 64, .seed = 12, .heavy_tailed = true};
 const Workload& HeavyTailedHead() {
   static const Workload* w = [] {
-    SynthData data = *Synthesize({.n = 50257, .d = 768, .queries = 64, .seed = 12,
-                                  .heavy_tailed = true});
+    SynthData data = *Synthesize(kHeavyTailedHead);
     auto model = *Model::Create(std::move(data.weights), {});
     return new Workload{model, std::move(data.queries)};
   }();
@@ -171,8 +172,16 @@ void BM_Sgemv(benchmark::State& state) {
 }
 BENCHMARK(BM_Sgemv)->Unit(benchmark::kMillisecond);
 
-// A batch's products (argument: batch size) by the exact path's blocked SGEMMs, and by one
-// SGEMM per thread over its half of the rows, the plain way to call BLAS.
+// The same head kept in `dtype`.
+const Model& HeavyTailedHeadIn(DType dtype) {
+  static std::shared_ptr<const Model> models[3];
+  std::shared_ptr<const Model>& m = models[static_cast<int>(dtype)];
+  if (m == nullptr) m = *Model::Create(std::move(Synthesize(kHeavyTailedHead)->weights), {}, dtype);
+  return *m;
+}
+
+// A batch's products (arguments: batch size, dtype) by the exact path's blocked SGEMMs, and by
+// one SGEMM per thread over its half of the rows, the plain way to call BLAS (float32 only).
 std::vector<Query> BatchOfQueries(const Workload& w, size_t batch) {
   std::vector<Query> queries;
   const size_t d = w.queries.cols();
@@ -183,10 +192,11 @@ std::vector<Query> BatchOfQueries(const Workload& w, size_t batch) {
 }
 void BM_ExactBatch(benchmark::State& state) {
   const Workload& w = HeavyTailedHead();
+  const Model& model = HeavyTailedHeadIn(static_cast<DType>(state.range(1)));
   const std::vector<Query> queries = BatchOfQueries(w, state.range(0));
   std::vector<float> products(queries.size() * w.model->n());
   for (auto _ : state) {
-    RawProducts(*w.model, queries, absl::MakeSpan(products));
+    RawProducts(model, queries, absl::MakeSpan(products));
     benchmark::DoNotOptimize(products.data());
   }
   state.SetItemsProcessed(state.iterations() * queries.size());
@@ -208,7 +218,9 @@ void BM_SgemmBatch(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * batch);
 }
-BENCHMARK(BM_ExactBatch)->RangeMultiplier(2)->Range(2, 32)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ExactBatch)
+    ->ArgsProduct({{2, 4, 8, 16, 32}, {kF32, kF16, kBF16}})
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_SgemmBatch)->RangeMultiplier(2)->Range(2, 32)->Unit(benchmark::kMillisecond);
 
 void BM_SoftmaxTopK(benchmark::State& state) {
