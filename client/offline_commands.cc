@@ -378,6 +378,9 @@ int Run(int argc, char** argv) {
 
 struct BenchStats {
   std::vector<double> bare_us, exact_us, adaptive_us, fractions;
+  // Per sampled (not exact) adaptive answer: its time over the exact answer's, per fraction of
+  // A read; x ElementBytes / 4, the wall-clock cost of a sample in float32 entries streamed.
+  std::vector<double> sample_costs;
   size_t pac_failures = 0;
   size_t exact_answers = 0;  // adaptive answers that fell back to (or ended as) exact ones
 };
@@ -422,6 +425,10 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
     s.adaptive_us.push_back(adaptive_us);
     s.fractions.push_back(a.sample_fraction);
     s.exact_answers += a.exact;
+    if (!a.exact && a.sample_fraction > 0) {
+      s.sample_costs.push_back(adaptive_us / exact_us / a.sample_fraction *
+                               ElementBytes(in.model->dtype()) / sizeof(float));
+    }
     if (each) each(r, e, exact_us, a, adaptive_us, pac);
   }
   return s;
@@ -484,6 +491,8 @@ int Bench(int argc, char** argv) {
   j["pac_failures"] = s.pac_failures;
   j["sample_cost"] = in->adaptive.sample_cost;
   j["exact_fallbacks"] = s.exact_answers;
+  // What to set sample_cost to for this model on this machine (0 when nothing was sampled).
+  j["measured_sample_cost"] = s.sample_costs.empty() ? 0.0 : Median(s.sample_costs);
   // The exact path's overhead over the bare SGEMV (for half dtypes, the widening GEMV kernel),
   // same thread count.
   const double bare_median = Median(s.bare_us) / 1000;

@@ -265,7 +265,9 @@ TEST_F(CliTest, BenchFallsBackToExactWhenSamplingCostsTooMuch) {
   const Json never = bench("0"), always = bench("1e9");
   EXPECT_EQ(never["exact_fallbacks"], 0);
   EXPECT_LT(never["mean_sample_fraction"].get<double>(), 1.0);
+  EXPECT_GT(never["measured_sample_cost"].get<double>(), 0);
   EXPECT_EQ(always["exact_fallbacks"], 10);
+  EXPECT_EQ(always["measured_sample_cost"].get<double>(), 0);  // nothing sampled
   EXPECT_EQ(always["mean_sample_fraction"].get<double>(), 1.0);
   EXPECT_EQ(always["pac_success_rate"].get<double>(), 1.0);
 }
