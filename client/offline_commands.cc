@@ -61,6 +61,7 @@ struct InputFlags {
   std::vector<double> multipliers;
   std::string calibration;
   double sample_cost = kDefaultSampleCost;
+  bool measure_sample_cost = false;
   uint64_t seed = 0;
 };
 
@@ -115,6 +116,9 @@ void AddFallbackFlag(FlagSet& flags, InputFlags* f) {
                               kDefaultSampleCost, ")"))
       .Min(0)
       .Placeholder("C");
+  flags.AddBool("measure-sample-cost", &f->measure_sample_cost,
+                "start at --sample-cost, then price a sample at what samples and exact passes "
+                "cost while running");
 }
 
 // What the inputs resolve to.
@@ -124,6 +128,7 @@ struct Inputs {
   std::vector<std::string> labels;
   QueryOptions query;
   AdaptiveOptions adaptive;
+  std::shared_ptr<SampleCostMeter> meter;  // with --measure-sample-cost
   std::string multiplier_mode = "theory";  // "theory", "manual" or "calibrated"
 
   absl::Span<const float> Row(size_t r) const {
@@ -162,6 +167,9 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
   in.query.delta = f.delta;
   in.query.temperature = f.temperature;
   in.adaptive.sample_cost = f.sample_cost;
+  if (f.measure_sample_cost && f.sample_cost > 0) {
+    in.meter = std::make_shared<SampleCostMeter>(f.sample_cost);
+  }
   if (!f.multipliers.empty()) {
     in.adaptive.topk_multiplier = f.multipliers[0];
     in.adaptive.normalizer_multiplier = f.multipliers[1];
@@ -352,7 +360,7 @@ int Run(int argc, char** argv) {
   if (mode == "exact") {
     solver = std::make_unique<ExactSoftmax>(in->model);
   } else {
-    solver = std::make_unique<AdaptiveSoftmax>(in->model, in->adaptive);
+    solver = std::make_unique<AdaptiveSoftmax>(in->model, in->adaptive, in->meter);
   }
   const size_t count = in->queries.rows();
   std::vector<TopKResult> results(count);
@@ -392,7 +400,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
                        const std::function<void(size_t, const TopKResult&, double,
                                                 const TopKResult&, double, bool)>& each = {}) {
   const ExactSoftmax exact(in.model);
-  const AdaptiveSoftmax adaptive(in.model, in.adaptive);
+  const AdaptiveSoftmax adaptive(in.model, in.adaptive, in.meter);
   for (size_t i = 0; i < warmup && begin + i < end; ++i) {
     double ignored;
     Query q{in.Row(begin + i), in.query, {}};
@@ -490,6 +498,7 @@ int Bench(int argc, char** argv) {
   j["pac_success_rate"] = static_cast<double>(count - s.pac_failures) / count;
   j["pac_failures"] = s.pac_failures;
   j["sample_cost"] = in->adaptive.sample_cost;
+  if (in->meter != nullptr) j["final_sample_cost"] = in->meter->Cost();
   j["exact_fallbacks"] = s.exact_answers;
   // What to set sample_cost to for this model on this machine (0 when nothing was sampled).
   j["measured_sample_cost"] = s.sample_costs.empty() ? 0.0 : Median(s.sample_costs);

@@ -10,6 +10,8 @@
 #include "absl/functional/function_ref.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "core/arm_kernels.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
@@ -68,6 +70,14 @@ std::vector<uint32_t> BestArms(const float* values, size_t n, size_t count) {
 double ExactPassCost(const Model& model) {
   return static_cast<double>(model.n()) * static_cast<double>(model.d()) *
          static_cast<double>(ElementBytes(model.dtype())) / sizeof(float);
+}
+
+// The cost of `count` queries answered together by the exact path, in the same units: one pass,
+// then kBatchedExactQueryCost x n x d per further query.
+double ExactBatchCost(const Model& model, size_t count) {
+  if (count == 0) return 0;
+  return ExactPassCost(model) + kBatchedExactQueryCost * static_cast<double>(count - 1) *
+                                    static_cast<double>(model.n()) * static_cast<double>(model.d());
 }
 
 uint64_t FreshSeed() {
@@ -559,44 +569,51 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
   return absl::OkStatus();
 }
 
-std::vector<bool> AdaptiveSoftmax::SkipsSampling(absl::Span<const Query> batch) const {
-  std::vector<bool> skips(batch.size(), false);
-  if (options_.sample_cost == 0) return skips;
+double AdaptiveSoftmax::SampleCost() const {
+  return meter_ != nullptr && options_.sample_cost > 0 ? meter_->Cost() : options_.sample_cost;
+}
+
+AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batch) const {
+  SamplingPlan plan{std::vector<bool>(batch.size(), false), std::vector<double>(batch.size())};
+  if (options_.sample_cost == 0) return plan;
+  const double cost = meter_ != nullptr ? meter_->CostOfPredicted() : options_.sample_cost;
   const double pass = ExactPassCost(*model_);
-  // The exact path's cost for `count` queries of the batch together.
-  auto exact_cost = [&](size_t count) {
-    if (count == 0) return 0.0;
-    return pass + kBatchedExactQueryCost * static_cast<double>(count - 1) *
-                      static_cast<double>(model_->n()) * static_cast<double>(model_->d());
-  };
   double sampling_cost = 0;
   size_t skipped = 0;
   for (size_t q = 0; q < batch.size(); ++q) {
     const WeightSpread spread = SpreadOfWeights(*model_, batch[q].x, options_.importance);
-    const double cost = options_.sample_cost * kSpreadFraction * spread.share *
-                        std::min(1.0, options_.topk_multiplier) *
+    plan.predicted[q] = kSpreadFraction * spread.share * std::min(1.0, options_.topk_multiplier) *
                         static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
-    if (cost > pass) {
-      skips[q] = true;
+    if (cost * plan.predicted[q] > pass) {
+      plan.skips[q] = true;
       ++skipped;
     } else {
-      sampling_cost += cost;
+      sampling_cost += cost * plan.predicted[q];
     }
   }
-  if (sampling_cost > exact_cost(batch.size()) - exact_cost(skipped)) {
-    skips.assign(batch.size(), true);
+  if (sampling_cost >
+      ExactBatchCost(*model_, batch.size()) - ExactBatchCost(*model_, skipped)) {
+    plan.skips.assign(batch.size(), true);
   }
-  return skips;
+  return plan;
 }
 
 std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) const {
   std::vector<TopKResult> results(queries.size());
   std::vector<size_t> sampled, exact;  // indices into queries
-  const std::vector<bool> skips = SkipsSampling(queries);
+  AdaptiveOptions options = options_;
+  options.sample_cost = SampleCost();
+  const SamplingPlan plan = Plan(queries);
+  double predicted = 0;  // entries the sampled queries are predicted to read
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
-    (skips[q] ? exact : sampled).push_back(q);
+    if (plan.skips[q]) {
+      exact.push_back(q);
+    } else {
+      sampled.push_back(q);
+      predicted += plan.predicted[q];
+    }
   }
   if (!sampled.empty()) {
     std::vector<Query> subset;
@@ -613,16 +630,29 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     if (seed == 0) seed = FreshSeed();
     std::vector<absl::Span<const float>> xs;
     for (const Query& q : batch) xs.push_back(q.x);
-    const PanelOrder order = PanelOrder::Draw(*model_, xs, options_.importance, seed);
-    BatchSampler sampler(*model_, order, options_);
+    const absl::Time start = absl::Now();
+    const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
+    BatchSampler sampler(*model_, order, options);
     std::vector<TopKResult> answers = sampler.Run(batch);
-    for (size_t r = 0; r < answers.size(); ++r) results[sampled[r]] = std::move(answers[r]);
+    double samples = 0;  // fallbacks' answers hold the samples read before they fell back
+    for (size_t r = 0; r < answers.size(); ++r) {
+      samples += static_cast<double>(answers[r].samples);
+      results[sampled[r]] = std::move(answers[r]);
+    }
+    if (meter_ != nullptr) {
+      meter_->AddSampled(samples, predicted, absl::ToDoubleSeconds(absl::Now() - start));
+    }
     for (size_t r : sampler.fallbacks()) exact.push_back(sampled[r]);
   }
   if (!exact.empty()) {
     std::vector<Query> exact_queries;
     for (size_t q : exact) exact_queries.push_back(queries[q]);
+    const absl::Time start = absl::Now();
     std::vector<TopKResult> answers = ExactSoftmax(model_).Run(exact_queries);
+    if (meter_ != nullptr) {
+      meter_->AddExact(ExactBatchCost(*model_, exact_queries.size()),
+                       absl::ToDoubleSeconds(absl::Now() - start));
+    }
     for (size_t r = 0; r < answers.size(); ++r) results[exact[r]] = std::move(answers[r]);
   }
   return results;

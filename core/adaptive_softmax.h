@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "core/panel_order.h"
+#include "core/sample_cost_meter.h"
 #include "core/topk_softmax.h"
 
 namespace adasoftmax {
@@ -74,9 +75,12 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // together by SGEMV/SGEMM. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
+  // With a meter (and options.sample_cost > 0), the exact fallback prices a sample at
+  // meter->Cost() instead of options.sample_cost, and Run reports its timings to the meter.
   // REQUIRES: ValidateAdaptiveOptions(options).ok().
-  explicit AdaptiveSoftmax(std::shared_ptr<const Model> model, AdaptiveOptions options = {})
-      : model_(std::move(model)), options_(options) {}
+  explicit AdaptiveSoftmax(std::shared_ptr<const Model> model, AdaptiveOptions options = {},
+                           std::shared_ptr<SampleCostMeter> meter = nullptr)
+      : model_(std::move(model)), options_(options), meter_(std::move(meter)) {}
 
   std::vector<TopKResult> Run(absl::Span<const Query> queries) const override;
   const Model& model() const override { return *model_; }
@@ -85,13 +89,27 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // Which queries of `batch` Run sends to the exact path before any sampling. Each is priced
   // alone, at sample_cost x its predicted entries (see kSpreadFraction), and goes when that is
   // more than one exact pass. Then the rest go too if sampling them all is predicted to cost
-  // more than adding them to the batch's exact queries (see kBatchedExactQueryCost). None when
+  // more than adding them to the batch's exact queries (see kBatchedExactQueryCost). With a
+  // meter, a predicted entry is priced at meter->CostOfPredicted(). None when
   // options().sample_cost is 0. REQUIRES: ValidateQuery(q).ok() for every q in batch.
-  std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const;
+  std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const {
+    return Plan(batch).skips;
+  }
+
+  // The price of a sampled entry the exact fallback uses during sampling now: the meter's, else
+  // options().sample_cost.
+  double SampleCost() const;
 
  private:
+  struct SamplingPlan {
+    std::vector<bool> skips;
+    std::vector<double> predicted;  // entries each query is predicted to sample
+  };
+  SamplingPlan Plan(absl::Span<const Query> batch) const;
+
   std::shared_ptr<const Model> model_;
   AdaptiveOptions options_;
+  std::shared_ptr<SampleCostMeter> meter_;
 };
 
 }  // namespace adasoftmax

@@ -42,6 +42,7 @@ absl::StatusOr<std::unique_ptr<InferenceService>> InferenceService::Create(
     Entry* e = entry.get();
     e->metrics = metrics->AddModel(served->name, served->model->n(), served->model->d(),
                                    DTypeName(served->model->dtype()));
+    e->metrics->SetSampleCost(served->adaptive->SampleCost());
     InferenceService* self = service.get();
     ASSIGN_OR_RETURN(
         e->queue,
@@ -162,6 +163,7 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
                : static_cast<const adasoftmax::TopKSoftmax&>(*served.exact);
   std::vector<TopKResult> results = solver.Run(queries);
   entry.metrics->ObserveBatchSize(group.size());
+  if (adaptive) entry.metrics->SetSampleCost(served.adaptive->SampleCost());
   const absl::Time now = clock_->Now();
 
   for (size_t q = 0; q < group.size(); ++q) {

@@ -157,6 +157,12 @@ Metrics::Metrics(prometheus::Registry& registry)
                       .Name("adasoftmax_queue_size")
                       .Help("Requests waiting for a batch to start.")
                       .Register(registry)),
+      sample_cost_(prometheus::BuildGauge()
+                       .Name("adasoftmax_sample_cost")
+                       .Help("What the exact fallback prices one sampled entry at, in entries "
+                             "streamed by the exact path (measured while serving unless "
+                             "measure_sample_cost is false; 0: fallback off).")
+                       .Register(registry)),
       audit_queries_(prometheus::BuildCounter()
                          .Name("adasoftmax_audit_queries_total")
                          .Help("Adaptive answers re-checked against the exact answer.")
@@ -188,6 +194,7 @@ ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
   m->queue_duration_ = &queue_duration_.Add({{"model", name}}, QueueBuckets());
   m->batch_size_ = &batch_size_.Add({{"model", name}}, BatchBuckets());
   m->queued_ = &queue_size_.Add({{"model", name}});
+  m->sample_cost_ = &sample_cost_.Add({{"model", name}});
   m->audit_queries_ = &audit_queries_.Add({{"model", name}});
   m->audit_failures_ = &audit_failures_.Add({{"model", name}});
   m->exact_answers_ = &exact_answers_.Add({{"model", name}});

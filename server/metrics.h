@@ -38,6 +38,8 @@ class ModelMetrics {
   // Requests waiting for a batch: +1 before a request is queued, -1 when it leaves the queue.
   void AddQueued(double delta) { queued_->Increment(delta); }
   void CountAudit(bool failed);
+  // The sample cost the model's exact fallback uses now.
+  void SetSampleCost(double cost) { sample_cost_->Set(cost); }
 
  private:
   friend class Metrics;
@@ -49,6 +51,7 @@ class ModelMetrics {
   prometheus::Histogram* queue_duration_ = nullptr;
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* queued_ = nullptr;
+  prometheus::Gauge* sample_cost_ = nullptr;
   prometheus::Counter* audit_queries_ = nullptr;
   prometheus::Counter* audit_failures_ = nullptr;
   prometheus::Counter* exact_answers_ = nullptr;
@@ -63,6 +66,8 @@ class ModelMetrics {
 //   adasoftmax_batch_size{model}                          histogram
 //   adasoftmax_model_info{model,n,d,dtype}                gauge = 1
 //   adasoftmax_queue_size{model}                          gauge: requests waiting for a batch
+//   adasoftmax_sample_cost{model}                         gauge: the exact fallback's price of
+//                                                         a sample, in streamed exact entries
 //   adasoftmax_audit_queries_total{model}                 counter
 //   adasoftmax_audit_failures_total{model}                counter
 //   adasoftmax_adaptive_exact_answers_total{model}        counter: adaptive queries answered
@@ -94,6 +99,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& batch_size_;
   prometheus::Family<prometheus::Gauge>& model_info_;
   prometheus::Family<prometheus::Gauge>& queue_size_;
+  prometheus::Family<prometheus::Gauge>& sample_cost_;
   prometheus::Family<prometheus::Counter>& audit_queries_;
   prometheus::Family<prometheus::Counter>& audit_failures_;
   prometheus::Family<prometheus::Counter>& exact_answers_;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/calibration.h"
+#include "core/sample_cost_meter.h"
 #include "core/status_macros.h"
 #include "core/synth.h"
 #include "core/tensor_io.h"
@@ -271,7 +272,11 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     return absl::InvalidArgumentError("audit_fraction: must be in [0, 1]");
   }
 
-  served->adaptive = std::make_unique<AdaptiveSoftmax>(served->model, adaptive);
+  std::shared_ptr<SampleCostMeter> meter;
+  if (c.adaptive().measure_sample_cost() || !c.adaptive().has_measure_sample_cost()) {
+    meter = std::make_shared<SampleCostMeter>(adaptive.sample_cost);
+  }
+  served->adaptive = std::make_unique<AdaptiveSoftmax>(served->model, adaptive, std::move(meter));
   served->exact = std::make_unique<ExactSoftmax>(served->model);
   return served;
 }

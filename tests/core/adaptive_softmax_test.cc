@@ -282,6 +282,50 @@ TEST(AdaptiveSoftmaxTest, BatchesCheaperToAnswerExactlyTogetherSkipSampling) {
   }
 }
 
+TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
+  testing::ModelAndQueries head = HeavyHead();
+  // A meter that has seen dear samples sends every query to the exact path; one that has seen
+  // cheap samples lets them all sample.
+  auto meter_of = [](double exact_ns, double sample_ns) {
+    auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
+    for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
+      meter->AddExact(1e6, exact_ns * 1e-3);
+      meter->AddSampled(1e6, 1e6, sample_ns * 1e-3);
+    }
+    return meter;
+  };
+  const AdaptiveSoftmax dear(head.model, {.sample_cost = 8}, meter_of(1, 1000));
+  const AdaptiveSoftmax cheap(head.model, {.sample_cost = 8}, meter_of(1000, 1));
+  EXPECT_EQ(dear.SampleCost(), SampleCostMeter::kMaxCost);
+  EXPECT_EQ(cheap.SampleCost(), SampleCostMeter::kMinCost);
+  for (size_t q = 0; q < 5; ++q) {
+    const Query query{head.query(q), {.seed = 7 + q}};
+    EXPECT_TRUE(dear.Answer(query)->exact) << q;
+    EXPECT_FALSE(cheap.Answer(query)->exact) << q;
+  }
+  // Without a fallback the meter is not consulted.
+  const AdaptiveSoftmax off(head.model, {.sample_cost = 0}, meter_of(1, 1000));
+  EXPECT_EQ(off.SampleCost(), 0);
+
+  // Run reports its sampled and its exact work: dense queries skip sampling (see
+  // EvenlySpreadQueriesSkipSamplingAndGetTheExactAnswer), heavy-tailed ones sample.
+  const SynthOptions options{.n = 4000, .d = 256, .queries = 8, .seed = 3};
+  const testing::ModelAndQueries dense = testing::SynthHead(options);
+  SynthOptions heavy_options = options;
+  heavy_options.heavy_tailed = true;
+  const testing::ModelAndQueries heavy = testing::SynthHead(heavy_options);
+  auto meter = std::make_shared<SampleCostMeter>(4);
+  const AdaptiveSoftmax measured(dense.model, {.sample_cost = 4}, meter);
+  for (size_t q = 0; q < 8; ++q) {
+    const Query dense_query{dense.query(q), {.seed = 9}}, heavy_query{heavy.query(q), {.seed = 9}};
+    EXPECT_TRUE(measured.Answer(dense_query)->exact) << q;
+    EXPECT_EQ(measured.SampleCost(), 4) << q;  // not yet warm
+    measured.Answer(heavy_query).IgnoreError();
+  }
+  EXPECT_NE(meter->Cost(), 4);
+  EXPECT_EQ(measured.SampleCost(), meter->Cost());
+}
+
 TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),

@@ -151,7 +151,7 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_queue_duration_seconds_bucket", "adasoftmax_batch_size_bucket",
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
         "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
-        "process_resident_memory_bytes", "process_start_time_seconds"}) {
+        "adasoftmax_sample_cost", "process_resident_memory_bytes", "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
@@ -289,6 +289,10 @@ TEST_F(ServerE2eTest, ExpensiveSamplingIsAnsweredExactlyAndCounted) {
       kQueries);
   // Exact answers are not audited, even at audit_fraction 1.
   EXPECT_EQ(*FindSample(samples, "adasoftmax_audit_queries_total", {{"model", "fallback"}}), 0);
+  // The meter has seen no sampling on "fallback", so it keeps the configured cost; "small" has
+  // the fallback off.
+  EXPECT_EQ(*FindSample(samples, "adasoftmax_sample_cost", {{"model", "fallback"}}), 1e9);
+  EXPECT_EQ(*FindSample(samples, "adasoftmax_sample_cost", {{"model", "small"}}), 0);
 }
 
 TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {

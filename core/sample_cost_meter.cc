@@ -1,0 +1,40 @@
+#include "core/sample_cost_meter.h"
+
+#include <algorithm>
+
+namespace adasoftmax {
+namespace {
+
+// sum <- (1 - kWeight) sum + kWeight value
+void Decay(double& sum, double value) {
+  sum = (1 - SampleCostMeter::kWeight) * sum + SampleCostMeter::kWeight * value;
+}
+
+}  // namespace
+
+void SampleCostMeter::AddExact(double entries, double seconds) {
+  if (!(entries > 0 && seconds > 0)) return;
+  absl::MutexLock lock(&mu_);
+  Decay(exact_seconds_, seconds);
+  Decay(exact_entries_, entries);
+  ++exact_observations_;
+}
+
+void SampleCostMeter::AddSampled(double samples, double predicted, double seconds) {
+  if (!(samples > 0 && predicted > 0 && seconds > 0)) return;
+  absl::MutexLock lock(&mu_);
+  Decay(sampled_.seconds, seconds);
+  Decay(sampled_.samples, samples);
+  Decay(sampled_.predicted, predicted);
+  ++sampled_observations_;
+}
+
+double SampleCostMeter::Ratio(double Sampled::*units) const {
+  absl::MutexLock lock(&mu_);
+  if (exact_observations_ < kWarmup || sampled_observations_ < kWarmup) return initial_cost_;
+  const double cost =
+      (sampled_.seconds / (sampled_.*units)) / (exact_seconds_ / exact_entries_);
+  return std::clamp(cost, kMinCost, kMaxCost);
+}
+
+}  // namespace adasoftmax
