@@ -608,7 +608,8 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
-    if (plan.skips[q]) {
+    const bool probe = plan.skips[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
+    if (plan.skips[q] && !probe) {
       exact.push_back(q);
     } else {
       sampled.push_back(q);

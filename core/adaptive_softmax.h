@@ -1,6 +1,8 @@
 #ifndef ADASOFTMAX_CORE_ADAPTIVE_SOFTMAX_H_
 #define ADASOFTMAX_CORE_ADAPTIVE_SOFTMAX_H_
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -75,8 +77,12 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // together by SGEMV/SGEMM. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
+  static constexpr uint64_t kProbeEvery = 100;
+
   // With a meter (and options.sample_cost > 0), the exact fallback prices a sample at
-  // meter->Cost() instead of options.sample_cost, and Run reports its timings to the meter.
+  // meter->Cost() instead of options.sample_cost, and Run reports its timings to the meter. So
+  // that the meter keeps seeing the sampler, Run then samples one in kProbeEvery of the queries
+  // SkipsSampling sends to the exact path (each still ends exact or within the guarantee).
   // REQUIRES: ValidateAdaptiveOptions(options).ok().
   explicit AdaptiveSoftmax(std::shared_ptr<const Model> model, AdaptiveOptions options = {},
                            std::shared_ptr<SampleCostMeter> meter = nullptr)
@@ -110,6 +116,7 @@ class AdaptiveSoftmax : public TopKSoftmax {
   std::shared_ptr<const Model> model_;
   AdaptiveOptions options_;
   std::shared_ptr<SampleCostMeter> meter_;
+  mutable std::atomic<uint64_t> skipped_{0};  // queries skipped with a meter, for the probes
 };
 
 }  // namespace adasoftmax

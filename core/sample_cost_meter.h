@@ -34,6 +34,11 @@ class SampleCostMeter {
   double Cost() const { return Ratio(&Sampled::samples); }
   // Per entry predicted before sampling: prices a prediction, whatever its bias.
   double CostOfPredicted() const { return Ratio(&Sampled::predicted); }
+  // Observations of the sampler so far.
+  int SampledObservations() const {
+    absl::MutexLock lock(&mu_);
+    return sampled_observations_;
+  }
 
  private:
   struct Sampled {

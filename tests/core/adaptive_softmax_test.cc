@@ -326,6 +326,27 @@ TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
   EXPECT_EQ(measured.SampleCost(), meter->Cost());
 }
 
+TEST(AdaptiveSoftmaxTest, AMeterStillSamplesOneInKProbeEverySkippedQueries) {
+  // Dense queries skip sampling at cost 6 (see EvenlySpreadQueriesSkipSampling...), but not at
+  // the first level, so a probe samples a little, and the meter, still cold, keeps cost 6.
+  const testing::ModelAndQueries dense =
+      testing::SynthHead({.n = 4000, .d = 256, .queries = 8, .seed = 3});
+  auto meter = std::make_shared<SampleCostMeter>(6);
+  const AdaptiveSoftmax adaptive(dense.model, {.sample_cost = 6}, meter);
+  for (size_t q = 0; q < 2 * AdaptiveSoftmax::kProbeEvery; ++q) {
+    const Query query{dense.query(q % dense.queries.rows()), {.seed = 1 + q}};
+    ASSERT_TRUE(adaptive.SkipsSampling({&query, 1})[0]) << q;
+    adaptive.Answer(query).IgnoreError();
+    EXPECT_EQ(meter->SampledObservations(), (q + 1) / AdaptiveSoftmax::kProbeEvery) << q;
+  }
+  // Without a meter there are no probes.
+  const AdaptiveSoftmax fixed(dense.model, {.sample_cost = 6});
+  for (size_t q = 0; q < AdaptiveSoftmax::kProbeEvery; ++q) {
+    const Query query{dense.query(q % dense.queries.rows()), {.seed = 1 + q}};
+    EXPECT_TRUE(fixed.Answer(query)->exact) << q;
+  }
+}
+
 TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),
