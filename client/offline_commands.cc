@@ -252,6 +252,14 @@ double PeakRssBytes() {
   return 1024.0 * usage.ru_maxrss;  // kilobytes on Linux
 }
 
+// The process's resident memory now (0 if /proc is unavailable).
+double ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages = 0, resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
+}
+
 // Nearest-rank percentile (q in (0, 1]) of a non-empty sample.
 double Percentile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
@@ -461,6 +469,7 @@ int Bench(int argc, char** argv) {
                   "skip this many queries first (e.g. a held-out split)");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
+  const double resident_before_load = ResidentBytes();
   absl::StatusOr<Inputs> in = LoadInputs(flags, f);
   if (!in.ok()) return flags.Error(in.status());
   const size_t rows = in->queries.rows();
@@ -514,8 +523,13 @@ int Bench(int argc, char** argv) {
   j["adaptive_read_gb_per_s"] = weight_bytes * (fraction_sum / count) / (adaptive_median * 1e6);
   j["weight_bytes"] = weight_bytes;
   j["model_memory_bytes"] = in->model->memory_bytes();
-  j["peak_rss_bytes"] = PeakRssBytes();
-  j["peak_rss_over_weight_bytes"] = PeakRssBytes() / weight_bytes;
+  const double peak_rss = PeakRssBytes();
+  j["peak_rss_bytes"] = peak_rss;
+  j["peak_rss_over_weight_bytes"] = peak_rss / weight_bytes;
+  // What the model, its queries and the run added: the peak less what the process held before
+  // loading them (libraries, thread buffers: shared by every model a server holds).
+  j["model_peak_rss_bytes"] = peak_rss - resident_before_load;
+  j["model_peak_rss_over_weight_bytes"] = (peak_rss - resident_before_load) / weight_bytes;
   std::printf("%s\n", j.dump(2).c_str());
   return 0;
 }

@@ -2,8 +2,10 @@
 # Reruns the README's tables and its plot:
 #  - Results: what the sampler alone reads and how often it meets the PAC criterion
 #    (--sample-cost 0: no exact fallback), theory and calibrated mode;
-#  - Performance: exact vs adaptive latency on workloads W1-W5, with and without the exact
-#    fallback (default --sample-cost), the bare SGEMV baseline, bandwidth and peak memory;
+#  - Performance: exact vs adaptive latency on workloads W1-W5, without the exact fallback,
+#    with it at the fixed default --sample-cost, and with the cost measured while running
+#    (--measure-sample-cost, as the server does); the bare SGEMV baseline, bandwidth and peak
+#    memory;
 #  - Half precision: W1 and W2 (calibrated, held out) with the weights stored and kept in
 #    bfloat16 and float16;
 #    and deploy/performance.png (latency vs matrix size);
@@ -66,13 +68,15 @@ calibrate heavy768 0.3   # 700 calibration queries, 300 held out
 calibrate heavy4096 0.4  # 300 calibration queries, 200 held out
 calibrate heavy128k 0.4
 
-# bench NAME, then bench flags: the sampler alone, then with the default exact fallback.
+# bench NAME, then bench flags: the sampler alone, then with the exact fallback at the fixed
+# default cost, then at the measured one.
 bench() {
   local name=$1
   shift
   echo "benchmark: $name" >&2
   "$tool" bench "$@" --sample-cost 0 >"$results/$name.sampler.json"
   "$tool" bench "$@" >"$results/$name.fallback.json"
+  "$tool" bench "$@" --measure-sample-cost >"$results/$name.measured.json"
 }
 w() { echo --weights "$work/$1/weights.npy" --queries "$work/$1/queries.npy"; }
 # shellcheck disable=SC2046  # w() prints flags to split
@@ -127,38 +131,43 @@ for name, label in rows:
         label, r["n"], r["d"], r["mode"], r["queries"], 100 * r["pac_success_rate"],
         r["mean_sample_fraction"], r["median_sample_fraction"]))
 
-print("\nPerformance (median / p99 ms; adaptive without and with the exact fallback):\n")
-print("| workload | mode | SGEMV | exact | exact / SGEMV | adaptive, sampler | adaptive, fallback "
-      "| fallbacks | speedup | PAC | SGEMV GB/s | sampler GB/s | peak RSS / weights |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def pac(*runs):  # the worst of the runs with a fallback
+    return 100 * min(r["pac_success_rate"] for r in runs)
+def rss(r):  # the process's peak, and the model's share of it
+    return "%.2f / %.2f" % (r["peak_rss_over_weight_bytes"], r["model_peak_rss_over_weight_bytes"])
+
+print("\nPerformance (median / p99 ms; adaptive without the exact fallback, then with it at the "
+      "fixed cost of a sample and at the measured one):\n")
+print("| workload | mode | SGEMV | exact | exact / SGEMV | adaptive, sampler | adaptive, fixed cost "
+      "| adaptive, measured cost | fallbacks fixed / measured | speedup fixed / measured | PAC "
+      "| SGEMV GB/s | sampler GB/s | peak RSS / weights: process / model |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name, label in rows:
-    s, f = load(name, "sampler"), load(name, "fallback")
-    print("| %s (%d x %d) | %s | %.2f | %.2f / %.2f | %.2f | %.2f / %.2f | %.2f / %.2f | %d/%d "
-          "| %.2fx | %.1f%% | %.1f | %.1f | %.2f |" % (
+    s, f, m = load(name, "sampler"), load(name, "fallback"), load(name, "measured")
+    print("| %s (%d x %d) | %s | %.2f | %.2f / %.2f | %.2f | %.2f / %.2f | %.2f / %.2f "
+          "| %.2f / %.2f | %d / %d of %d | %.2fx / **%.2fx** | %.1f%% | %.1f | %.1f | %s |" % (
         label, s["n"], s["d"], s["mode"], f["sgemv_median_ms"], f["exact_median_ms"],
         f["exact_p99_ms"], f["exact_over_sgemv"], s["adaptive_median_ms"], s["adaptive_p99_ms"],
-        f["adaptive_median_ms"], f["adaptive_p99_ms"], f["exact_fallbacks"], f["queries"],
-        f["speedup"], 100 * f["pac_success_rate"], f["sgemv_read_gb_per_s"],
-        s["adaptive_read_gb_per_s"], f["peak_rss_over_weight_bytes"]))
+        f["adaptive_median_ms"], f["adaptive_p99_ms"], m["adaptive_median_ms"],
+        m["adaptive_p99_ms"], f["exact_fallbacks"], m["exact_fallbacks"], f["queries"],
+        f["speedup"], m["speedup"], pac(f, m), f["sgemv_read_gb_per_s"],
+        s["adaptive_read_gb_per_s"], rss(f)))
 
 print("\nHalf precision (calibrated, held out; weights stored and kept in the dtype):\n")
-print("| workload | dtype | bare GEMV | exact | adaptive, sampler | adaptive, fallback | fallbacks "
-      "| speedup | PAC | GEMV GB/s | peak RSS / weights |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| workload | dtype | bare GEMV | exact | adaptive, sampler | adaptive, fixed cost "
+      "| adaptive, measured cost | fallbacks fixed / measured | speedup fixed / measured | PAC "
+      "| GEMV GB/s | peak RSS / weights: process / model |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name, label, f32 in (("heavy768", "W1", "w1-heavy768-calibrated"),
                          ("heavy4096", "W2", "w2-heavy4096-calibrated")):
-    for suffix in ("f16", "bf16"):
-        s, f = load(f32, "sampler"), load(f32, "fallback")
-        if suffix == "f16":  # the float32 row, for comparison
-            print("| %s | float32 | %.2f | %.2f | %.2f | %.2f | %d/%d | %.2fx | %.1f%% | %.1f | %.2f |" % (
-                label, f["sgemv_median_ms"], f["exact_median_ms"], s["adaptive_median_ms"],
-                f["adaptive_median_ms"], f["exact_fallbacks"], f["queries"], f["speedup"],
-                100 * f["pac_success_rate"], f["sgemv_read_gb_per_s"], f["peak_rss_over_weight_bytes"]))
-        s, f = load("%s-%s" % (name, suffix), "sampler"), load("%s-%s" % (name, suffix), "fallback")
-        print("| %s | %s | %.2f | %.2f | %.2f | %.2f | %d/%d | %.2fx | %.1f%% | %.1f | %.2f |" % (
-            label, f["dtype"], f["sgemv_median_ms"], f["exact_median_ms"], s["adaptive_median_ms"],
-            f["adaptive_median_ms"], f["exact_fallbacks"], f["queries"], f["speedup"],
-            100 * f["pac_success_rate"], f["sgemv_read_gb_per_s"], f["peak_rss_over_weight_bytes"]))
+    for result in (f32, name + "-f16", name + "-bf16"):  # the float32 row for comparison
+        s, f, m = load(result, "sampler"), load(result, "fallback"), load(result, "measured")
+        print("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %d / %d of %d | %.2fx / **%.2fx** "
+              "| %.1f%% | %.1f | %s |" % (
+            label, f["dtype"], f["sgemv_median_ms"], f["exact_median_ms"],
+            s["adaptive_median_ms"], f["adaptive_median_ms"], m["adaptive_median_ms"],
+            f["exact_fallbacks"], m["exact_fallbacks"], f["queries"], f["speedup"], m["speedup"],
+            pac(f, m), f["sgemv_read_gb_per_s"], rss(f)))
 
 for name in ("heavy768", "heavy4096", "heavy128k"):
     with open(os.path.join(work, name, "calibration.json")) as f:
@@ -178,10 +187,10 @@ with open(data, "w") as out:
                   ("w1-heavy768-calibrated", "w2-heavy4096-calibrated",
                    "w3-heavy128k-calibrated")):
         for name in names:
-            s, f = load(name, "sampler"), load(name, "fallback")
+            s, f, m = load(name, "sampler"), load(name, "fallback"), load(name, "measured")
             out.write("%g %g %g %g %g %.2f\n" % (
                 s["n"] * s["d"], f["exact_median_ms"], s["adaptive_median_ms"],
-                f["adaptive_median_ms"], f["sgemv_median_ms"], s["mean_sample_fraction"]))
+                m["adaptive_median_ms"], f["sgemv_median_ms"], s["mean_sample_fraction"]))
         out.write("\n\n")
 script = """
 set terminal pngcairo size 900,560 font ",11"
@@ -198,7 +207,7 @@ plot "%s" index 0 using 1:2 with linespoints lw 2 title "exact (OpenBLAS SGEMV +
      "" index 0 using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,1 notitle, \\
      "" index 1 using 1:3 with linespoints lw 2 title "adaptive calibrated, sampler alone", \\
      "" index 1 using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,-1 notitle, \\
-     "" index 0 using 1:4 with linespoints lw 2 title "adaptive theory with exact fallback"
+     "" index 0 using 1:4 with linespoints lw 2 title "adaptive theory with exact fallback, measured cost"
 """ % (png, data)
 subprocess.run(["gnuplot"], input=script.encode(), check=True)
 print("\nPlot: %s" % png)

@@ -249,6 +249,9 @@ TEST_F(CliTest, BenchPrintsJson) {
   EXPECT_GT(j["sample_cost"].get<double>(), 0);  // the exact fallback is on by default
   EXPECT_EQ(j["weight_bytes"], 600 * 32 * 4);
   EXPECT_GT(j["peak_rss_over_weight_bytes"].get<double>(), 1.0);
+  // The model's share excludes what the process held before loading it.
+  EXPECT_GT(j["model_peak_rss_bytes"].get<double>(), 0);
+  EXPECT_LT(j["model_peak_rss_bytes"].get<double>(), j["peak_rss_bytes"].get<double>());
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--queries-offset", "120"}))), 1,
                      "--queries-offset");
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--sample-cost", "-1"}))), 2,
