@@ -397,6 +397,7 @@ struct BenchStats {
   // Per sampled (not exact) adaptive answer: its time over the exact answer's, per fraction of
   // A read; x ElementBytes / 4, the wall-clock cost of a sample in float32 entries streamed.
   std::vector<double> sample_costs;
+  double bytes_touched = 0;  // by the adaptive answers, summed
   size_t pac_failures = 0;
   size_t exact_answers = 0;  // adaptive answers that fell back to (or ended as) exact ones
 };
@@ -440,6 +441,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
     s.exact_us.push_back(exact_us);
     s.adaptive_us.push_back(adaptive_us);
     s.fractions.push_back(a.sample_fraction);
+    s.bytes_touched += static_cast<double>(a.bytes_touched);
     s.exact_answers += a.exact;
     if (!a.exact && a.sample_fraction > 0) {
       s.sample_costs.push_back(adaptive_us / exact_us / a.sample_fraction *
@@ -516,11 +518,14 @@ int Bench(int argc, char** argv) {
   const double bare_median = Median(s.bare_us) / 1000;
   j["sgemv_median_ms"] = bare_median;
   j["exact_over_sgemv"] = exact_median / bare_median;
-  // Bandwidth: weight bytes streamed by SGEMV, and bytes of A the adaptive path read.
+  // Bandwidth: weight bytes streamed by SGEMV; the bytes of the entries the adaptive path
+  // sampled, and the bytes its kernels touched to read them (TopKResult::bytes_touched).
   const double weight_bytes =
       static_cast<double>(ElementBytes(in->model->dtype())) * in->model->n() * in->model->d();
   j["sgemv_read_gb_per_s"] = weight_bytes / (bare_median * 1e6);
   j["adaptive_read_gb_per_s"] = weight_bytes * (fraction_sum / count) / (adaptive_median * 1e6);
+  j["mean_bytes_touched"] = s.bytes_touched / count;
+  j["adaptive_touched_gb_per_s"] = s.bytes_touched / count / (adaptive_median * 1e6);
   j["weight_bytes"] = weight_bytes;
   j["model_memory_bytes"] = in->model->memory_bytes();
   const double peak_rss = PeakRssBytes();

@@ -31,6 +31,7 @@ static_assert(kBins == PanelOrder::kBins);
 // is then exact and done). Measured on calibrated W1 and W2, interleaved A/B runs.
 constexpr double kGatherCost = 64;
 constexpr double kRowCost = 2;
+constexpr uint64_t kCacheLineBytes = 64;  // what a gathered entry reads
 // The search computes this many arms beyond the k best warm-up estimates exactly before it
 // starts: the better the k-th best of them, the sooner every other arm is eliminated. 32 rows
 // are under 0.1% of the entries of a 50257-row head.
@@ -109,11 +110,12 @@ struct QueryState {
   std::vector<float> lower;    // scratch of SetNormalizerTargets
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
-  uint64_t samples = 0;   // updated through AddSamples while chunks run in parallel
+  uint64_t samples = 0;        // updated through Add while chunks run in parallel
+  uint64_t bytes_touched = 0;  // the same; see TopKResult::bytes_touched
   std::vector<uint32_t> winners;
 
-  void AddSamples(uint64_t entries) {
-    std::atomic_ref<uint64_t>(samples).fetch_add(entries, std::memory_order_relaxed);
+  static void Add(uint64_t& counter, uint64_t value) {
+    std::atomic_ref<uint64_t>(counter).fetch_add(value, std::memory_order_relaxed);
   }
 };
 
@@ -222,6 +224,7 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.stopped = false;
   s.fallback = false;
   s.samples = 0;
+  s.bytes_touched = 0;
   s.entries_prefix.resize(order_.levels());
   s.ordered_x.assign(order_.size() * kLanes, 0.0f);
   uint64_t entries = 0;
@@ -307,7 +310,10 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
       const double gather = block * kGatherCost, whole_row = d_ * kRowCost;
       const bool sweep = width * block <= count * std::min(gather, whole_row);
       if (sweep || gather < whole_row) {  // whole rows are counted by ComputeExact
-        s.AddSamples(count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
+        QueryState::Add(s.samples, count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
+        const uint64_t entries = static_cast<uint64_t>(block) * (sweep ? width : count);
+        QueryState::Add(s.bytes_touched,
+                        entries * (sweep ? ElementBytes(model_.dtype()) : kCacheLineBytes));
       }
       if (sweep) {
         PullDense(s, level, chunk_begin, chunk_end, scratch);
@@ -423,7 +429,8 @@ bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted
 
 void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
   const double dot = RowDot(model_.dtype(), model_.row(i), s.query->x.data(), d_);
-  s.AddSamples(d_ - s.entries_prefix[s.level[i]]);
+  QueryState::Add(s.samples, d_ - s.entries_prefix[s.level[i]]);
+  QueryState::Add(s.bytes_touched, d_ * ElementBytes(model_.dtype()));
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;
   s.estimate[i] = static_cast<float>(s.exact_logit[i]);
@@ -455,6 +462,7 @@ TopKResult BatchSampler::Finish(QueryState& s) {
   if (s.stopped || s.fallback) {
     TopKResult stopped;
     stopped.samples = s.samples;
+    stopped.bytes_touched = s.bytes_touched;
     stopped.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
     return stopped;
   }
@@ -468,6 +476,7 @@ TopKResult BatchSampler::Finish(QueryState& s) {
     result.probabilities.push_back(std::exp(s.exact_logit[i] - result.log_partition));
   }
   result.samples = s.samples;
+  result.bytes_touched = s.bytes_touched;
   result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
   result.exact = s.samples >= static_cast<uint64_t>(n_) * d_;
   return result;
@@ -654,7 +663,10 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
       meter_->AddExact(ExactBatchCost(*model_, exact_queries.size()),
                        absl::ToDoubleSeconds(absl::Now() - start));
     }
-    for (size_t r = 0; r < answers.size(); ++r) results[exact[r]] = std::move(answers[r]);
+    for (size_t r = 0; r < answers.size(); ++r) {
+      answers[r].bytes_touched += results[exact[r]].bytes_touched;  // what sampling touched first
+      results[exact[r]] = std::move(answers[r]);
+    }
   }
   return results;
 }

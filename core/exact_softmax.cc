@@ -153,6 +153,7 @@ std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const
                     queries[q].options.temperature, queries[q].options.k);
     r.samples = static_cast<uint64_t>(n) * m.d();
     r.sample_fraction = 1.0;
+    r.bytes_touched = r.samples * ElementBytes(m.dtype());
   };
   // A batch's fused passes in parallel, unless they take less than waking the workers.
   if (batch > 1 && n * batch >= kParallelMinEntries / 16) {

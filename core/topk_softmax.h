@@ -43,6 +43,10 @@ struct TopKResult {
   double log_partition = 0;           // log Z, estimated by the adaptive path
   uint64_t samples = 0;               // entries of A read for this query, each counted once
   double sample_fraction = 0;         // samples / (n * d)
+  // Bytes of A the kernels read for this query, wasted ones included: the sampler's column
+  // sweeps read every arm of a chunk, wanted or not, and a gathered entry costs a 64-byte cache
+  // line. Reads a batch shares count in full for each query that used them.
+  uint64_t bytes_touched = 0;
   bool exact = false;                 // true when every logit was computed exactly
 };
 

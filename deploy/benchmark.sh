@@ -138,20 +138,21 @@ def rss(r):  # the process's peak, and the model's share of it
 
 print("\nPerformance (median / p99 ms; adaptive without the exact fallback, then with it at the "
       "fixed cost of a sample and at the measured one):\n")
-print("| workload | mode | SGEMV | exact | exact / SGEMV | adaptive, sampler | adaptive, fixed cost "
-      "| adaptive, measured cost | fallbacks fixed / measured | speedup fixed / measured | PAC "
-      "| SGEMV GB/s | sampler GB/s | peak RSS / weights: process / model |")
+print("| workload | mode | SGEMV | exact | exact / SGEMV | adaptive, sampler "
+      "| adaptive, fixed cost | adaptive, measured cost | fallbacks fixed / measured | speedup fixed / measured | PAC "
+      "| SGEMV GB/s | sampler GB/s: sampled / touched | peak RSS / weights: process / model |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name, label in rows:
     s, f, m = load(name, "sampler"), load(name, "fallback"), load(name, "measured")
     print("| %s (%d x %d) | %s | %.2f | %.2f / %.2f | %.2f | %.2f / %.2f | %.2f / %.2f "
-          "| %.2f / %.2f | %d / %d of %d | %.2fx / **%.2fx** | %.1f%% | %.1f | %.1f | %s |" % (
+          "| %.2f / %.2f | %d / %d of %d | %.2fx / **%.2fx** | %.1f%% | %.1f | %.1f / %.1f "
+          "| %s |" % (
         label, s["n"], s["d"], s["mode"], f["sgemv_median_ms"], f["exact_median_ms"],
         f["exact_p99_ms"], f["exact_over_sgemv"], s["adaptive_median_ms"], s["adaptive_p99_ms"],
         f["adaptive_median_ms"], f["adaptive_p99_ms"], m["adaptive_median_ms"],
         m["adaptive_p99_ms"], f["exact_fallbacks"], m["exact_fallbacks"], f["queries"],
         f["speedup"], m["speedup"], pac(f, m), f["sgemv_read_gb_per_s"],
-        s["adaptive_read_gb_per_s"], rss(f)))
+        s["adaptive_read_gb_per_s"], s["adaptive_touched_gb_per_s"], rss(f)))
 
 print("\nHalf precision (calibrated, held out; weights stored and kept in the dtype):\n")
 print("| workload | dtype | bare GEMV | exact | adaptive, sampler | adaptive, fixed cost "
@@ -207,7 +208,8 @@ plot "%s" index 0 using 1:2 with linespoints lw 2 title "exact (OpenBLAS SGEMV +
      "" index 0 using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,1 notitle, \\
      "" index 1 using 1:3 with linespoints lw 2 title "adaptive calibrated, sampler alone", \\
      "" index 1 using 1:3:(sprintf("%%.2f", $6)) with labels offset 0,-1 notitle, \\
-     "" index 0 using 1:4 with linespoints lw 2 title "adaptive theory with exact fallback, measured cost"
+     "" index 0 using 1:4 with linespoints lw 2 \\
+       title "adaptive theory with exact fallback, measured cost"
 """ % (png, data)
 subprocess.run(["gnuplot"], input=script.encode(), check=True)
 print("\nPlot: %s" % png)

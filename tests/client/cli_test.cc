@@ -248,6 +248,11 @@ TEST_F(CliTest, BenchPrintsJson) {
   EXPECT_LE(rate, 1.0);
   EXPECT_GT(j["sample_cost"].get<double>(), 0);  // the exact fallback is on by default
   EXPECT_EQ(j["weight_bytes"], 600 * 32 * 4);
+  // The kernels touch at least the bytes of the entries sampled.
+  EXPECT_GE(j["mean_bytes_touched"].get<double>(),
+            j["mean_sample_fraction"].get<double>() * 600 * 32 * 4);
+  EXPECT_GE(j["adaptive_touched_gb_per_s"].get<double>(),
+            j["adaptive_read_gb_per_s"].get<double>());
   EXPECT_GT(j["peak_rss_over_weight_bytes"].get<double>(), 1.0);
   // The model's share excludes what the process held before loading it.
   EXPECT_GT(j["model_peak_rss_bytes"].get<double>(), 0);

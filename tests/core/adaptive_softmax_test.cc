@@ -26,6 +26,7 @@ bool SameBits(const TopKResult& a, const TopKResult& b) {
   };
   return a.indices == b.indices && same(a.probabilities, b.probabilities) &&
          same(a.logits, b.logits) && a.samples == b.samples &&
+         a.bytes_touched == b.bytes_touched &&
          std::memcmp(&a.log_partition, &b.log_partition, 8) == 0;
 }
 
@@ -57,6 +58,8 @@ TEST(AdaptiveSoftmaxTest, ReadsLessThanTheMatrixAndCountsExactWinnerRows) {
     EXPECT_GE(r.samples, 3 * m.d());  // the winners' rows at least
     EXPECT_LT(r.sample_fraction, 1.0);
     EXPECT_DOUBLE_EQ(r.sample_fraction, double(r.samples) / (m.n() * m.d()));
+    // Every sample is touched, and sweeps also touch arms that no longer need the columns.
+    EXPECT_GT(r.bytes_touched, r.samples * sizeof(float));
     const ReferenceAnswer ref = ComputeReference(m, head.query(q), 1.0);
     for (size_t i = 0; i < 3; ++i) {
       EXPECT_NEAR(r.logits[i], ref.logits[r.indices[i]], 1e-9);  // winners are exact
@@ -182,6 +185,7 @@ TEST(AdaptiveSoftmaxTest, ExpensiveSamplingFallsBackToTheExactAnswer) {
     const TopKResult& want = want_all[q];
     EXPECT_TRUE(results[q].exact);
     EXPECT_EQ(results[q].samples, m.n() * m.d());
+    EXPECT_EQ(results[q].bytes_touched, m.n() * m.d() * sizeof(float));  // nothing sampled first
     EXPECT_EQ(results[q].indices, want.indices);
     EXPECT_EQ(results[q].logits, want.logits);
     EXPECT_EQ(results[q].log_partition, want.log_partition);
@@ -203,7 +207,9 @@ TEST(AdaptiveSoftmaxTest, CheapSamplingNeverFallsBack) {
 
 TEST(AdaptiveSoftmaxTest, CostlierSamplingFallsBackMoreOftenAndStaysCorrect) {
   testing::ModelAndQueries head = HeavyHead();
+  const uint64_t pass_bytes = head.model->n() * head.model->d() * sizeof(float);
   int previous = -1;
+  int sampled_first = 0;  // fallbacks that sampled before they fell back
   for (double cost : {1.0, 4.0, 16.0, 64.0, 1e9}) {
     const AdaptiveSoftmax adaptive(head.model, {.sample_cost = cost});
     int fallbacks = 0;
@@ -211,12 +217,17 @@ TEST(AdaptiveSoftmaxTest, CostlierSamplingFallsBackMoreOftenAndStaysCorrect) {
       const Query query{head.query(q), {.seed = 100 + q}};
       const TopKResult r = *adaptive.Answer(query);
       fallbacks += r.exact;
+      if (r.exact) {
+        EXPECT_GE(r.bytes_touched, pass_bytes);
+        sampled_first += r.bytes_touched > pass_bytes;
+      }
       EXPECT_TRUE(MeetsPac(r, ComputeReference(*head.model, query.x, 1.0), 1, 0.3)) << q;
     }
     EXPECT_GE(fallbacks, previous) << cost;
     previous = fallbacks;
   }
   EXPECT_EQ(previous, static_cast<int>(head.queries.rows()));
+  EXPECT_GT(sampled_first, 0);  // their sampling counts too
 }
 
 bool SkipsAlone(const AdaptiveSoftmax& adaptive, const Query& query) {

@@ -51,6 +51,9 @@ TEST_P(ExactSoftmaxTest, BatchAnswersEqualSingleAnswers) {
     const TopKResult alone = exact.Run({&batch[q], 1})[0];
     EXPECT_EQ(together[q].indices, alone.indices);
     EXPECT_NEAR(together[q].log_partition, alone.log_partition, 1e-4);
+    // Each answer read the whole matrix, in its dtype.
+    const Model& m = *head.model;
+    EXPECT_EQ(together[q].bytes_touched, m.n() * m.d() * ElementBytes(GetParam()));
   }
 }
 
