@@ -149,8 +149,7 @@ class BatchSampler {
     std::vector<uint8_t> want;  // [job * kChunk + r]
     std::vector<uint8_t> mask = std::vector<uint8_t>(kChunk);
     std::vector<uint32_t> arms;
-    std::vector<float> partial = std::vector<float>(kChunk);
-    std::vector<float> partial_sq = std::vector<float>(kChunk);
+    std::vector<float> sweep = std::vector<float>(2 * kChunk);  // SweepColumns' scratch
     std::vector<const void*> columns;
   };
   // Runs the jobs on every chunk of arms, chunks in parallel.
@@ -352,26 +351,21 @@ void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, ui
   }
 }
 
-// Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, and adds
-// the run's partial sums to the masked arms.
+// Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, into the
+// masked arms' sums of the run's bin.
 void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
                              Scratch& scratch) {
   const uint32_t width = chunk_end - chunk_begin;
   const uint8_t* mask = scratch.mask.data();
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
-  float* partial = scratch.partial.data();
-  float* partial_sq = scratch.partial_sq.data();
   std::vector<const void*>& columns = scratch.columns;
   for (const PanelOrder::Run& run : order_.runs(level)) {
-    std::fill(partial, partial + width, 0.0f);
-    std::fill(partial_sq, partial_sq + width, 0.0f);
     columns.clear();
     for (size_t t = run.begin; t < run.end; ++t)
       columns.push_back(model_.panel(order_.panel(t), chunk_begin));
     SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width,
-                 partial, partial_sq);
-    AddToSums(mask, partial, partial_sq, run.bin, run.bin >= order_.bins_in_prefix(level), width,
-              sums);
+                 mask, run.bin >= order_.bins_in_prefix(level), &sums[run.bin * kChunk],
+                 &sums[(kBins + run.bin) * kChunk], scratch.sweep.data());
   }
   Advance(mask, sums, Weights(s, level + 1), ChunkBias(chunk_begin), width, &s.level[chunk_begin],
           &s.estimate[chunk_begin], &s.variance[chunk_begin]);

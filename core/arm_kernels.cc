@@ -1,7 +1,5 @@
 #include "core/arm_kernels.h"
 
-#include <bit>
-
 #include "core/target_clones.h"
 
 // Loops are written for GCC's vectoriser: masks are applied with bitwise selects rather than
@@ -10,13 +8,6 @@
 
 namespace adasoftmax {
 namespace {
-
-// m ? a : b for m = 0 or ~0, without a branch or a conditional store.
-inline float Select(uint32_t m, float a, float b) {
-  return std::bit_cast<float>((std::bit_cast<uint32_t>(a) & m) |
-                              (std::bit_cast<uint32_t>(b) & ~m));
-}
-inline uint32_t AllOnes(uint8_t flag) { return -static_cast<uint32_t>(flag); }
 
 // The lowest level among arms with want[r] set, kExactLevel when none is.
 inline uint8_t LowestWanted(const uint8_t* __restrict want, const uint8_t* __restrict level,
@@ -64,27 +55,6 @@ size_t SelectLevel(const uint8_t* __restrict want, const uint8_t* __restrict lev
     count += selected;
   }
   return count;
-}
-
-ADASOFTMAX_KERNEL
-void AddToSums(const uint8_t* __restrict mask, const float* __restrict partial,
-               const float* __restrict partial_sq, int bin, bool first, size_t width,
-               float* __restrict sums) {
-  float* __restrict sum = sums + bin * kChunk;
-  float* __restrict sum_sq = sums + (kBins + bin) * kChunk;
-  if (first) {
-    for (size_t r = 0; r < width; ++r) {
-      const uint32_t m = AllOnes(mask[r]);
-      sum[r] = Select(m, partial[r], sum[r]);
-      sum_sq[r] = Select(m, partial_sq[r], sum_sq[r]);
-    }
-    return;
-  }
-  for (size_t r = 0; r < width; ++r) {
-    const uint32_t m = AllOnes(mask[r]);
-    sum[r] += Select(m, partial[r], 0.0f);
-    sum_sq[r] += Select(m, partial_sq[r], 0.0f);
-  }
 }
 
 // EstimateArm for the masked arms, bin by bin, accumulated in place (unmasked arms' sums may

@@ -71,11 +71,6 @@ uint8_t UpdateWants(const Demand& demand, const uint8_t* level, const float* est
 size_t SelectLevel(const uint8_t* want, const uint8_t* level, uint8_t at, size_t width,
                    uint8_t* mask);
 
-// The masked arms' sums of `bin` grow by partial[r] and partial_sq[r], or, when `first` (the
-// bin's first panels), are set to them.
-void AddToSums(const uint8_t* mask, const float* partial, const float* partial_sq, int bin,
-               bool first, size_t width, float* sums);
-
 // For each masked arm: level[r] += 1 (weights are those of the new level) and the arm's
 // estimate and variance are recomputed from its sums. bias (relative to the chunk) may be null.
 void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,

@@ -10,31 +10,88 @@ namespace {
 // The kernels' bodies for one element type, inlined into the per-dtype clones below (GCC
 // cannot clone templates by target).
 
-template <typename T>
-[[gnu::always_inline]] inline void SweepColumnsOf(const void* const* columns_in, const float* x,
-                                                  size_t count, size_t arms, float* partial,
-                                                  float* partial_sq) {
-  static_assert(kLanes == 1, "a panel is one column");
-  const T* const* columns = reinterpret_cast<const T* const*>(columns_in);
-  size_t c = 0;
-  // Four columns per pass: four read streams, and a quarter of the partial-sum traffic.
-  for (; c + 4 <= count; c += 4) {
-    const T *a0 = columns[c], *a1 = columns[c + 1], *a2 = columns[c + 2], *a3 = columns[c + 3];
-    const float x0 = x[c], x1 = x[c + 1], x2 = x[c + 2], x3 = x[c + 3];
-    for (size_t r = 0; r < arms; ++r) {
-      const float v0 = Widen(a0[r]) * x0, v1 = Widen(a1[r]) * x1, v2 = Widen(a2[r]) * x2,
-                  v3 = Widen(a3[r]) * x3;
-      partial[r] += (v0 + v1) + (v2 + v3);
-      partial_sq[r] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+// One pass of a sweep over the arms, adding kColumns columns to p and p_sq (from scratch, or 0
+// on the first pass), then storing them in scratch or, on the last pass, adding them to the
+// masked arms' sums. Four columns per pass: four read streams, and a quarter of the scratch
+// traffic; the last pass takes the one to four left, so a small bin is a single pass.
+template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
+[[gnu::always_inline]] inline void SweepPass(const T* const* a, const float* x, size_t arms,
+                                             const uint8_t* __restrict mask, bool first,
+                                             float* __restrict sum, float* __restrict sum_sq,
+                                             float* __restrict partial,
+                                             float* __restrict partial_sq) {
+  const T* column[kColumns];  // in registers: the outputs cannot move them
+  float xc[kColumns];
+  for (size_t c = 0; c < kColumns; ++c) {
+    column[c] = a[c];
+    xc[c] = x[c];
+  }
+  for (size_t r = 0; r < arms; ++r) {
+    float p = kFirstPass ? 0.0f : partial[r], p_sq = kFirstPass ? 0.0f : partial_sq[r];
+    if constexpr (kColumns == 4) {
+      const float v0 = Widen(column[0][r]) * xc[0], v1 = Widen(column[1][r]) * xc[1],
+                  v2 = Widen(column[2][r]) * xc[2], v3 = Widen(column[3][r]) * xc[3];
+      p += (v0 + v1) + (v2 + v3);
+      p_sq += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
+    } else {
+      for (size_t c = 0; c < kColumns; ++c) {
+        const float v = Widen(column[c][r]) * xc[c];
+        p += v;
+        p_sq += v * v;
+      }
+    }
+    if constexpr (kLastPass) {
+      const uint32_t m = AllOnes(mask[r]), keep = AllOnes(!first);
+      sum[r] = Select(m, Select(keep, sum[r], 0.0f) + p, sum[r]);
+      sum_sq[r] = Select(m, Select(keep, sum_sq[r], 0.0f) + p_sq, sum_sq[r]);
+    } else {
+      partial[r] = p;
+      partial_sq[r] = p_sq;
     }
   }
-  for (; c < count; ++c) {
-    const T* a = columns[c];
-    for (size_t r = 0; r < arms; ++r) {
-      const float v = Widen(a[r]) * x[c];
-      partial[r] += v;
-      partial_sq[r] += v * v;
+}
+
+template <size_t kColumns, bool kFirstPass, typename T>
+[[gnu::always_inline]] inline void LastSweepPass(const T* const* a, const float* x, size_t arms,
+                                                 const uint8_t* mask, bool first, float* sum,
+                                                 float* sum_sq, float* scratch) {
+  SweepPass<kColumns, kFirstPass, true>(a, x, arms, mask, first, sum, sum_sq, scratch,
+                                        scratch + arms);
+}
+
+template <typename T>
+[[gnu::always_inline]] inline void SweepColumnsOf(const void* const* columns_in, const float* x,
+                                                  size_t count, size_t arms, const uint8_t* mask,
+                                                  bool first, float* sum, float* sum_sq,
+                                                  float* scratch) {
+  static_assert(kLanes == 1, "a panel is one column");
+  const T* const* a = reinterpret_cast<const T* const*>(columns_in);
+  float *partial = scratch, *partial_sq = scratch + arms;
+  const size_t passes = (count + 3) / 4;
+  for (size_t k = 0; k + 1 < passes; ++k) {
+    if (k == 0) {
+      SweepPass<4, true, false>(a, x, arms, mask, first, sum, sum_sq, partial, partial_sq);
+    } else {
+      SweepPass<4, false, false>(a + 4 * k, x + 4 * k, arms, mask, first, sum, sum_sq, partial,
+                                 partial_sq);
     }
+  }
+  a += 4 * (passes - 1);
+  x += 4 * (passes - 1);
+  const bool alone = passes == 1;
+  switch (count - 4 * (passes - 1)) {
+    case 1:
+      return alone ? LastSweepPass<1, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
+                   : LastSweepPass<1, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
+    case 2:
+      return alone ? LastSweepPass<2, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
+                   : LastSweepPass<2, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
+    case 3:
+      return alone ? LastSweepPass<3, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
+                   : LastSweepPass<3, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
+    default:
+      return alone ? LastSweepPass<4, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
+                   : LastSweepPass<4, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
   }
 }
 
@@ -66,16 +123,19 @@ template <typename T>
 }
 
 ADASOFTMAX_KERNEL void SweepColumnsF32(const void* const* columns, const float* x, size_t count,
-                                       size_t arms, float* partial, float* partial_sq) {
-  SweepColumnsOf<float>(columns, x, count, arms, partial, partial_sq);
+                                       size_t arms, const uint8_t* mask, bool first, float* sum,
+                                       float* sum_sq, float* scratch) {
+  SweepColumnsOf<float>(columns, x, count, arms, mask, first, sum, sum_sq, scratch);
 }
 ADASOFTMAX_KERNEL void SweepColumnsF16(const void* const* columns, const float* x, size_t count,
-                                       size_t arms, float* partial, float* partial_sq) {
-  SweepColumnsOf<Float16>(columns, x, count, arms, partial, partial_sq);
+                                       size_t arms, const uint8_t* mask, bool first, float* sum,
+                                       float* sum_sq, float* scratch) {
+  SweepColumnsOf<Float16>(columns, x, count, arms, mask, first, sum, sum_sq, scratch);
 }
 ADASOFTMAX_KERNEL void SweepColumnsBF16(const void* const* columns, const float* x, size_t count,
-                                        size_t arms, float* partial, float* partial_sq) {
-  SweepColumnsOf<BFloat16>(columns, x, count, arms, partial, partial_sq);
+                                        size_t arms, const uint8_t* mask, bool first, float* sum,
+                                        float* sum_sq, float* scratch) {
+  SweepColumnsOf<BFloat16>(columns, x, count, arms, mask, first, sum, sum_sq, scratch);
 }
 
 ADASOFTMAX_KERNEL double RowDotF32(const void* a, const float* b, size_t count) {
@@ -130,9 +190,10 @@ Fn ForDType(DType dtype, Fn f32, Fn f16, Fn bf16) {
 }  // namespace
 
 void SweepColumns(DType dtype, const void* const* columns, const float* x, size_t count,
-                  size_t arms, float* partial, float* partial_sq) {
-  ForDType(dtype, SweepColumnsF32, SweepColumnsF16, SweepColumnsBF16)(columns, x, count, arms,
-                                                                      partial, partial_sq);
+                  size_t arms, const uint8_t* mask, bool first, float* sum, float* sum_sq,
+                  float* scratch) {
+  ForDType(dtype, SweepColumnsF32, SweepColumnsF16, SweepColumnsBF16)(
+      columns, x, count, arms, mask, first, sum, sum_sq, scratch);
 }
 
 double RowDot(DType dtype, const void* a, const float* b, size_t count) {

@@ -14,11 +14,14 @@ namespace adasoftmax {
 
 inline constexpr size_t kLanes = 1;  // == Model::kPanelWidth
 
-// For r in [0, arms): v_c = columns[c][r] * x[c] for c in [0, count); partial[r] += sum_c v_c;
-// partial_sq[r] += sum_c v_c^2. Each column pointer addresses consecutive arms' entries of one
-// single-column panel, in `dtype`.
+// Adds `count` columns to the running sums of the masked arms: for r in [0, arms), v_c =
+// columns[c][r] * x[c] for c in [0, count); where mask[r], sum[r] becomes (first ? 0 : sum[r]) +
+// sum_c v_c and sum_sq[r] likewise with sum_c v_c^2; the other arms' sums are left as they are.
+// Each column pointer addresses consecutive arms' entries of one single-column panel, in
+// `dtype`. scratch holds 2 x arms floats. REQUIRES: count >= 1.
 void SweepColumns(DType dtype, const void* const* columns, const float* x, size_t count,
-                  size_t arms, float* partial, float* partial_sq);
+                  size_t arms, const uint8_t* mask, bool first, float* sum, float* sum_sq,
+                  float* scratch);
 
 // For one arm: sum and sum of squares of v_u = slice_u . x_u over `count` panels, where
 // slice_u = panels + ids[u] * panel_stride + arm_offset and x_u = xs + u * kLanes. Reads the

@@ -26,16 +26,18 @@ std::vector<float> RandomFloats(size_t count, uint64_t seed) {
   return v;
 }
 
-// A dense sweep: consecutive arms' slices of four columns, in cache.
+// A dense sweep: consecutive arms' slices of four columns into every arm's sums, in cache.
 void BM_SweepColumns(benchmark::State& state) {
   const size_t arms = state.range(0);
   const std::vector<float> slices = RandomFloats(4 * arms, 1);
   const std::vector<float> x = RandomFloats(4, 2);
   const void* columns[4] = {&slices[0], &slices[arms], &slices[2 * arms], &slices[3 * arms]};
-  std::vector<float> partial(arms), partial_sq(arms);
+  const std::vector<uint8_t> mask(arms, 1);
+  std::vector<float> sum(arms), sum_sq(arms), scratch(2 * arms);
   for (auto _ : state) {
-    SweepColumns(DType::kFloat32, columns, x.data(), 4, arms, partial.data(), partial_sq.data());
-    benchmark::DoNotOptimize(partial.data());
+    SweepColumns(DType::kFloat32, columns, x.data(), 4, arms, mask.data(), false, sum.data(),
+                 sum_sq.data(), scratch.data());
+    benchmark::DoNotOptimize(sum.data());
   }
   state.SetBytesProcessed(state.iterations() * 4 * arms * sizeof(float));
 }
@@ -63,14 +65,16 @@ void BM_SweepColumnsFromMemory(benchmark::State& state) {
   const size_t n = 50257, d = 768, arms = kChunk, bytes = ElementBytes(dtype);
   const std::vector<std::byte> matrix = RandomMatrix(dtype, n * d, 6);
   const std::vector<float> x = RandomFloats(4, 7);
-  std::vector<float> partial(arms), partial_sq(arms);
+  const std::vector<uint8_t> mask(arms, 1);
+  std::vector<float> sum(arms), sum_sq(arms), scratch(2 * arms);
   std::mt19937_64 rng(8);
   for (auto _ : state) {
     const size_t first = rng() % (n - arms);
     const void* columns[4];
     for (const void*& c : columns) c = &matrix[((rng() % d) * n + first) * bytes];
-    SweepColumns(dtype, columns, x.data(), 4, arms, partial.data(), partial_sq.data());
-    benchmark::DoNotOptimize(partial.data());
+    SweepColumns(dtype, columns, x.data(), 4, arms, mask.data(), false, sum.data(), sum_sq.data(),
+                 scratch.data());
+    benchmark::DoNotOptimize(sum.data());
   }
   state.SetBytesProcessed(state.iterations() * 4 * arms * bytes);
 }
@@ -110,11 +114,10 @@ void BM_GatherArm(benchmark::State& state) {
 }
 BENCHMARK(BM_GatherArm);
 
-// One level step of a chunk's bookkeeping with half its arms pulled: select them, add one
-// bin's partial sums, recompute their estimates and test what each arm still needs.
+// One level step of a chunk's bookkeeping with half its arms pulled: select them, recompute
+// their estimates and test what each arm still needs.
 void BM_ChunkBookkeeping(benchmark::State& state) {
   const std::vector<float> sums = RandomFloats(2 * kBins * kChunk, 9);
-  const std::vector<float> partial = RandomFloats(kChunk, 10);
   const std::vector<float> weights = RandomFloats(2 * kBins, 11);
   std::vector<float> work = sums, estimate(kChunk), variance(kChunk, 1.0f);
   std::vector<uint8_t> level(kChunk, 3), want(kChunk), mask(kChunk);
@@ -123,7 +126,6 @@ void BM_ChunkBookkeeping(benchmark::State& state) {
   for (auto _ : state) {
     std::fill(level.begin(), level.end(), 3);
     benchmark::DoNotOptimize(SelectLevel(want.data(), level.data(), 3, kChunk, mask.data()));
-    AddToSums(mask.data(), partial.data(), partial.data(), 2, false, kChunk, work.data());
     Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f, kBins}, nullptr, kChunk,
             level.data(), estimate.data(), variance.data());
     benchmark::DoNotOptimize(UpdateWants(demand, level.data(), estimate.data(), variance.data(),

@@ -85,31 +85,6 @@ TEST(ArmKernelsTest, SelectLevelMasksWantedArmsAtTheLevel) {
   EXPECT_GT(count, 0u);
 }
 
-TEST(ArmKernelsTest, SumsChangeForMaskedArmsOnly) {
-  const Chunk c(4);
-  std::vector<float> partial(Chunk::kWidth), partial_sq(Chunk::kWidth);
-  for (size_t r = 0; r < Chunk::kWidth; ++r) {
-    partial[r] = 0.25f * static_cast<float>(r % 7);
-    partial_sq[r] = partial[r] * partial[r];
-  }
-  for (const bool first : {false, true}) {
-    std::vector<float> sums = c.sums;
-    AddToSums(c.mask.data(), partial.data(), partial_sq.data(), 3, first, Chunk::kWidth,
-              sums.data());
-    for (int row = 0; row < 2 * kBins; ++row) {
-      for (size_t r = 0; r < kChunk; ++r) {
-        const size_t at = row * kChunk + r;
-        float expected = c.sums[at];
-        if (r < Chunk::kWidth && c.mask[r] && (row == 3 || row == kBins + 3)) {
-          const float added = row == 3 ? partial[r] : partial_sq[r];
-          expected = first ? added : expected + added;
-        }
-        ASSERT_EQ(sums[at], expected) << "first " << first << " row " << row << " arm " << r;
-      }
-    }
-  }
-}
-
 TEST(ArmKernelsTest, AdvanceRaisesMaskedArmsAndRecomputesTheirEstimates) {
   const Chunk c(5);
   float inverse_inclusion[kBins], variance_factor[kBins];

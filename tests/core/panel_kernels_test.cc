@@ -35,26 +35,38 @@ Entries RandomEntries(DType dtype, size_t count, uint64_t seed) {
 
 class PanelKernelsTest : public ::testing::TestWithParam<DType> {};
 
-TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresOfEveryColumn) {
+TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresToTheMaskedArms) {
   const DType dtype = GetParam();
-  for (size_t count : {1, 4, 7}) {
-    const size_t arms = 37;
-    const Entries a = RandomEntries(dtype, count * arms, count);  // column c at c * arms
-    const Entries x = RandomEntries(DType::kFloat32, count, 99);
-    std::vector<const void*> columns;
-    for (size_t c = 0; c < count; ++c) columns.push_back(&a.stored[c * arms * ElementBytes(dtype)]);
-    std::vector<float> partial(arms, 1.0f), partial_sq(arms, 2.0f);
-    SweepColumns(dtype, columns.data(), x.widened.data(), count, arms, partial.data(),
-                 partial_sq.data());
-    for (size_t r = 0; r < arms; ++r) {
-      double sum = 1, sum_sq = 2;
+  // Every way the last pass can end (one to four columns), alone or after full passes.
+  for (size_t count : {1, 2, 3, 4, 5, 7, 8, 9, 14}) {
+    for (const bool first : {false, true}) {
+      const size_t arms = 37;
+      const Entries a = RandomEntries(dtype, count * arms, count);  // column c at c * arms
+      const Entries x = RandomEntries(DType::kFloat32, count, 99);
+      std::vector<const void*> columns;
       for (size_t c = 0; c < count; ++c) {
-        const double v = double{a.widened[c * arms + r]} * x.widened[c];
-        sum += v;
-        sum_sq += v * v;
+        columns.push_back(&a.stored[c * arms * ElementBytes(dtype)]);
       }
-      EXPECT_NEAR(partial[r], sum, 1e-5 * (1 + std::abs(sum))) << count << " " << r;
-      EXPECT_NEAR(partial_sq[r], sum_sq, 1e-5 * sum_sq) << count << " " << r;
+      std::vector<uint8_t> mask(arms);
+      for (size_t r = 0; r < arms; ++r) mask[r] = r % 3 != 0;
+      std::vector<float> sum(arms, 1.0f), sum_sq(arms, 2.0f), scratch(2 * arms, -7.0f);
+      SweepColumns(dtype, columns.data(), x.widened.data(), count, arms, mask.data(), first,
+                   sum.data(), sum_sq.data(), scratch.data());
+      for (size_t r = 0; r < arms; ++r) {
+        if (!mask[r]) {  // untouched
+          EXPECT_EQ(sum[r], 1.0f);
+          EXPECT_EQ(sum_sq[r], 2.0f);
+          continue;
+        }
+        double want = first ? 0 : 1, want_sq = first ? 0 : 2;
+        for (size_t c = 0; c < count; ++c) {
+          const double v = double{a.widened[c * arms + r]} * x.widened[c];
+          want += v;
+          want_sq += v * v;
+        }
+        EXPECT_NEAR(sum[r], want, 1e-5 * (1 + std::abs(want))) << count << " " << r;
+        EXPECT_NEAR(sum_sq[r], want_sq, 1e-5 * (1 + want_sq)) << count << " " << r;
+      }
     }
   }
 }
