@@ -11,7 +11,7 @@
 namespace adasoftmax {
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
-  ASSIGN_OR_RETURN(const RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
+  ASSIGN_OR_RETURN(RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
   std::vector<float> bias;
   if (!files.bias.empty()) {
     ASSIGN_OR_RETURN(bias, ReadVector(files.bias, files.bias_tensor));
@@ -21,22 +21,24 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files
                           bias.size(), files.weights, weights.rows));
     }
   }
-  return Build(weights, std::move(bias), files.dtype.value_or(weights.dtype), files.weights);
+  const DType dtype = files.dtype.value_or(weights.dtype);
+  return Build(std::move(weights), std::move(bias), dtype, files.weights);
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::vector<float> bias,
                                                            DType dtype) {
   auto owner = std::make_shared<const Matrix>(std::move(weights));
-  const RawMatrix raw{.dtype = DType::kFloat32,
-                      .rows = owner->rows(),
-                      .cols = owner->cols(),
-                      .layout = owner->layout(),
-                      .data = owner->data(),
-                      .keepalive = owner};
-  return Build(raw, std::move(bias), dtype, "weights");
+  // Braced initialisers run in order: owner is read before it moves.
+  RawMatrix raw{.dtype = DType::kFloat32,
+                .rows = owner->rows(),
+                .cols = owner->cols(),
+                .layout = owner->layout(),
+                .data = owner->data(),
+                .keepalive = std::move(owner)};
+  return Build(std::move(raw), std::move(bias), dtype, "weights");
 }
 
-absl::StatusOr<std::shared_ptr<const Model>> Model::Build(const RawMatrix& weights,
+absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
                                                           std::vector<float> bias, DType dtype,
                                                           const std::string& source) {
   if (weights.rows == 0 || weights.cols == 0) {
@@ -56,16 +58,16 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(const RawMatrix& weigh
   model->n_ = n;
   model->d_ = d;
   model->dtype_ = dtype;
-  if (weights.dtype == dtype && weights.layout == Layout::kRowMajor &&
-      reinterpret_cast<uintptr_t>(weights.data) % size == 0) {
-    model->rows_ = static_cast<const std::byte*>(weights.data);
-    model->rows_owner_ = weights.keepalive;
-  } else {  // converted (and transposed) into an owned copy
-    auto owned = std::make_shared<HugeBuffer<std::byte>>(n * d * size);
+  // The rows are copied, converted and transposed as needed, into huge pages: the sampler reads
+  // single rows at random, and a 4 KB page of a mapped file would miss the TLB for each.
+  model->rows_.Reset(n * d * size);
+  if (weights.dtype == dtype && weights.layout == Layout::kRowMajor) {
+    std::memcpy(model->rows_.data(), weights.data, n * d * size);
+  } else {
     const bool row_major = weights.layout == Layout::kRowMajor;
     RETURN_IF_ERROR(VisitDType(dtype, [&](auto tag) -> absl::Status {
       using T = decltype(tag);
-      T* out = reinterpret_cast<T*>(owned->data());
+      T* out = reinterpret_cast<T*>(model->rows_.data());
       for (size_t i = 0; i < n; ++i) {
         for (size_t j = 0; j < d; ++j) {
           const float v = WidenAt(weights.dtype, weights.data, row_major ? i * d + j : j * n + i);
@@ -79,14 +81,13 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(const RawMatrix& weigh
       }
       return absl::OkStatus();
     }));
-    model->rows_ = owned->data();
-    model->rows_owner_ = std::move(owned);
   }
+  weights = {};  // unmaps a weights file now, before the panels double the memory
   model->panels_.Reset(model->panels() * n * kPanelWidth * size);
   std::vector<double> abs_sums(d, 0.0);
   VisitDType(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const T* rows = reinterpret_cast<const T*>(model->rows_);
+    const T* rows = reinterpret_cast<const T*>(model->rows_.data());
     T* panels = reinterpret_cast<T*>(model->panels_.data());
     for (size_t i = 0; i < n; ++i) {
       const T* row = rows + i * d;

@@ -27,9 +27,9 @@ struct ModelFiles {
 
 // The weights A (n x d) in one dtype (float32, float16 or bfloat16), optional float32 bias b
 // (length n) and the derived data both softmax paths read. Memory: the row-major matrix for
-// the exact path (a view of the memory-mapped file when it is stored row-major, aligned and in
-// the model's dtype, else owned) plus an owned copy in column panels for the sampler, i.e.
-// about 2 x n x d x ElementBytes(dtype) bytes, plus O(n + d).
+// the exact path plus a copy in column panels for the sampler, both owned and in huge pages,
+// i.e. about 2 x n x d x ElementBytes(dtype) bytes, plus O(n + d). Loading peaks at the larger
+// of that and the weights file plus the row-major matrix: the file is unmapped in between.
 //
 // Column panels: panel p holds columns [p * kPanelWidth, (p + 1) * kPanelWidth) of every row,
 // stored row after row, so a sweep of a panel over consecutive arms streams. The panel is the
@@ -54,7 +54,7 @@ class Model {
   static constexpr size_t kPanelWidth = 1;
 
   // Row i: d entries of dtype().
-  const void* row(size_t i) const { return rows_ + i * d_ * ElementBytes(dtype_); }
+  const void* row(size_t i) const { return rows_.data() + i * d_ * ElementBytes(dtype_); }
   size_t panels() const { return (d() + kPanelWidth - 1) / kPanelWidth; }
   // Panel p from arm `first_arm` on: (n - first_arm) x kPanelWidth entries of dtype(),
   // row-major; columns past d are zero.
@@ -72,15 +72,14 @@ class Model {
  private:
   Model() = default;
   // `source` names the weights in errors.
-  static absl::StatusOr<std::shared_ptr<const Model>> Build(const RawMatrix& weights,
+  static absl::StatusOr<std::shared_ptr<const Model>> Build(RawMatrix weights,
                                                             std::vector<float> bias, DType dtype,
                                                             const std::string& source);
 
   size_t n_ = 0;
   size_t d_ = 0;
   DType dtype_ = DType::kFloat32;
-  const std::byte* rows_ = nullptr;     // row-major n x d
-  std::shared_ptr<const void> rows_owner_;  // keeps rows_ alive
+  HugeBuffer<std::byte> rows_;  // row-major n x d
   HugeBuffer<std::byte> panels_;
   std::vector<float> bias_;
   std::vector<float> column_abs_sums_;
