@@ -57,42 +57,77 @@ size_t SelectLevel(const uint8_t* __restrict want, const uint8_t* __restrict lev
   return count;
 }
 
-// EstimateArm for the masked arms, bin by bin, accumulated in place (unmasked arms' sums may
-// hold anything, so their terms are selected away rather than multiplied by 0).
-ADASOFTMAX_KERNEL
-void Advance(const uint8_t* __restrict mask, const float* __restrict sums,
-             const LevelWeights& weights, const float* __restrict bias, size_t width,
-             uint8_t* __restrict level, float* __restrict estimate, float* __restrict variance) {
-  for (size_t r = 0; r < width; ++r) {
-    const uint32_t m = AllOnes(mask[r]);
-    estimate[r] = Select(m, 0.0f, estimate[r]);
-    variance[r] = Select(m, 0.0f, variance[r]);
-  }
-  for (int b = 0; b < weights.bins; ++b) {
-    const float* __restrict sum = sums + b * kChunk;
-    const float* __restrict sum_sq = sums + (kBins + b) * kChunk;
-    const float inverse_inclusion = weights.inverse_inclusion[b];
-    const float variance_factor = weights.variance_factor[b];
-    for (size_t r = 0; r < width; ++r) {
-      const uint32_t m = AllOnes(mask[r]);
-      estimate[r] += Select(m, sum[r] * inverse_inclusion, 0.0f);
-      variance[r] += Select(m, sum_sq[r] * variance_factor, 0.0f);
-    }
+// EstimateArm for every arm in one pass, kept for the masked arms (unmasked arms' sums may hold
+// anything, and their results are selected away). The bins are a template argument so that the
+// loop over them unrolls and the loop over arms vectorises.
+template <int kUsedBins, typename BiasOf>
+[[gnu::always_inline]] inline void AdvanceOf(const uint8_t* __restrict mask,
+                                             const float* __restrict sums,
+                                             const LevelWeights& weights, BiasOf bias_of,
+                                             size_t width, uint8_t* __restrict level,
+                                             float* __restrict estimate,
+                                             float* __restrict variance) {
+  const float* sum[kUsedBins];
+  const float* sum_sq[kUsedBins];
+  float inverse_inclusion[kUsedBins], variance_factor[kUsedBins];
+  for (int b = 0; b < kUsedBins; ++b) {
+    sum[b] = sums + b * kChunk;
+    sum_sq[b] = sums + (kBins + b) * kChunk;
+    inverse_inclusion[b] = weights.inverse_inclusion[b];
+    variance_factor[b] = weights.variance_factor[b];
   }
   const float beta = weights.beta;
-  auto finish = [&](auto bias_of) {
-    for (size_t r = 0; r < width; ++r) {
-      const uint32_t m = AllOnes(mask[r]);
-      estimate[r] = Select(m, beta * (estimate[r] + bias_of(r)), estimate[r]);
-      variance[r] = Select(m, beta * beta * variance[r], variance[r]);
+  for (size_t r = 0; r < width; ++r) {
+    float e = 0, v = 0;
+    for (int b = 0; b < kUsedBins; ++b) {
+      e += sum[b][r] * inverse_inclusion[b];
+      v += sum_sq[b][r] * variance_factor[b];
     }
-  };
-  if (bias != nullptr) {
-    finish([&](size_t r) { return bias[r]; });
-  } else {
-    finish([](size_t) { return 0.0f; });
+    const uint32_t m = AllOnes(mask[r]);
+    estimate[r] = Select(m, beta * (e + bias_of(r)), estimate[r]);
+    variance[r] = Select(m, beta * beta * v, variance[r]);
+    level[r] += mask[r];
   }
-  for (size_t r = 0; r < width; ++r) level[r] += mask[r];
+}
+
+template <int kUsedBins>
+[[gnu::always_inline]] inline void AdvanceWithBins(const uint8_t* mask, const float* sums,
+                                                   const LevelWeights& weights, const float* bias,
+                                                   size_t width, uint8_t* level, float* estimate,
+                                                   float* variance) {
+  if (bias != nullptr) {
+    AdvanceOf<kUsedBins>(mask, sums, weights, [&](size_t r) { return bias[r]; }, width, level,
+                         estimate, variance);
+  } else {
+    AdvanceOf<kUsedBins>(mask, sums, weights, [](size_t) { return 0.0f; }, width, level,
+                         estimate, variance);
+  }
+}
+
+ADASOFTMAX_KERNEL
+void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,
+             const float* bias, size_t width, uint8_t* level, float* estimate, float* variance) {
+  static_assert(kBins == 8);
+  switch (weights.bins) {
+    case 0:
+      return AdvanceWithBins<0>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 1:
+      return AdvanceWithBins<1>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 2:
+      return AdvanceWithBins<2>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 3:
+      return AdvanceWithBins<3>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 4:
+      return AdvanceWithBins<4>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 5:
+      return AdvanceWithBins<5>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 6:
+      return AdvanceWithBins<6>(mask, sums, weights, bias, width, level, estimate, variance);
+    case 7:
+      return AdvanceWithBins<7>(mask, sums, weights, bias, width, level, estimate, variance);
+    default:
+      return AdvanceWithBins<8>(mask, sums, weights, bias, width, level, estimate, variance);
+  }
 }
 
 ADASOFTMAX_KERNEL
