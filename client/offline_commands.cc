@@ -110,10 +110,8 @@ void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
 void AddFallbackFlag(FlagSet& flags, InputFlags* f) {
   flags
       .AddDouble("sample-cost", &f->sample_cost,
-                 absl::StrCat("cost of a sampled entry in streamed exact entries; a query whose "
-                              "remaining sampling would cost more than the exact path is "
-                              "answered exactly (0: never; default ",
-                              kDefaultSampleCost, ")"))
+                 "cost of a sampled entry in streamed exact entries; a query whose remaining "
+                 "sampling would cost more than the exact path is answered exactly (0: never)")
       .Min(0)
       .Placeholder("C");
   flags.AddBool("measure-sample-cost", &f->measure_sample_cost,
