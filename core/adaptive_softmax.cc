@@ -86,6 +86,13 @@ uint64_t FreshSeed() {
   return absl::Uniform<uint64_t>(gen);
 }
 
+// What one query read: entries sampled and bytes touched (see TopKResult). Summed per chunk
+// and added to the query's state once, so that the parallel chunks rarely contend for it.
+struct Reads {
+  uint64_t samples = 0;
+  uint64_t bytes = 0;
+};
+
 // Sampling state of one query of a batch. Arm i has read the panels of prefix(level[i]); the
 // sums of each chunk of arms (see arm_kernels.h) start at sums[chunk * kChunkSums]; arm i's
 // sums of bin b are valid once b < bins_in_prefix(level[i]) (they are set, not cleared, when
@@ -114,8 +121,9 @@ struct QueryState {
   uint64_t bytes_touched = 0;  // the same; see TopKResult::bytes_touched
   std::vector<uint32_t> winners;
 
-  static void Add(uint64_t& counter, uint64_t value) {
-    std::atomic_ref<uint64_t>(counter).fetch_add(value, std::memory_order_relaxed);
+  void Add(const Reads& reads) {
+    std::atomic_ref<uint64_t>(samples).fetch_add(reads.samples, std::memory_order_relaxed);
+    std::atomic_ref<uint64_t>(bytes_touched).fetch_add(reads.bytes, std::memory_order_relaxed);
   }
 };
 
@@ -150,6 +158,7 @@ class BatchSampler {
     std::vector<uint8_t> mask = std::vector<uint8_t>(kChunk);
     std::vector<uint32_t> arms;
     std::vector<float> sweep = std::vector<float>(2 * kChunk);  // SweepColumns' scratch
+    std::vector<Reads> reads;                                   // per job
     std::vector<const void*> columns;
   };
   // Runs the jobs on every chunk of arms, chunks in parallel.
@@ -166,7 +175,7 @@ class BatchSampler {
                 absl::Span<const uint32_t> arms, uint8_t* want);
   // Search arms wanted at the last level are computed exactly (and no longer wanted).
   void ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
-                        uint8_t* want);
+                        uint8_t* want, Reads& reads);
   LevelWeights Weights(const QueryState& s, int level) const {
     return {order_.inverse_inclusion(level), order_.variance_factor(level),
             static_cast<float>(s.beta), order_.bins_in_prefix(level)};
@@ -183,7 +192,8 @@ class BatchSampler {
   // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
   bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
-  void ComputeExact(QueryState& s, uint32_t i);
+  // Reads arm i's row whole; adds what that read to `reads`.
+  void ComputeExact(QueryState& s, uint32_t i, Reads& reads);
   // Among the arms computed exactly, the k with the best logits (ties to the lower index), best
   // first. REQUIRES: at least k arms were computed exactly.
   std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) const {
@@ -293,9 +303,11 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
     return UpdateWants(demand, &s.level[chunk_begin], &s.estimate[chunk_begin],
                        &s.variance[chunk_begin], width, want_of(q));
   };
+  std::vector<Reads>& reads = scratch.reads;  // per job
+  reads.assign(jobs.size(), Reads{});
   int lowest = top;
   for (size_t q = 0; q < jobs.size(); ++q) {
-    ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q));
+    ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q), reads[q]);
     lowest = std::min<int>(lowest, update_wants(q));
   }
   for (int level = lowest; level < top; ++level) {
@@ -309,10 +321,9 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
       const double gather = block * kGatherCost, whole_row = d_ * kRowCost;
       const bool sweep = width * block <= count * std::min(gather, whole_row);
       if (sweep || gather < whole_row) {  // whole rows are counted by ComputeExact
-        QueryState::Add(s.samples, count * (s.entries_prefix[level + 1] - s.entries_prefix[level]));
+        reads[q].samples += count * (s.entries_prefix[level + 1] - s.entries_prefix[level]);
         const uint64_t entries = static_cast<uint64_t>(block) * (sweep ? width : count);
-        QueryState::Add(s.bytes_touched,
-                        entries * (sweep ? ElementBytes(model_.dtype()) : kCacheLineBytes));
+        reads[q].bytes += entries * (sweep ? ElementBytes(model_.dtype()) : kCacheLineBytes);
       }
       if (sweep) {
         PullDense(s, level, chunk_begin, chunk_end, scratch);
@@ -327,25 +338,28 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
           PullRows(jobs[q], level, chunk_begin, arms, want_of(q));
         } else {  // whole rows: the arms are exact and done
           for (uint32_t r : arms) {
-            ComputeExact(s, chunk_begin + r);
+            ComputeExact(s, chunk_begin + r, reads[q]);
             want_of(q)[r] = false;
           }
         }
       }
-      if (level + 1 == top) ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q));
+      if (level + 1 == top) {
+        ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q), reads[q]);
+      }
     }
   }
+  for (size_t q = 0; q < jobs.size(); ++q) jobs[q].state->Add(reads[q]);
 }
 
 void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
-                                    uint8_t* want) {
+                                    uint8_t* want, Reads& reads) {
   if (!job.demand.search) return;
   QueryState& s = *job.state;
   const int top = order_.last_level();
   for (uint32_t i = chunk_begin; i < chunk_end; ++i) {
     if (s.level[i] != top) continue;
     if (Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i])) {
-      ComputeExact(s, i);
+      ComputeExact(s, i, reads);
     }
     want[i - chunk_begin] = false;
   }
@@ -421,10 +435,10 @@ bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted
   return s.fallback;
 }
 
-void BatchSampler::ComputeExact(QueryState& s, uint32_t i) {
+void BatchSampler::ComputeExact(QueryState& s, uint32_t i, Reads& reads) {
   const double dot = RowDot(model_.dtype(), model_.row(i), s.query->x.data(), d_);
-  QueryState::Add(s.samples, d_ - s.entries_prefix[s.level[i]]);
-  QueryState::Add(s.bytes_touched, d_ * ElementBytes(model_.dtype()));
+  reads.samples += d_ - s.entries_prefix[s.level[i]];
+  reads.bytes += d_ * ElementBytes(model_.dtype());
   s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
   s.level[i] = kExactLevel;
   s.estimate[i] = static_cast<float>(s.exact_logit[i]);
@@ -511,9 +525,11 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     const uint32_t k = s.query->options.k;
     const std::vector<uint32_t> references =
         BestArms(s.estimate.data(), n_, k + kExtraReferences);
+    Reads reads;
     for (uint32_t i : references) {
-      if (s.level[i] != kExactLevel) ComputeExact(s, i);  // not already read whole
+      if (s.level[i] != kExactLevel) ComputeExact(s, i, reads);  // not already read whole
     }
+    s.Add(reads);
     // An arm whose upper confidence bound falls below the k-th best exact logit is out.
     const double threshold = s.exact_logit[BestExact(s, k).back()];
     const PullJob job{&s,
