@@ -128,6 +128,8 @@ struct Inputs {
   AdaptiveOptions adaptive;
   std::shared_ptr<SampleCostMeter> meter;  // with --measure-sample-cost
   std::string multiplier_mode = "theory";  // "theory", "manual" or "calibrated"
+  // The process's resident bytes just before and just after loading the model.
+  double resident_before_model = 0, resident_after_model = 0;
 
   absl::Span<const float> Row(size_t r) const {
     return absl::MakeConstSpan(queries.data() + r * queries.cols(), queries.cols());
@@ -155,6 +157,14 @@ std::optional<int> CheckMultiplierFlags(const FlagSet& flags) {
     return flags.UsageError("--multipliers and --calibration are mutually exclusive");
   }
   return std::nullopt;
+}
+
+// The process's resident memory now (0 if /proc is unavailable).
+double ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages = 0, resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
 // Loads the model, queries, labels and calibration. Every error names the file.
@@ -203,11 +213,13 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
     }
     files.dtype = *dtype;
   }
-  ASSIGN_OR_RETURN(in.model, Model::Load(files));
   ASSIGN_OR_RETURN(in.queries, ReadQueries(f.queries));
   if (!f.labels.empty()) {
     ASSIGN_OR_RETURN(in.labels, ReadLabels(f.labels));
   }
+  in.resident_before_model = ResidentBytes();
+  ASSIGN_OR_RETURN(in.model, Model::Load(files));
+  in.resident_after_model = ResidentBytes();
   // Options first (so "--k: ..." is not blamed on a row), then every row.
   for (size_t r = 0; r < in.queries.rows(); ++r) {
     const absl::Status s = ValidateQuery(*in.model, Query{in.Row(r), in.query, {}});
@@ -248,14 +260,6 @@ double PeakRssBytes() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return 1024.0 * usage.ru_maxrss;  // kilobytes on Linux
-}
-
-// The process's resident memory now (0 if /proc is unavailable).
-double ResidentBytes() {
-  std::ifstream statm("/proc/self/statm");
-  double pages = 0, resident = 0;
-  if (!(statm >> pages >> resident)) return 0;
-  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
 // Nearest-rank percentile (q in (0, 1]) of a non-empty sample.
@@ -469,7 +473,6 @@ int Bench(int argc, char** argv) {
                   "skip this many queries first (e.g. a held-out split)");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
-  const double resident_before_load = ResidentBytes();
   absl::StatusOr<Inputs> in = LoadInputs(flags, f);
   if (!in.ok()) return flags.Error(in.status());
   const size_t rows = in->queries.rows();
@@ -529,10 +532,13 @@ int Bench(int argc, char** argv) {
   const double peak_rss = PeakRssBytes();
   j["peak_rss_bytes"] = peak_rss;
   j["peak_rss_over_weight_bytes"] = peak_rss / weight_bytes;
-  // What the model, its queries and the run added: the peak less what the process held before
-  // loading them (libraries, thread buffers: shared by every model a server holds).
-  j["model_peak_rss_bytes"] = peak_rss - resident_before_load;
-  j["model_peak_rss_over_weight_bytes"] = (peak_rss - resident_before_load) / weight_bytes;
+  // What the model and the run added: the peak less what the process held before loading the
+  // model (libraries, thread buffers: shared by every model a server holds; the queries).
+  const double model_peak_rss = peak_rss - in->resident_before_model;
+  j["model_peak_rss_bytes"] = model_peak_rss;
+  j["model_peak_rss_over_weight_bytes"] = model_peak_rss / weight_bytes;
+  // What the loaded model holds between queries.
+  j["model_resident_bytes"] = in->resident_after_model - in->resident_before_model;
   std::printf("%s\n", j.dump(2).c_str());
   return 0;
 }

@@ -2,6 +2,7 @@
 #define ADASOFTMAX_CORE_HUGE_BUFFER_H_
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstring>
@@ -35,8 +36,8 @@ class HugeBuffer {
     const size_t bytes = count * sizeof(T);
     if (bytes > bytes_) {
       Release();
-      constexpr size_t kHugePage = size_t{2} << 20;
-      bytes_ = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      bytes_ = (bytes + page - 1) / page * page;
       void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) throw std::bad_alloc();
       madvise(p, bytes_, MADV_HUGEPAGE);

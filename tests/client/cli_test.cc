@@ -257,6 +257,9 @@ TEST_F(CliTest, BenchPrintsJson) {
   // The model's share excludes what the process held before loading it.
   EXPECT_GT(j["model_peak_rss_bytes"].get<double>(), 0);
   EXPECT_LT(j["model_peak_rss_bytes"].get<double>(), j["peak_rss_bytes"].get<double>());
+  // The loaded model holds both layouts, and no more than its peak.
+  EXPECT_GE(j["model_resident_bytes"].get<double>(), j["model_memory_bytes"].get<double>());
+  EXPECT_LE(j["model_resident_bytes"].get<double>(), j["model_peak_rss_bytes"].get<double>());
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--queries-offset", "120"}))), 1,
                      "--queries-offset");
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--sample-cost", "-1"}))), 2,
