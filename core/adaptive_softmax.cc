@@ -457,8 +457,7 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
   low.resize(n_);
   const float scale = static_cast<float>(2 * options_.normalizer_multiplier * log_arms);
   const double shift = LowerBounds(s.estimate.data(), s.variance.data(), scale, n_, low.data());
-  const double sum_alpha = SumExp(low.data(), n_, shift);
-  const double sum_gamma = SumExp(low.data(), n_, shift, 0.5);
+  const auto [sum_gamma, sum_alpha] = SumHalfExp(low.data(), n_, shift);
   const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
   const double c2 = 16 * log_two / (eps * eps);
   s.target.resize(n_);

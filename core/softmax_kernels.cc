@@ -31,12 +31,25 @@ double SumExp(const double* values, size_t count, double shift) {
 }
 
 ADASOFTMAX_KERNEL
-double SumExp(const float* values, size_t count, double shift, float scale) {
+double SumExp(const float* values, size_t count, double shift) {
   const float shift_f = static_cast<float>(shift);
   double sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (size_t i = 0; i < count; ++i) sum += std::exp(scale * (values[i] - shift_f));
+  for (size_t i = 0; i < count; ++i) sum += std::exp(values[i] - shift_f);
   return sum;
+}
+
+ADASOFTMAX_KERNEL
+HalfExpSums SumHalfExp(const float* values, size_t count, double shift) {
+  const float shift_f = static_cast<float>(shift);
+  double sum = 0, sum_sq = 0;
+#pragma omp simd reduction(+ : sum, sum_sq)
+  for (size_t i = 0; i < count; ++i) {
+    const double g = std::exp(0.5f * (values[i] - shift_f));
+    sum += g;
+    sum_sq += g * g;
+  }
+  return {sum, sum_sq};
 }
 
 ADASOFTMAX_KERNEL
@@ -62,12 +75,15 @@ float LowerBounds(const float* estimate, const float* variance, float scale, siz
 ADASOFTMAX_KERNEL
 void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
                        float* target) {
+  // min(a / g, b / g^2) = exp(min(log a - h, log b - 2 h)) with h = log g: float exp, no
+  // division, and no floor on g.
+  const float log_a = static_cast<float>(std::log(a)), log_b = static_cast<float>(std::log(b));
+  const float shift_f = static_cast<float>(shift);
 #pragma omp simd
   for (size_t i = 0; i < count; ++i) {
-    double g = std::exp(0.5 * (lower[i] - shift));
-    g = g > 1e-150 ? g : 1e-150;
-    const double by_gamma = a / g, by_alpha = b / (g * g);
-    target[i] = static_cast<float>(by_gamma < by_alpha ? by_gamma : by_alpha);
+    const float h = 0.5f * (lower[i] - shift_f);
+    const float by_gamma = log_a - h, by_alpha = log_b - 2 * h;
+    target[i] = std::exp(by_gamma < by_alpha ? by_gamma : by_alpha);
   }
 }
 

@@ -1,6 +1,7 @@
 // Microbenchmarks of the sampler's kernels and of exact vs adaptive top-k softmax end to end.
 //   build/bin/adasoftmax_benchmarks --benchmark_filter=EndToEnd
 
+#include <cmath>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -13,6 +14,7 @@
 #include "core/dtype.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
+#include "core/softmax_kernels.h"
 #include "core/synth.h"
 #include "core/worker_pool.h"
 
@@ -235,6 +237,26 @@ void BM_SoftmaxTopK(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * raw.size());
 }
 BENCHMARK(BM_SoftmaxTopK);
+
+// The normaliser's serial pass over a 50257-arm head: lower bounds, the two sums of their
+// exponentials and the per-arm variance targets.
+void BM_NormalizerTargets(benchmark::State& state) {
+  constexpr size_t kArms = 50257;
+  std::vector<float> estimate = RandomFloats(kArms, 14), variance = RandomFloats(kArms, 15);
+  for (size_t i = 0; i < kArms; ++i) {
+    estimate[i] *= 40;  // logits spread over 40 nats, as a heavy-tailed query's
+    variance[i] = std::abs(variance[i]);
+  }
+  std::vector<float> lower(kArms), target(kArms);
+  for (auto _ : state) {
+    const double shift = LowerBounds(estimate.data(), variance.data(), 30.0f, kArms, lower.data());
+    const auto [gamma, alpha] = SumHalfExp(lower.data(), kArms, shift);
+    NormalizerTargets(lower.data(), kArms, shift, gamma / 1e3, alpha / 1e2, target.data());
+    benchmark::DoNotOptimize(target.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kArms);
+}
+BENCHMARK(BM_NormalizerTargets);
 
 // End to end on a 50257 x 768 heavy-tailed head; adaptive with the given multipliers (x1000 and
 // x1e6) and sample cost (0: no exact fallback).
