@@ -650,6 +650,8 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     std::vector<absl::Span<const float>> xs;
     for (const Query& q : batch) xs.push_back(q.x);
     const absl::Time start = absl::Now();
+    // The sampler's chunks run in parallel right after the serial setup: the workers wake now.
+    if (model_->n() * model_->d() >= kParallelMinEntries) WakeWorkers();
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
     BatchSampler sampler(*model_, order, options);
     std::vector<TopKResult> answers = sampler.Run(batch);

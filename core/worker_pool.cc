@@ -17,6 +17,11 @@ class WorkerPool {
     for (unsigned w = 0; w < workers; ++w) std::thread([this] { Work(); }).detach();
   }
 
+  void Wake() {
+    absl::MutexLock lock(&mu_);
+    ++wakes_;
+  }
+
   void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
     Task task{body, count};
     {
@@ -56,8 +61,10 @@ class WorkerPool {
         SpinForTask();
         mu_.Lock();
       }
-      mu_.Await(absl::Condition(
-          +[](std::deque<Task*>* tasks) { return !tasks->empty(); }, &tasks_));
+      const uint64_t wakes = wakes_;
+      auto woken = [&] { return !tasks_.empty() || wakes_ != wakes; };
+      mu_.Await(absl::Condition(&woken));
+      if (tasks_.empty()) continue;  // woken ahead of a task: spin for it
       Task* task = tasks_.front();
       if (task->next.load() >= task->count) {  // nothing left to take
         tasks_.pop_front();
@@ -91,10 +98,11 @@ class WorkerPool {
   absl::Mutex mu_;
   std::deque<Task*> tasks_;  // guarded by mu_
   std::atomic<size_t> queued_{0};  // tasks_.size(), readable without mu_
+  uint64_t wakes_ = 0;             // Wake() calls; guarded by mu_
 };
 
 std::atomic<size_t> configured_width{0};  // 0: the hardware threads
-std::atomic<bool> width_fixed{false};      // set by the first ParallelFor
+std::atomic<bool> width_fixed{false};      // set once ParallelFor or WakeWorkers ran
 
 }  // namespace
 
@@ -109,15 +117,34 @@ bool SetParallelWidth(size_t width) {
   return true;
 }
 
-void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
+namespace {
+
+// The process's pool, once the width is fixed. Never destroyed: its detached workers wait on it
+// until the process exits. REQUIRES: ParallelWidth() > 1.
+WorkerPool& Pool() {
+  static WorkerPool* const pool = new WorkerPool(static_cast<unsigned>(ParallelWidth() - 1));
+  return *pool;
+}
+
+// Fixes the width on first use; returns whether it is more than the calling thread.
+bool Parallel() {
   if (!width_fixed.load(std::memory_order_relaxed)) width_fixed.store(true);
-  if (count <= 1 || ParallelWidth() == 1) {
+  return ParallelWidth() > 1;
+}
+
+}  // namespace
+
+void WakeWorkers() {
+  if (Parallel()) Pool().Wake();
+}
+
+void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
+  const bool parallel = Parallel();
+  if (count <= 1 || !parallel) {
     for (size_t i = 0; i < count; ++i) body(i);
     return;
   }
-  // Never destroyed: its detached workers wait on it until the process exits.
-  static WorkerPool* const pool = new WorkerPool(static_cast<unsigned>(ParallelWidth() - 1));
-  pool->ParallelFor(count, body);
+  Pool().ParallelFor(count, body);
 }
 
 }  // namespace adasoftmax

@@ -58,5 +58,32 @@ TEST(WorkerPoolTest, ConcurrentCallersEachGetAllTheirItems) {
   for (int c = 0; c < kCallers; ++c) EXPECT_EQ(sums[c].load(), 20 * kItems * (kItems + 1) / 2);
 }
 
+TEST(WorkerPoolTest, WokenWorkersStillTakeEveryTaskAndLoseNoItem) {
+  std::atomic<bool> done{false};
+  std::thread waker([&] {
+    while (!done.load()) WakeWorkers();
+  });
+  std::vector<std::atomic<int>> runs(2000);
+  for (int round = 0; round < 50; ++round) {
+    ParallelFor(runs.size(), [&](size_t i) { runs[i].fetch_add(1); });
+  }
+  done.store(true);
+  waker.join();
+  for (size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].load(), 50) << "index " << i;
+
+  // Woken from sleep (past their spin) with no task to take, the workers then take the next.
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  WakeWorkers();
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::mutex mu;
+  std::set<std::thread::id> threads;
+  ParallelFor(100, [&](size_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    std::lock_guard<std::mutex> lock(mu);
+    threads.insert(std::this_thread::get_id());
+  });
+  EXPECT_EQ(threads.size(), std::min<size_t>(ParallelWidth(), 100));
+}
+
 }  // namespace
 }  // namespace adasoftmax
