@@ -173,9 +173,10 @@ class BatchSampler {
   // `arms` are relative to the chunk.
   void PullRows(const PullJob& job, int level, uint32_t chunk_begin,
                 absl::Span<const uint32_t> arms, uint8_t* want);
-  // Search arms wanted at the last level are computed exactly (and no longer wanted).
+  // Search arms wanted at the last level are computed exactly (and no longer wanted). `arms`
+  // is scratch.
   void ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
-                        uint8_t* want, Reads& reads);
+                        uint8_t* want, std::vector<uint32_t>& arms, Reads& reads);
   LevelWeights Weights(const QueryState& s, int level) const {
     return {order_.inverse_inclusion(level), order_.variance_factor(level),
             static_cast<float>(s.beta), order_.bins_in_prefix(level)};
@@ -192,8 +193,8 @@ class BatchSampler {
   // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
   bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
-  // Reads arm i's row whole; adds what that read to `reads`.
-  void ComputeExact(QueryState& s, uint32_t i, Reads& reads);
+  // Reads the arms' rows whole and makes the arms exact; adds what that read to `reads`.
+  void ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, Reads& reads);
   // Among the arms computed exactly, the k with the best logits (ties to the lower index), best
   // first. REQUIRES: at least k arms were computed exactly.
   std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) const {
@@ -307,7 +308,7 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
   reads.assign(jobs.size(), Reads{});
   int lowest = top;
   for (size_t q = 0; q < jobs.size(); ++q) {
-    ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q), reads[q]);
+    ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q), scratch.arms, reads[q]);
     lowest = std::min<int>(lowest, update_wants(q));
   }
   for (int level = lowest; level < top; ++level) {
@@ -337,14 +338,15 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
         if (gather < whole_row) {
           PullRows(jobs[q], level, chunk_begin, arms, want_of(q));
         } else {  // whole rows: the arms are exact and done
-          for (uint32_t r : arms) {
-            ComputeExact(s, chunk_begin + r, reads[q]);
+          for (uint32_t& r : arms) {
             want_of(q)[r] = false;
+            r += chunk_begin;
           }
+          ComputeExact(s, arms, reads[q]);
         }
       }
       if (level + 1 == top) {
-        ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q), reads[q]);
+        ExactAtLastLevel(jobs[q], chunk_begin, chunk_end, want_of(q), scratch.arms, reads[q]);
       }
     }
   }
@@ -352,17 +354,17 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
 }
 
 void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
-                                    uint8_t* want, Reads& reads) {
+                                    uint8_t* want, std::vector<uint32_t>& arms, Reads& reads) {
   if (!job.demand.search) return;
   QueryState& s = *job.state;
   const int top = order_.last_level();
+  arms.clear();
   for (uint32_t i = chunk_begin; i < chunk_end; ++i) {
     if (s.level[i] != top) continue;
-    if (Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i])) {
-      ComputeExact(s, i, reads);
-    }
+    if (Wants(job.demand, i, s.level[i], s.estimate[i], s.variance[i])) arms.push_back(i);
     want[i - chunk_begin] = false;
   }
+  ComputeExact(s, arms, reads);
 }
 
 // Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, into the
@@ -435,14 +437,24 @@ bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted
   return s.fallback;
 }
 
-void BatchSampler::ComputeExact(QueryState& s, uint32_t i, Reads& reads) {
-  const double dot = RowDot(model_.dtype(), model_.row(i), s.query->x.data(), d_);
-  reads.samples += d_ - s.entries_prefix[s.level[i]];
-  reads.bytes += d_ * ElementBytes(model_.dtype());
-  s.exact_logit[i] = s.beta * (dot + (model_.has_bias() ? model_.bias()[i] : 0.0));
-  s.level[i] = kExactLevel;
-  s.estimate[i] = static_cast<float>(s.exact_logit[i]);
-  s.variance[i] = 0;
+void BatchSampler::ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, Reads& reads) {
+  constexpr size_t kGroup = 32;  // rows a RowDots call reads
+  const void* rows[kGroup];
+  double dots[kGroup];
+  for (size_t begin = 0; begin < arms.size(); begin += kGroup) {
+    const size_t count = std::min(kGroup, arms.size() - begin);
+    for (size_t k = 0; k < count; ++k) rows[k] = model_.row(arms[begin + k]);
+    RowDots(model_.dtype(), rows, count, s.query->x.data(), d_, dots);
+    for (size_t k = 0; k < count; ++k) {
+      const uint32_t i = arms[begin + k];
+      reads.samples += d_ - s.entries_prefix[s.level[i]];
+      reads.bytes += d_ * ElementBytes(model_.dtype());
+      s.exact_logit[i] = s.beta * (dots[k] + (model_.has_bias() ? model_.bias()[i] : 0.0));
+      s.level[i] = kExactLevel;
+      s.estimate[i] = static_cast<float>(s.exact_logit[i]);
+      s.variance[i] = 0;
+    }
+  }
 }
 
 // Paper Algorithm 2, second round: per-arm variance targets from the current estimates and
@@ -524,10 +536,12 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     const uint32_t k = s.query->options.k;
     const std::vector<uint32_t> references =
         BestArms(s.estimate.data(), n_, k + kExtraReferences);
-    Reads reads;
+    std::vector<uint32_t> unread;  // references not already read whole
     for (uint32_t i : references) {
-      if (s.level[i] != kExactLevel) ComputeExact(s, i, reads);  // not already read whole
+      if (s.level[i] != kExactLevel) unread.push_back(i);
     }
+    Reads reads;
+    ComputeExact(s, unread, reads);
     s.Add(reads);
     // An arm whose upper confidence bound falls below the k-th best exact logit is out.
     const double threshold = s.exact_logit[BestExact(s, k).back()];

@@ -109,6 +109,41 @@ template <typename Acc, size_t kSums, typename T>
   return dot;
 }
 
+// kRows rows' dots with x, interleaved; each row in 8 partial sums (one vector of doubles),
+// then its tail, whatever kRows is.
+template <size_t kRows, typename T>
+[[gnu::always_inline]] inline void InterleavedDots(const T* const* rows, const float* x, size_t d,
+                                                   double* out) {
+  constexpr size_t kSums = 8;
+  const T* row[kRows];
+  for (size_t r = 0; r < kRows; ++r) row[r] = rows[r];
+  double sums[kRows][kSums] = {};
+  size_t j = 0;
+  for (; j + kSums <= d; j += kSums) {
+    for (size_t r = 0; r < kRows; ++r) {
+      for (size_t l = 0; l < kSums; ++l) {
+        sums[r][l] += static_cast<double>(Widen(row[r][j + l])) * x[j + l];
+      }
+    }
+  }
+  for (size_t r = 0; r < kRows; ++r) {
+    double dot = 0;
+    for (size_t t = j; t < d; ++t) dot += static_cast<double>(Widen(row[r][t])) * x[t];
+    for (size_t l = 0; l < kSums; ++l) dot += sums[r][l];
+    out[r] = dot;
+  }
+}
+
+template <typename T>
+[[gnu::always_inline]] inline void RowDotsOf(const void* const* rows_in, size_t count,
+                                             const float* x, size_t d, double* out) {
+  const T* const* rows = reinterpret_cast<const T* const*>(rows_in);
+  size_t k = 0;
+  for (; k + 8 <= count; k += 8) InterleavedDots<8>(rows + k, x, d, out + k);
+  for (; k + 4 <= count; k += 4) InterleavedDots<4>(rows + k, x, d, out + k);
+  for (; k < count; ++k) InterleavedDots<1>(rows + k, x, d, out + k);
+}
+
 template <typename T>
 [[gnu::always_inline]] inline void RowsDotVectorOf(const void* a, size_t rows, size_t d,
                                                    const float* x, float* out) {
@@ -146,6 +181,19 @@ ADASOFTMAX_KERNEL double RowDotF16(const void* a, const float* b, size_t count) 
 }
 ADASOFTMAX_KERNEL double RowDotBF16(const void* a, const float* b, size_t count) {
   return DotOf<double, 16>(static_cast<const BFloat16*>(a), b, count);
+}
+
+ADASOFTMAX_KERNEL void RowDotsF32(const void* const* rows, size_t count, const float* x, size_t d,
+                                  double* out) {
+  RowDotsOf<float>(rows, count, x, d, out);
+}
+ADASOFTMAX_KERNEL void RowDotsF16(const void* const* rows, size_t count, const float* x, size_t d,
+                                  double* out) {
+  RowDotsOf<Float16>(rows, count, x, d, out);
+}
+ADASOFTMAX_KERNEL void RowDotsBF16(const void* const* rows, size_t count, const float* x, size_t d,
+                                   double* out) {
+  RowDotsOf<BFloat16>(rows, count, x, d, out);
 }
 
 ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, const float* x,
@@ -198,6 +246,11 @@ void SweepColumns(DType dtype, const void* const* columns, const float* x, size_
 
 double RowDot(DType dtype, const void* a, const float* b, size_t count) {
   return ForDType(dtype, RowDotF32, RowDotF16, RowDotBF16)(a, b, count);
+}
+
+void RowDots(DType dtype, const void* const* rows, size_t count, const float* x, size_t d,
+             double* out) {
+  ForDType(dtype, RowDotsF32, RowDotsF16, RowDotsBF16)(rows, count, x, d, out);
 }
 
 void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x,

@@ -50,6 +50,12 @@ SumAndSquares GatherArm(const T* panels, size_t panel_stride, const uint32_t* id
 // partial sums (vectorised, so the order differs from a plain loop's).
 double RowDot(DType dtype, const void* a, const float* b, size_t count);
 
+// out[k] = rows[k] . x for the `count` rows of d entries of `dtype` at rows[k], accumulated in
+// double. Eight rows are read at a time: scattered rows stream 2-2.5x as fast interleaved as one
+// after another. A row's result does not depend on the rows it is read with.
+void RowDots(DType dtype, const void* const* rows, size_t count, const float* x, size_t d,
+             double* out);
+
 // out[r] = row_r . x for the `rows` consecutive rows of d entries of `dtype` at `a`, accumulated
 // in float: the exact path's GEMV for the dtypes BLAS lacks.
 void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x, float* out);

@@ -103,6 +103,33 @@ TEST_P(PanelKernelsTest, RowKernelsMatchDoubleDots) {
   }
 }
 
+TEST_P(PanelKernelsTest, RowDotsMatchDoubleDotsWhateverRowsTheyAreReadWith) {
+  const DType dtype = GetParam();
+  const size_t rows = 15;  // a group of eight, one of four and three left
+  for (size_t d : {1, 7, 8, 13, 100}) {
+    const Entries a = RandomEntries(dtype, rows * d, d + 1);
+    const Entries x = RandomEntries(DType::kFloat32, d, 8);
+    std::vector<const void*> order;  // scattered: every row, in a shuffled order
+    for (size_t r = 0; r < rows; ++r) {
+      order.push_back(&a.stored[(r * 7 % rows) * d * ElementBytes(dtype)]);
+    }
+    std::vector<double> out(rows);
+    RowDots(dtype, order.data(), rows, x.widened.data(), d, out.data());
+    for (size_t k = 0; k < rows; ++k) {
+      const size_t r = k * 7 % rows;
+      double dot = 0, scale = 0;
+      for (size_t j = 0; j < d; ++j) {
+        dot += double{a.widened[r * d + j]} * x.widened[j];
+        scale += std::abs(double{a.widened[r * d + j]} * x.widened[j]);
+      }
+      EXPECT_NEAR(out[k], dot, 1e-12 * (1 + scale)) << d << " " << k;
+      double alone;
+      RowDots(dtype, &order[k], 1, x.widened.data(), d, &alone);
+      EXPECT_EQ(alone, out[k]) << d << " " << k;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(DTypes, PanelKernelsTest,
                          ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
                          [](const ::testing::TestParamInfo<DType>& info) {
