@@ -30,7 +30,7 @@ static_assert(kBins == PanelOrder::kBins);
 // latency-bound: kGatherCost), or a read of each arm's whole row (kRowCost per entry; the arm
 // is then exact and done). Measured on calibrated W1 and W2, interleaved A/B runs.
 constexpr double kGatherCost = 64;
-constexpr double kRowCost = 2;
+constexpr double kRowCost = 1.5;
 constexpr uint64_t kCacheLineBytes = 64;  // what a gathered entry reads
 // The search computes this many arms beyond the k best warm-up estimates exactly before it
 // starts: the better the k-th best of them, the sooner every other arm is eliminated. 32 rows
