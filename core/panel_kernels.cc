@@ -1,6 +1,7 @@
 #include "core/panel_kernels.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/target_clones.h"
 
@@ -109,26 +110,43 @@ template <typename Acc, size_t kSums, typename T>
   return dot;
 }
 
-// kRows rows' dots with x, interleaved; each row in 8 partial sums (one vector of doubles),
-// then its tail, whatever kRows is.
+// kRows rows' dots with x, interleaved: each row in 8 partial sums (one vector of doubles) over
+// consecutive 8-entry steps, then its tail, whatever kRows is. GCC vectorises float16's widening
+// as a loop but not within a step, so float16 rows are widened 64 entries at a time first.
 template <size_t kRows, typename T>
 [[gnu::always_inline]] inline void InterleavedDots(const T* const* rows, const float* x, size_t d,
                                                    double* out) {
   constexpr size_t kSums = 8;
+  constexpr size_t kBlock = std::is_same_v<T, Float16> ? 64 : kSums;
   const T* row[kRows];
   for (size_t r = 0; r < kRows; ++r) row[r] = rows[r];
   double sums[kRows][kSums] = {};
+  float widened[kRows][kBlock];
   size_t j = 0;
-  for (; j + kSums <= d; j += kSums) {
-    for (size_t r = 0; r < kRows; ++r) {
-      for (size_t l = 0; l < kSums; ++l) {
-        sums[r][l] += static_cast<double>(Widen(row[r][j + l])) * x[j + l];
+  for (; j + kBlock <= d; j += kBlock) {
+    if constexpr (kBlock != kSums) {
+      for (size_t r = 0; r < kRows; ++r) {
+        for (size_t t = 0; t < kBlock; ++t) widened[r][t] = Widen(row[r][j + t]);
+      }
+    }
+    for (size_t t = 0; t < kBlock; t += kSums) {
+      for (size_t r = 0; r < kRows; ++r) {
+        for (size_t l = 0; l < kSums; ++l) {
+          const float a = kBlock != kSums ? widened[r][t + l] : Widen(row[r][j + t + l]);
+          sums[r][l] += static_cast<double>(a) * x[j + t + l];
+        }
       }
     }
   }
-  for (size_t r = 0; r < kRows; ++r) {
+  for (size_t r = 0; r < kRows; ++r) {  // the steps after the last block, then the entries
+    size_t t = j;
+    for (; t + kSums <= d; t += kSums) {
+      for (size_t l = 0; l < kSums; ++l) {
+        sums[r][l] += static_cast<double>(Widen(row[r][t + l])) * x[t + l];
+      }
+    }
     double dot = 0;
-    for (size_t t = j; t < d; ++t) dot += static_cast<double>(Widen(row[r][t])) * x[t];
+    for (; t < d; ++t) dot += static_cast<double>(Widen(row[r][t])) * x[t];
     for (size_t l = 0; l < kSums; ++l) dot += sums[r][l];
     out[r] = dot;
   }

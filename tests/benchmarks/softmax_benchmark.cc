@@ -99,11 +99,12 @@ void BM_RowsDotVector(benchmark::State& state) {
 }
 BENCHMARK(BM_RowsDotVector)->Arg(kF32)->Arg(kF16)->Arg(kBF16)->Unit(benchmark::kMillisecond);
 
-// The sampler's whole-row reads: 1,500 random rows (in index order) of a 50257 x 768
-// row-major float32 matrix, read in groups of the argument's rows (1: one after another).
+// The sampler's whole-row reads: 1,500 random rows (in index order) of a 50257 x 768 row-major
+// matrix in the first argument's dtype, read in groups of the second's rows (1: one by one).
 void BM_RowDots(benchmark::State& state) {
-  const size_t n = 50257, d = 768, group = state.range(0);
-  const std::vector<std::byte> matrix = RandomMatrix(DType::kFloat32, n * d, 16);
+  const DType dtype = DTypeArg(state);
+  const size_t n = 50257, d = 768, group = state.range(1), bytes = ElementBytes(dtype);
+  const std::vector<std::byte> matrix = RandomMatrix(dtype, n * d, 16);
   const std::vector<float> x = RandomFloats(d, 17);
   std::mt19937_64 rng(18);
   std::vector<const void*> rows(1500);
@@ -113,16 +114,16 @@ void BM_RowDots(benchmark::State& state) {
     std::vector<size_t> ids(rows.size());
     for (size_t& i : ids) i = rng() % n;
     std::sort(ids.begin(), ids.end());
-    for (size_t k = 0; k < ids.size(); ++k) rows[k] = &matrix[ids[k] * d * sizeof(float)];
+    for (size_t k = 0; k < ids.size(); ++k) rows[k] = &matrix[ids[k] * d * bytes];
     state.ResumeTiming();
     for (size_t k = 0; k < rows.size(); k += group) {
-      RowDots(DType::kFloat32, &rows[k], std::min(group, rows.size() - k), x.data(), d, &out[k]);
+      RowDots(dtype, &rows[k], std::min(group, rows.size() - k), x.data(), d, &out[k]);
     }
     benchmark::DoNotOptimize(out.data());
   }
-  state.SetBytesProcessed(state.iterations() * rows.size() * d * sizeof(float));
+  state.SetBytesProcessed(state.iterations() * rows.size() * d * bytes);
 }
-BENCHMARK(BM_RowDots)->Arg(1)->Arg(32);
+BENCHMARK(BM_RowDots)->ArgsProduct({{kF32, kF16, kBF16}, {1, 32}});
 
 // Single-arm gathers of 32 random panels from a 50257 x 768 column-major matrix.
 void BM_GatherArm(benchmark::State& state) {
