@@ -23,16 +23,21 @@ TEST(WorkerPoolTest, RunsEveryIndexExactlyOnce) {
   }
 }
 
-TEST(WorkerPoolTest, UsesTheWorkersWhenThereAreSome) {
+// The threads that ran 100 items slow enough that a worker wakes up before the caller has taken
+// them all.
+size_t ThreadsRunningSlowItems() {
   std::mutex mu;
   std::set<std::thread::id> threads;
-  // Items slow enough that a worker wakes up before the caller has taken them all.
   ParallelFor(100, [&](size_t) {
     std::this_thread::sleep_for(std::chrono::milliseconds(3));
     std::lock_guard<std::mutex> lock(mu);
     threads.insert(std::this_thread::get_id());
   });
-  EXPECT_EQ(threads.size(), std::min<size_t>(ParallelWidth(), 100));
+  return threads.size();
+}
+
+TEST(WorkerPoolTest, UsesTheWorkersWhenThereAreSome) {
+  EXPECT_EQ(ThreadsRunningSlowItems(), std::min<size_t>(ParallelWidth(), 100));
 }
 
 TEST(WorkerPoolTest, WidthIsFixedOnceThePoolRuns) {
@@ -75,14 +80,7 @@ TEST(WorkerPoolTest, WokenWorkersStillTakeEveryTaskAndLoseNoItem) {
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
   WakeWorkers();
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  std::mutex mu;
-  std::set<std::thread::id> threads;
-  ParallelFor(100, [&](size_t) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(3));
-    std::lock_guard<std::mutex> lock(mu);
-    threads.insert(std::this_thread::get_id());
-  });
-  EXPECT_EQ(threads.size(), std::min<size_t>(ParallelWidth(), 100));
+  EXPECT_EQ(ThreadsRunningSlowItems(), std::min<size_t>(ParallelWidth(), 100));
 }
 
 }  // namespace
