@@ -1,5 +1,7 @@
 #include "core/arm_kernels.h"
 
+#include <utility>
+
 #include "core/target_clones.h"
 
 // Loops are written for GCC's vectoriser: masks are applied with bitwise selects rather than
@@ -60,7 +62,7 @@ size_t SelectLevel(const uint8_t* __restrict want, const uint8_t* __restrict lev
 // EstimateArm for every arm in one pass, kept for the masked arms (unmasked arms' sums may hold
 // anything, and their results are selected away). The bins are a template argument so that the
 // loop over them unrolls and the loop over arms vectorises.
-template <int kUsedBins, typename BiasOf>
+template <size_t kUsedBins, typename BiasOf>
 [[gnu::always_inline]] inline void AdvanceOf(const uint8_t* __restrict mask,
                                              const float* __restrict sums,
                                              const LevelWeights& weights, BiasOf bias_of,
@@ -70,7 +72,7 @@ template <int kUsedBins, typename BiasOf>
   const float* sum[kUsedBins];
   const float* sum_sq[kUsedBins];
   float inverse_inclusion[kUsedBins], variance_factor[kUsedBins];
-  for (int b = 0; b < kUsedBins; ++b) {
+  for (size_t b = 0; b < kUsedBins; ++b) {
     sum[b] = sums + b * kChunk;
     sum_sq[b] = sums + (kBins + b) * kChunk;
     inverse_inclusion[b] = weights.inverse_inclusion[b];
@@ -79,7 +81,7 @@ template <int kUsedBins, typename BiasOf>
   const float beta = weights.beta;
   for (size_t r = 0; r < width; ++r) {
     float e = 0, v = 0;
-    for (int b = 0; b < kUsedBins; ++b) {
+    for (size_t b = 0; b < kUsedBins; ++b) {
       e += sum[b][r] * inverse_inclusion[b];
       v += sum_sq[b][r] * variance_factor[b];
     }
@@ -90,7 +92,7 @@ template <int kUsedBins, typename BiasOf>
   }
 }
 
-template <int kUsedBins>
+template <size_t kUsedBins>
 [[gnu::always_inline]] inline void AdvanceWithBins(const uint8_t* mask, const float* sums,
                                                    const LevelWeights& weights, const float* bias,
                                                    size_t width, uint8_t* level, float* estimate,
@@ -104,30 +106,24 @@ template <int kUsedBins>
   }
 }
 
+// AdvanceWithBins<weights.bins>, chosen among 0..kBins.
+template <size_t... kUsedBins>
+[[gnu::always_inline]] inline void AdvanceForBins(std::index_sequence<kUsedBins...>,
+                                                  const uint8_t* mask, const float* sums,
+                                                  const LevelWeights& weights, const float* bias,
+                                                  size_t width, uint8_t* level, float* estimate,
+                                                  float* variance) {
+  ((weights.bins == static_cast<int>(kUsedBins) &&
+    (AdvanceWithBins<kUsedBins>(mask, sums, weights, bias, width, level, estimate, variance),
+     true)) ||
+   ...);
+}
+
 ADASOFTMAX_KERNEL
-void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,
-             const float* bias, size_t width, uint8_t* level, float* estimate, float* variance) {
-  static_assert(kBins == 8);
-  switch (weights.bins) {
-    case 0:
-      return AdvanceWithBins<0>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 1:
-      return AdvanceWithBins<1>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 2:
-      return AdvanceWithBins<2>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 3:
-      return AdvanceWithBins<3>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 4:
-      return AdvanceWithBins<4>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 5:
-      return AdvanceWithBins<5>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 6:
-      return AdvanceWithBins<6>(mask, sums, weights, bias, width, level, estimate, variance);
-    case 7:
-      return AdvanceWithBins<7>(mask, sums, weights, bias, width, level, estimate, variance);
-    default:
-      return AdvanceWithBins<8>(mask, sums, weights, bias, width, level, estimate, variance);
-  }
+void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights, const float* bias,
+             size_t width, uint8_t* level, float* estimate, float* variance) {
+  AdvanceForBins(std::make_index_sequence<kBins + 1>(), mask, sums, weights, bias, width, level,
+                 estimate, variance);
 }
 
 ADASOFTMAX_KERNEL
