@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/temp_dir.h"
 
 namespace adasoftmax {
 namespace {
@@ -23,11 +24,11 @@ using ::testing::HasSubstr;
 
 constexpr char kDataDir[] = "tests/data/ppocrv4-rec/";
 
-// A file path under the test temp dir, unique per test.
+// A file path, unique per test, in a directory removed when the tests end.
 std::string TempPath(const std::string& name) {
+  static const testing::TempDir dir;
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  return absl::StrCat(::testing::TempDir(), "/", info->test_suite_name(), "_", info->name(), "_",
-                      name);
+  return dir.Sub(absl::StrCat(info->test_suite_name(), "_", info->name(), "_", name));
 }
 
 std::string WriteBytes(const std::string& name, const std::string& bytes) {
@@ -359,7 +360,7 @@ TEST(TensorIoTest, FileLevelErrors) {
               "unsupported file type");
   const std::string npy = WriteBytes("named.npy", NpyFile(NpyDict("<f4", "(1, 1)"), "abcd"));
   ExpectError(ReadMatrix(npy, "x").status(), absl::StatusCode::kInvalidArgument, npy, "'x'");
-  const std::string dir = ::testing::TempDir() + "/dir.npy";
+  const std::string dir = TempPath("dir.npy");
   std::filesystem::create_directories(dir);
   ExpectError(ReadMatrix(dir).status(), absl::StatusCode::kInvalidArgument, dir,
               "not a regular file");

@@ -1,10 +1,8 @@
 #ifndef ADASOFTMAX_TESTS_SERVER_TEST_UTIL_H_
 #define ADASOFTMAX_TESTS_SERVER_TEST_UTIL_H_
 
-// Helpers shared by the server and end-to-end tests: temporary directories and small model
-// repositories written by the test itself.
-
-#include <stdlib.h>
+// Helpers shared by the server and end-to-end tests: small model repositories written by the
+// test itself, in a TempDir (tests/temp_dir.h).
 
 #include <filesystem>
 #include <fstream>
@@ -15,31 +13,9 @@
 #include "core/synth.h"
 #include "core/tensor_io.h"
 #include "gtest/gtest.h"
+#include "tests/temp_dir.h"
 
 namespace adasoftmax::testing {
-
-// A fresh directory under $TMPDIR, removed with its contents on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "adasoftmax-test-XXXXXX").string();
-    char* made = mkdtemp(pattern.data());
-    EXPECT_NE(made, nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string Sub(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
 
 inline void WriteTextFile(const std::string& path, const std::string& text) {
   std::filesystem::create_directories(std::filesystem::path(path).parent_path());
