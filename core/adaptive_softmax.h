@@ -37,10 +37,13 @@ struct AdaptiveOptions {
   double sample_cost = 0;
 };
 
-// The sample_cost the CLI and the server use unless told otherwise. Measured with `adasoftmax
-// bench` on the 2-core benchmark machine of the README: a sampled entry costs 6 (dense pulls,
-// W4) to 10 (heavy-tailed, W1) entries streamed by the exact path.
-inline constexpr double kDefaultSampleCost = 8;
+// The sample_cost the CLI and the server use unless told otherwise (the server then measures
+// it). Measured with `adasoftmax bench` on the README's 2-core machine, a sampled entry costs
+// 2-4 entries streamed by the exact path on W1-W3, half precision included, but 10-12 on the
+// 3 MB OCR head (W5), whose exact pass runs from cache. At 6, W5's queries that start sampling
+// fall back and cost 2% more than exact; at 4, half of them sample to the end and W5 runs at
+// 0.54x. At 8, W2 float16 sends 90 of 200 queries exact (1.4-1.6x against 1.8x at 6).
+inline constexpr double kDefaultSampleCost = 6;
 
 // Before sampling, a query is predicted to read kSpreadFraction x share x
 // min(1, topk_multiplier) of its panels per arm, with share = SpreadOfWeights(...).share: the
