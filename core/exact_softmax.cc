@@ -55,6 +55,29 @@ void BatchProducts(const Model& m, const std::vector<float>& x, size_t batch, si
   }
 }
 
+// OpenBLAS runs single-threaded on each block of rows, the blocks on the worker pool: as fast as
+// OpenBLAS's own threads, which would otherwise spin after every call and slow down whatever
+// runs next on the pool.
+void SingleThreadedBlas() {
+  [[maybe_unused]] static const bool single_threaded = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+}
+
+// Runs products(begin, end) on `blocks` consecutive shares of the n rows, on the worker pool.
+template <typename Products>
+void OnShares(size_t n, size_t d, Products products) {
+  const size_t blocks = n * d < kParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
+  ParallelFor(blocks, [&](size_t b) { products(n * b / blocks, n * (b + 1) / blocks); });
+}
+
+void Sgemv(const Model& m, const float* x, size_t begin, size_t end, float* out) {
+  cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(end - begin), static_cast<int>(m.d()),
+              1.0f, static_cast<const float*>(m.row(begin)), static_cast<int>(m.d()), x, 1, 0.0f,
+              out + begin, 1);
+}
+
 }  // namespace
 
 TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias,
@@ -107,35 +130,32 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
 }
 
 void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<float> out) {
-  // OpenBLAS runs single-threaded on each block of rows, the blocks on the worker pool: as fast
-  // as OpenBLAS's own threads, which would otherwise spin after every call and slow down
-  // whatever runs next on the pool.
-  [[maybe_unused]] static const bool single_threaded = [] {
-    openblas_set_num_threads(1);
-    return true;
-  }();
+  SingleThreadedBlas();
   const size_t n = m.n(), d = m.d(), batch = queries.size();
   if (batch == 0) return;
-  std::vector<float> x;  // X (batch x d), for SGEMM
-  if (batch > 1) {
-    x.resize(batch * d);
-    for (size_t q = 0; q < batch; ++q) {
-      std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
-    }
+  if (batch == 1) {
+    const float* x = queries[0].x.data();
+    const bool sgemv = m.dtype() == DType::kFloat32 && n * d * sizeof(float) < kStreamMinBytes;
+    OnShares(n, d, [&](size_t begin, size_t end) {
+      if (sgemv) {
+        Sgemv(m, x, begin, end, out.data());
+      } else {
+        RowsDotVector(m.dtype(), m.row(begin), end - begin, d, x, &out[begin]);
+      }
+    });
+    return;
   }
-  const size_t blocks = n * d < kParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
-  ParallelFor(blocks, [&](size_t b) {
-    const size_t begin = n * b / blocks, end = n * (b + 1) / blocks;
-    if (batch > 1) {
-      BatchProducts(m, x, batch, begin, end, out);
-    } else if (m.dtype() == DType::kFloat32) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(end - begin), static_cast<int>(d),
-                  1.0f, static_cast<const float*>(m.row(begin)), static_cast<int>(d),
-                  queries[0].x.data(), 1, 0.0f, &out[begin], 1);
-    } else {  // BLAS cannot read half precision
-      RowsDotVector(m.dtype(), m.row(begin), end - begin, d, queries[0].x.data(), &out[begin]);
-    }
-  });
+  std::vector<float> x(batch * d);  // X (batch x d), for SGEMM
+  for (size_t q = 0; q < batch; ++q) {
+    std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
+  }
+  OnShares(n, d, [&](size_t begin, size_t end) { BatchProducts(m, x, batch, begin, end, out); });
+}
+
+void SgemvProducts(const Model& m, absl::Span<const float> x, absl::Span<float> out) {
+  SingleThreadedBlas();
+  OnShares(m.n(), m.d(),
+           [&](size_t begin, size_t end) { Sgemv(m, x.data(), begin, end, out.data()); });
 }
 
 std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {

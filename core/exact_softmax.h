@@ -8,9 +8,8 @@
 
 namespace adasoftmax {
 
-// Exact top-k softmax: all logits by BLAS (SGEMV for one query, blocked SGEMM for a batch),
-// then one fused pass per query keeping the running max, the rescaled sum and a top-k heap.
-// Thread-safe.
+// Exact top-k softmax: all logits by RawProducts, then one fused pass per query keeping the
+// running max, the rescaled sum and a top-k heap. Thread-safe.
 class ExactSoftmax : public TopKSoftmax {
  public:
   explicit ExactSoftmax(std::shared_ptr<const Model> model) : model_(std::move(model)) {}
@@ -22,10 +21,23 @@ class ExactSoftmax : public TopKSoftmax {
   std::shared_ptr<const Model> model_;
 };
 
-// The bare BLAS products out[q * n + i] = A_i . x_q by SGEMV (one query) or SGEMM: what the
-// exact path costs without its softmax pass, the yardstick of its overhead.
+// A single query on float32 weights of at least this many bytes, which stream from memory, is
+// read by RowsDotVector, one sequential stream per thread: 1.15-1.25x as fast as OpenBLAS's
+// SGEMV on 50257 x 768 and 0.98-1.05x on 32000 x 4096 (W1 and W2 of the README, `bench`
+// interleaved). Weights that stay in cache go to SGEMV, which computes faster: 55 against 153
+// us on the 6625 x 120 OCR head.
+inline constexpr size_t kStreamMinBytes = size_t{64} << 20;
+
+// The exact path's products out[q * n + i] = A_i . x_q, on the worker pool: blocked SGEMMs for
+// a batch (half precision widened block by block); for one query RowsDotVector, or SGEMV on
+// float32 weights under kStreamMinBytes. What the exact path costs without its softmax pass.
 // REQUIRES: out.size() == queries.size() * model.n().
 void RawProducts(const Model& model, absl::Span<const Query> queries, absl::Span<float> out);
+
+// The bare BLAS product out[i] = A_i . x, by cblas_sgemv single-threaded on each worker's share
+// of the rows: the yardstick of RawProducts. REQUIRES: model.dtype() == DType::kFloat32,
+// x.size() == model.d(), out.size() == model.n().
+void SgemvProducts(const Model& model, absl::Span<const float> x, absl::Span<float> out);
 
 // The fused pass: logits mu_i = temperature * (raw_i + bias_i) for the n = raw.size() entries
 // (bias may be empty). Returns the top k by decreasing logit (ties: lower index first) and

@@ -190,18 +190,24 @@ const Workload& HeavyTailedHead() {
   return *w;
 }
 
-// The exact path's parts on the same head: the bare SGEMV, and the fused softmax + top-1 pass.
-void BM_Sgemv(benchmark::State& state) {
+// The exact path's parts on the same head: its products (RowsDotVector on 154 MB, see
+// kStreamMinBytes) beside the bare SGEMV, and the fused softmax + top-1 pass.
+void BM_Products(benchmark::State& state, bool sgemv) {
   const Workload& w = HeavyTailedHead();
   const Query query{absl::MakeConstSpan(w.queries.data(), w.queries.cols()), {}};
   std::vector<float> products(w.model->n());
   for (auto _ : state) {
-    RawProducts(*w.model, {&query, 1}, absl::MakeSpan(products));
+    if (sgemv) {
+      SgemvProducts(*w.model, query.x, absl::MakeSpan(products));
+    } else {
+      RawProducts(*w.model, {&query, 1}, absl::MakeSpan(products));
+    }
     benchmark::DoNotOptimize(products.data());
   }
   state.SetBytesProcessed(state.iterations() * w.model->n() * w.model->d() * sizeof(float));
 }
-BENCHMARK(BM_Sgemv)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Products, sgemv, true)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Products, exact_path, false)->Unit(benchmark::kMillisecond);
 
 // The same head kept in `dtype`.
 const Model& HeavyTailedHeadIn(DType dtype) {

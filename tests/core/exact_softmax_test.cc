@@ -63,6 +63,29 @@ INSTANTIATE_TEST_SUITE_P(DTypes, ExactSoftmaxTest,
                            return std::string(DTypeName(info.param));
                          });
 
+// A single query's products: by SGEMV on a head in cache, by RowsDotVector on one of
+// kStreamMinBytes or more; within float rounding of the bare SGEMV either way.
+TEST(RawProductsTest, SingleQueriesMatchTheBareSgemvInCacheAndFromMemory) {
+  constexpr size_t kD = 1024;
+  for (const size_t n : {size_t{600}, kStreamMinBytes / (kD * sizeof(float)) + 1}) {
+    const testing::ModelAndQueries head =
+        testing::SynthHead({.n = n, .d = kD, .queries = 3, .seed = 5});
+    const Model& m = *head.model;
+    std::vector<float> raw(n), sgemv(n);
+    for (size_t q = 0; q < 3; ++q) {
+      const Query query{head.query(q), {}};
+      RawProducts(m, {&query, 1}, absl::MakeSpan(raw));
+      SgemvProducts(m, query.x, absl::MakeSpan(sgemv));
+      size_t off = 0;
+      for (size_t i = 0; i < n; ++i) {
+        off += !(std::abs(raw[i] - sgemv[i]) <= 1e-4f * (1 + std::abs(sgemv[i])));
+      }
+      EXPECT_EQ(off, 0) << "n " << n << ", query " << q << ": row 0 " << raw[0] << " against "
+                        << sgemv[0];
+    }
+  }
+}
+
 TEST(SoftmaxTopKTest, BreaksTiesByLowerIndexAndHandlesKEqualsN) {
   const std::vector<float> raw = {1, 3, 3, 0, 3};
   const TopKResult top = SoftmaxTopK(raw, {}, 1.0, 2);
