@@ -55,9 +55,10 @@ inline constexpr double kSpreadFraction = 0.5;
 
 // The exact path answers a batch's queries together by blocked SGEMMs (see exact_softmax.cc):
 // the first costs one pass over A, each further one about this fraction of n x d float32
-// entries. Measured with BM_ExactBatch against BM_Sgemv on the README's 2-core machine: 0.06
-// to 0.13 per query for batches of 2 to 32 on a slow-memory stretch; faster memory makes a pass
-// cheaper against the compute, hence 0.2. Compute-bound, so the same for half precision.
+// entries. Measured with BM_ExactBatch against the bare SGEMV (BM_Products/sgemv) on the
+// README's 2-core machine: 0.06 to 0.13 per query for batches of 2 to 32 on a slow-memory
+// stretch; faster memory makes a pass cheaper against the compute, hence 0.2. Compute-bound, so
+// the same for half precision.
 inline constexpr double kBatchedExactQueryCost = 0.2;
 
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
