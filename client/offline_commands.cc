@@ -431,7 +431,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
           const Clock::time_point start = Clock::now();
           if (in.model->dtype() == DType::kFloat32) {
             SgemvProducts(*in.model, q.x, absl::MakeSpan(products));
-          } else {  // no BLAS for half precision: the exact path's own products
+          } else {  // half precision: the exact path's own widening products
             RawProducts(*in.model, absl::MakeConstSpan(&q, 1), absl::MakeSpan(products));
           }
           bare_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();

@@ -31,26 +31,33 @@ struct RanksHigher {
 constexpr size_t kGemmBlockBytes = size_t{128} << 10;
 constexpr size_t kGemmQueries = 16;
 
-// out[q * n + i] = A_i . x_q for rows [begin, end) and the batch of `batch` queries in x
-// (batch x d, row-major); half-precision blocks are widened into a buffer first.
-void BatchProducts(const Model& m, const std::vector<float>& x, size_t batch, size_t begin,
-                   size_t end, absl::Span<float> out) {
+// out[q * n + i] = A_i . x_q for rows [begin, end) and the `batch` queries in x (batch x d,
+// row-major), by BLAS: SGEMV for one query, SGEMMs for more. Half-precision rows are widened
+// into a buffer block by block first; float32 rows of one query are a single call.
+void BlasProducts(const Model& m, const float* x, size_t batch, size_t begin, size_t end,
+                  float* out) {
   const size_t d = m.d();
-  const size_t block = std::max<size_t>(1, kGemmBlockBytes / (d * sizeof(float)));
+  const bool whole = m.dtype() == DType::kFloat32 && batch == 1;
+  const size_t block =
+      whole ? end - begin : std::max<size_t>(1, kGemmBlockBytes / (d * sizeof(float)));
   std::vector<float> widened;
   if (m.dtype() != DType::kFloat32) widened.resize(block * d);
   for (size_t first = begin; first < end; first += block) {
-    const size_t rows = std::min(block, end - first);
+    const int rows = static_cast<int>(std::min(block, end - first)), cols = static_cast<int>(d);
     const float* a = static_cast<const float*>(m.row(first));
     if (!widened.empty()) {
       WidenTo(m.dtype(), m.row(first), rows * d, widened.data());
       a = widened.data();
     }
+    if (batch == 1) {
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, a, cols, x, 1, 0.0f, out + first,
+                  1);
+      continue;
+    }
     for (size_t q = 0; q < batch; q += kGemmQueries) {  // out[q.., first..] = X[q..] A[first..]^T
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans,
-                  static_cast<int>(std::min(kGemmQueries, batch - q)), static_cast<int>(rows),
-                  static_cast<int>(d), 1.0f, &x[q * d], static_cast<int>(d), a,
-                  static_cast<int>(d), 0.0f, &out[q * m.n() + first], static_cast<int>(m.n()));
+                  static_cast<int>(std::min(kGemmQueries, batch - q)), rows, cols, 1.0f, x + q * d,
+                  cols, a, cols, 0.0f, out + q * m.n() + first, static_cast<int>(m.n()));
     }
   }
 }
@@ -70,12 +77,6 @@ template <typename Products>
 void OnShares(size_t n, size_t d, Products products) {
   const size_t blocks = n * d < kParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
   ParallelFor(blocks, [&](size_t b) { products(n * b / blocks, n * (b + 1) / blocks); });
-}
-
-void Sgemv(const Model& m, const float* x, size_t begin, size_t end, float* out) {
-  cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(end - begin), static_cast<int>(m.d()),
-              1.0f, static_cast<const float*>(m.row(begin)), static_cast<int>(m.d()), x, 1, 0.0f,
-              out + begin, 1);
 }
 
 }  // namespace
@@ -133,29 +134,28 @@ void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<flo
   SingleThreadedBlas();
   const size_t n = m.n(), d = m.d(), batch = queries.size();
   if (batch == 0) return;
-  if (batch == 1) {
-    const float* x = queries[0].x.data();
-    const bool sgemv = m.dtype() == DType::kFloat32 && n * d * sizeof(float) < kStreamMinBytes;
-    OnShares(n, d, [&](size_t begin, size_t end) {
-      if (sgemv) {
-        Sgemv(m, x, begin, end, out.data());
-      } else {
-        RowsDotVector(m.dtype(), m.row(begin), end - begin, d, x, &out[begin]);
-      }
-    });
-    return;
+  const bool stream = batch == 1 && n * d * ElementBytes(m.dtype()) >= kStreamMinBytes;
+  std::vector<float> x;  // X (batch x d), for SGEMM
+  if (batch > 1) {
+    x.resize(batch * d);
+    for (size_t q = 0; q < batch; ++q) {
+      std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
+    }
   }
-  std::vector<float> x(batch * d);  // X (batch x d), for SGEMM
-  for (size_t q = 0; q < batch; ++q) {
-    std::copy(queries[q].x.begin(), queries[q].x.end(), &x[q * d]);
-  }
-  OnShares(n, d, [&](size_t begin, size_t end) { BatchProducts(m, x, batch, begin, end, out); });
+  const float* xs = batch == 1 ? queries[0].x.data() : x.data();
+  OnShares(n, d, [&](size_t begin, size_t end) {
+    if (stream) {
+      RowsDotVector(m.dtype(), m.row(begin), end - begin, d, xs, &out[begin]);
+    } else {
+      BlasProducts(m, xs, batch, begin, end, out.data());
+    }
+  });
 }
 
 void SgemvProducts(const Model& m, absl::Span<const float> x, absl::Span<float> out) {
   SingleThreadedBlas();
   OnShares(m.n(), m.d(),
-           [&](size_t begin, size_t end) { Sgemv(m, x.data(), begin, end, out.data()); });
+           [&](size_t begin, size_t end) { BlasProducts(m, x.data(), 1, begin, end, out.data()); });
 }
 
 std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {

@@ -21,22 +21,22 @@ class ExactSoftmax : public TopKSoftmax {
   std::shared_ptr<const Model> model_;
 };
 
-// A single query on float32 weights of at least this many bytes, which stream from memory, is
-// read by RowsDotVector, one sequential stream per thread: 1.15-1.25x as fast as OpenBLAS's
-// SGEMV on 50257 x 768 and 0.98-1.05x on 32000 x 4096 (W1 and W2 of the README, `bench`
-// interleaved). Weights that stay in cache go to SGEMV, which computes faster: 55 against 153
-// us on the 6625 x 120 OCR head.
+// A single query on weights of at least this many bytes (in their dtype), which stream from
+// memory, is read by RowsDotVector, one sequential stream per thread: 1.15-1.25x as fast as
+// OpenBLAS's SGEMV on 50257 x 768 float32 and 0.98-1.05x on 32000 x 4096 (W1 and W2 of the
+// README, `bench` interleaved). Weights that stay in cache go to SGEMV, which computes faster:
+// on the 6625 x 120 OCR head 55 against 153 us in float32.
 inline constexpr size_t kStreamMinBytes = size_t{64} << 20;
 
-// The exact path's products out[q * n + i] = A_i . x_q, on the worker pool: blocked SGEMMs for
-// a batch (half precision widened block by block); for one query RowsDotVector, or SGEMV on
-// float32 weights under kStreamMinBytes. What the exact path costs without its softmax pass.
-// REQUIRES: out.size() == queries.size() * model.n().
+// The exact path's products out[q * n + i] = A_i . x_q, on the worker pool: for one query by
+// RowsDotVector from kStreamMinBytes on, by SGEMV below; for a batch by SGEMMs on blocks of
+// rows. BLAS reads half-precision rows widened block by block. What the exact path costs
+// without its softmax pass. REQUIRES: out.size() == queries.size() * model.n().
 void RawProducts(const Model& model, absl::Span<const Query> queries, absl::Span<float> out);
 
-// The bare BLAS product out[i] = A_i . x, by cblas_sgemv single-threaded on each worker's share
-// of the rows: the yardstick of RawProducts. REQUIRES: model.dtype() == DType::kFloat32,
-// x.size() == model.d(), out.size() == model.n().
+// The bare BLAS product out[i] = A_i . x by cblas_sgemv, single-threaded on each worker's share
+// of the rows (half-precision rows widened block by block): the yardstick of RawProducts.
+// REQUIRES: x.size() == model.d(), out.size() == model.n().
 void SgemvProducts(const Model& model, absl::Span<const float> x, absl::Span<float> out);
 
 // The fused pass: logits mu_i = temperature * (raw_i + bias_i) for the n = raw.size() entries

@@ -57,19 +57,14 @@ TEST_P(ExactSoftmaxTest, BatchAnswersEqualSingleAnswers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(DTypes, ExactSoftmaxTest,
-                         ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
-                         [](const ::testing::TestParamInfo<DType>& info) {
-                           return std::string(DTypeName(info.param));
-                         });
-
-// A single query's products: by SGEMV on a head in cache, by RowsDotVector on one of
+// A single query's products, per dtype: by SGEMV on a head in cache, by RowsDotVector on one of
 // kStreamMinBytes or more; within float rounding of the bare SGEMV either way.
-TEST(RawProductsTest, SingleQueriesMatchTheBareSgemvInCacheAndFromMemory) {
+TEST_P(ExactSoftmaxTest, SingleQueryProductsMatchTheBareSgemvInCacheAndFromMemory) {
   constexpr size_t kD = 1024;
-  for (const size_t n : {size_t{600}, kStreamMinBytes / (kD * sizeof(float)) + 1}) {
+  const size_t row_bytes = kD * ElementBytes(GetParam());
+  for (const size_t n : {size_t{600}, kStreamMinBytes / row_bytes + 1}) {
     const testing::ModelAndQueries head =
-        testing::SynthHead({.n = n, .d = kD, .queries = 3, .seed = 5});
+        testing::SynthHead({.n = n, .d = kD, .queries = 3, .seed = 5}, GetParam());
     const Model& m = *head.model;
     std::vector<float> raw(n), sgemv(n);
     for (size_t q = 0; q < 3; ++q) {
@@ -85,6 +80,12 @@ TEST(RawProductsTest, SingleQueriesMatchTheBareSgemvInCacheAndFromMemory) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(DTypes, ExactSoftmaxTest,
+                         ::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
 
 TEST(SoftmaxTopKTest, BreaksTiesByLowerIndexAndHandlesKEqualsN) {
   const std::vector<float> raw = {1, 3, 3, 0, 3};
