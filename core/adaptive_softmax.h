@@ -26,7 +26,7 @@ struct AdaptiveOptions {
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
   // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one float32
-  // entry streamed by the exact path's SGEMV. A query whose sampling is predicted to cost more
+  // entry streamed by the exact path (RawProducts). A query whose sampling is predicted to cost more
   // than the whole exact pass (sample_cost x predicted entries > n x d x ElementBytes(dtype) / 4:
   // a half-precision pass streams twice as fast, while the sampler's cost is mostly
   // bookkeeping) is answered by the exact path instead, so the guarantee holds a fortiori. It
@@ -78,7 +78,7 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // chunk each block of columns is read once for every query that still needs it, and each query
 // keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
 // AdaptiveOptions::sample_cost and SkipsSampling), before or during sampling, are answered
-// together by SGEMV/SGEMM. Thread-safe.
+// together by the exact path. Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   static constexpr uint64_t kProbeEvery = 100;
