@@ -39,7 +39,7 @@ ARG UID=10001
 # build if one is missing).
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      libopenblas0-pthread \
+      libopenblas0-pthread libhwy1 \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
       >/dev/null \

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "core/hwy_kernels.h"
 #include "core/target_clones.h"
 
 namespace adasoftmax {
@@ -218,10 +219,6 @@ ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, co
                                         float* out) {
   RowsDotVectorOf<float>(a, rows, d, x, out);
 }
-ADASOFTMAX_KERNEL void RowsDotVectorF16(const void* a, size_t rows, size_t d, const float* x,
-                                        float* out) {
-  RowsDotVectorOf<Float16>(a, rows, d, x, out);
-}
 ADASOFTMAX_KERNEL void RowsDotVectorBF16(const void* a, size_t rows, size_t d, const float* x,
                                          float* out) {
   RowsDotVectorOf<BFloat16>(a, rows, d, x, out);
@@ -273,7 +270,7 @@ void RowDots(DType dtype, const void* const* rows, size_t count, const float* x,
 
 void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x,
                    float* out) {
-  ForDType(dtype, RowsDotVectorF32, RowsDotVectorF16, RowsDotVectorBF16)(a, rows, d, x, out);
+  ForDType(dtype, RowsDotVectorF32, Float16RowsDotVector, RowsDotVectorBF16)(a, rows, d, x, out);
 }
 
 void WidenTo(DType dtype, const void* a, size_t count, float* out) {

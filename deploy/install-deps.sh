@@ -8,6 +8,7 @@ packages=(
   build-essential cmake pkg-config
   libopenblas-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
   libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev prometheus-cpp-dev
+  libhwy-dev
   # Tests: an independent gRPC client, a real Prometheus, data helpers.
   python3 python3-numpy python3-grpcio python3-grpc-tools python3-yaml prometheus curl openssl
   # Image test: builds the Dockerfile without a Docker engine.

@@ -9,6 +9,7 @@
 #include "absl/random/random.h"
 #include "core/dtype.h"
 #include "gtest/gtest.h"
+#include "hwy/targets.h"
 
 namespace adasoftmax {
 namespace {
@@ -101,6 +102,32 @@ TEST_P(PanelKernelsTest, RowKernelsMatchDoubleDots) {
       EXPECT_NEAR(g.sum, dot, 1e-5 * (1 + scale));
     }
   }
+}
+
+// float16 rows are dotted by a Highway kernel dispatched at run time: every target this CPU
+// runs (AVX-512, AVX2, SSE4, ... on the benchmark machine) gives the double dot, within float
+// rounding.
+TEST(RowsDotVectorTest, Float16MatchesDoubleDotsOnEveryHighwayTarget) {
+  const size_t rows = 3;
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    for (size_t d : {1, 7, 8, 31, 33, 100, 768}) {
+      const Entries a = RandomEntries(DType::kFloat16, rows * d, d);
+      const Entries x = RandomEntries(DType::kFloat32, d, 7);
+      std::vector<float> out(rows);
+      RowsDotVector(DType::kFloat16, a.stored.data(), rows, d, x.widened.data(), out.data());
+      for (size_t r = 0; r < rows; ++r) {
+        double dot = 0, scale = 0;
+        for (size_t j = 0; j < d; ++j) {
+          dot += double{a.widened[r * d + j]} * x.widened[j];
+          scale += std::abs(double{a.widened[r * d + j]} * x.widened[j]);
+        }
+        EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale))
+            << hwy::TargetName(target) << ", d " << d << ", row " << r;
+      }
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);  // back to the CPU's best
 }
 
 TEST_P(PanelKernelsTest, RowDotsMatchDoubleDotsWhateverRowsTheyAreReadWith) {
