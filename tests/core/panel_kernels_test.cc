@@ -34,6 +34,21 @@ Entries RandomEntries(DType dtype, size_t count, uint64_t seed) {
   return e;
 }
 
+// Row r (of d entries) of a dotted with x in double, and the sum of the products' magnitudes,
+// which scales the rounding a float dot may show.
+struct DotAndScale {
+  double dot = 0, scale = 0;
+};
+DotAndScale DoubleDot(const Entries& a, const Entries& x, size_t r, size_t d) {
+  DotAndScale out;
+  for (size_t j = 0; j < d; ++j) {
+    const double product = double{a.widened[r * d + j]} * x.widened[j];
+    out.dot += product;
+    out.scale += std::abs(product);
+  }
+  return out;
+}
+
 class PanelKernelsTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresToTheMaskedArms) {
@@ -83,11 +98,7 @@ TEST_P(PanelKernelsTest, RowKernelsMatchDoubleDots) {
     WidenTo(dtype, a.stored.data(), rows * d, widened.data());
     EXPECT_EQ(widened, a.widened);
     for (size_t r = 0; r < rows; ++r) {
-      double dot = 0, scale = 0;
-      for (size_t j = 0; j < d; ++j) {
-        dot += double{a.widened[r * d + j]} * x.widened[j];
-        scale += std::abs(double{a.widened[r * d + j]} * x.widened[j]);
-      }
+      const auto [dot, scale] = DoubleDot(a, x, r, d);
       const void* row = &a.stored[r * d * ElementBytes(dtype)];
       EXPECT_NEAR(RowDot(dtype, row, x.widened.data(), d), dot, 1e-12 * (1 + scale));
       EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale)) << d << " " << r;
@@ -117,11 +128,7 @@ TEST(RowsDotVectorTest, Float16MatchesDoubleDotsOnEveryHighwayTarget) {
       std::vector<float> out(rows);
       RowsDotVector(DType::kFloat16, a.stored.data(), rows, d, x.widened.data(), out.data());
       for (size_t r = 0; r < rows; ++r) {
-        double dot = 0, scale = 0;
-        for (size_t j = 0; j < d; ++j) {
-          dot += double{a.widened[r * d + j]} * x.widened[j];
-          scale += std::abs(double{a.widened[r * d + j]} * x.widened[j]);
-        }
+        const auto [dot, scale] = DoubleDot(a, x, r, d);
         EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale))
             << hwy::TargetName(target) << ", d " << d << ", row " << r;
       }
@@ -144,11 +151,7 @@ TEST_P(PanelKernelsTest, RowDotsMatchDoubleDotsWhateverRowsTheyAreReadWith) {
     RowDots(dtype, order.data(), rows, x.widened.data(), d, out.data());
     for (size_t k = 0; k < rows; ++k) {
       const size_t r = k * 7 % rows;
-      double dot = 0, scale = 0;
-      for (size_t j = 0; j < d; ++j) {
-        dot += double{a.widened[r * d + j]} * x.widened[j];
-        scale += std::abs(double{a.widened[r * d + j]} * x.widened[j]);
-      }
+      const auto [dot, scale] = DoubleDot(a, x, r, d);
       EXPECT_NEAR(out[k], dot, 1e-12 * (1 + scale)) << d << " " << k;
       double alone;
       RowDots(dtype, &order[k], 1, x.widened.data(), d, &alone);
