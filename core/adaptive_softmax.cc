@@ -637,6 +637,9 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   options.sample_cost = SampleCost();
   const SamplingPlan plan = Plan(queries);
   double predicted = 0;  // entries the sampled queries are predicted to read
+  double samples = 0;    // entries they read; fallbacks count what they read before falling back
+  double sampling_seconds = 0;
+  size_t fallbacks = 0;
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
@@ -669,29 +672,32 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
     BatchSampler sampler(*model_, order, options);
     std::vector<TopKResult> answers = sampler.Run(batch);
-    double samples = 0;  // fallbacks' answers hold the samples read before they fell back
+    sampling_seconds = absl::ToDoubleSeconds(absl::Now() - start);
     for (size_t r = 0; r < answers.size(); ++r) {
       samples += static_cast<double>(answers[r].samples);
       results[sampled[r]] = std::move(answers[r]);
     }
-    if (meter_ != nullptr) {
-      meter_->AddSampled(samples, predicted, absl::ToDoubleSeconds(absl::Now() - start));
-    }
+    fallbacks = sampler.fallbacks().size();
     for (size_t r : sampler.fallbacks()) exact.push_back(sampled[r]);
   }
+  double fallback_seconds = 0;  // the fallbacks' share of the exact batch
   if (!exact.empty()) {
     std::vector<Query> exact_queries;
     for (size_t q : exact) exact_queries.push_back(queries[q]);
     const absl::Time start = absl::Now();
     std::vector<TopKResult> answers = ExactSoftmax(model_).Run(exact_queries);
-    if (meter_ != nullptr) {
-      meter_->AddExact(ExactBatchCost(*model_, exact_queries.size()),
-                       absl::ToDoubleSeconds(absl::Now() - start));
-    }
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    const double cost = ExactBatchCost(*model_, exact.size());
+    if (meter_ != nullptr) meter_->AddExact(cost, seconds);
+    fallback_seconds =
+        seconds * (cost - ExactBatchCost(*model_, exact.size() - fallbacks)) / cost;
     for (size_t r = 0; r < answers.size(); ++r) {
       answers[r].bytes_touched += results[exact[r]].bytes_touched;  // what sampling touched first
       results[exact[r]] = std::move(answers[r]);
     }
+  }
+  if (meter_ != nullptr && !sampled.empty()) {
+    meter_->AddSampled(samples, predicted, sampling_seconds, fallback_seconds);
   }
   return results;
 }

@@ -20,20 +20,30 @@ void SampleCostMeter::AddExact(double entries, double seconds) {
   ++exact_observations_;
 }
 
-void SampleCostMeter::AddSampled(double samples, double predicted, double seconds) {
-  if (!(samples > 0 && predicted > 0 && seconds > 0)) return;
+void SampleCostMeter::AddSampled(double samples, double predicted, double seconds,
+                                 double fallback_seconds) {
+  if (!(samples > 0 && predicted > 0 && seconds > 0 && fallback_seconds >= 0)) return;
   absl::MutexLock lock(&mu_);
   Decay(sampled_.seconds, seconds);
   Decay(sampled_.samples, samples);
   Decay(sampled_.predicted, predicted);
+  Decay(sampled_.fallback_seconds, fallback_seconds);
   ++sampled_observations_;
 }
 
-double SampleCostMeter::Ratio(double Sampled::*units) const {
+double SampleCostMeter::Cost() const {
   absl::MutexLock lock(&mu_);
+  return Ratio(sampled_.seconds, sampled_.samples);
+}
+
+double SampleCostMeter::CostOfPredicted() const {
+  absl::MutexLock lock(&mu_);
+  return Ratio(sampled_.seconds + sampled_.fallback_seconds, sampled_.predicted);
+}
+
+double SampleCostMeter::Ratio(double seconds, double units) const {
   if (exact_observations_ < kWarmup || sampled_observations_ < kWarmup) return initial_cost_;
-  const double cost =
-      (sampled_.seconds / (sampled_.*units)) / (exact_seconds_ / exact_entries_);
+  const double cost = (seconds / units) / (exact_seconds_ / exact_entries_);
   return std::clamp(cost, kMinCost, kMaxCost);
 }
 

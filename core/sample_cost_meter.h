@@ -27,13 +27,15 @@ class SampleCostMeter {
   // The exact path streamed `entries` float32 entries (or their equivalent) in `seconds`.
   void AddExact(double entries, double seconds);
   // The sampler read `samples` entries in `seconds`, where `predicted` were predicted before
-  // it started (see AdaptiveSoftmax::SkipsSampling). Observations with no time are ignored.
-  void AddSampled(double samples, double predicted, double seconds);
+  // it started (see AdaptiveSoftmax::Plan), and the queries that fell back to the exact path
+  // then took `fallback_seconds` more. Observations with no sampling time are ignored.
+  void AddSampled(double samples, double predicted, double seconds, double fallback_seconds);
 
   // Per entry sampled.
-  double Cost() const { return Ratio(&Sampled::samples); }
-  // Per entry predicted before sampling: prices a prediction, whatever its bias.
-  double CostOfPredicted() const { return Ratio(&Sampled::predicted); }
+  double Cost() const;
+  // Per entry predicted before sampling, fallbacks included: prices a prediction, whatever its
+  // bias, at what sampling it ends up costing.
+  double CostOfPredicted() const;
   // Observations of the sampler so far.
   int SampledObservations() const {
     absl::MutexLock lock(&mu_);
@@ -42,9 +44,10 @@ class SampleCostMeter {
 
  private:
   struct Sampled {
-    double seconds = 0, samples = 0, predicted = 0;
+    double seconds = 0, samples = 0, predicted = 0, fallback_seconds = 0;
   };
-  double Ratio(double Sampled::*units) const;
+  // (seconds / units) / (exact seconds / exact entries), or the initial cost while warming up.
+  double Ratio(double seconds, double units) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const double initial_cost_;
   mutable absl::Mutex mu_;

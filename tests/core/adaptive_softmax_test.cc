@@ -301,7 +301,7 @@ TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
     auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
     for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
       meter->AddExact(1e6, exact_ns * 1e-3);
-      meter->AddSampled(1e6, 1e6, sample_ns * 1e-3);
+      meter->AddSampled(1e6, 1e6, sample_ns * 1e-3, 0);
     }
     return meter;
   };

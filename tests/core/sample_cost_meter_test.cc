@@ -13,7 +13,7 @@ namespace {
 void Feed(SampleCostMeter& meter, int count, double exact_ns, double sample_ns) {
   for (int i = 0; i < count; ++i) {
     meter.AddExact(1e6, 1e6 * exact_ns * 1e-9);
-    meter.AddSampled(1e5, 5e4, 1e5 * sample_ns * 1e-9);
+    meter.AddSampled(1e5, 5e4, 1e5 * sample_ns * 1e-9, 0);
   }
 }
 
@@ -25,7 +25,7 @@ TEST(SampleCostMeterTest, ReportsTheInitialCostUntilBothSidesAreWarm) {
   EXPECT_EQ(meter.CostOfPredicted(), 8);
   for (int i = 0; i < 20; ++i) meter.AddExact(1e6, 1e-3);  // one side alone is not enough
   EXPECT_EQ(meter.Cost(), 8);
-  meter.AddSampled(1e5, 5e4, 3e-4);
+  meter.AddSampled(1e5, 5e4, 3e-4, 0);
   EXPECT_NEAR(meter.Cost(), 3, 1e-9);
   EXPECT_NEAR(meter.CostOfPredicted(), 6, 1e-9);  // twice as many samples read as predicted
 }
@@ -50,10 +50,21 @@ TEST(SampleCostMeterTest, StaysWithinBoundsAndIgnoresEmptyObservations) {
   SampleCostMeter meter(8);
   for (int i = 0; i < 20; ++i) {
     meter.AddExact(0, 1);
-    meter.AddSampled(1e5, 1e5, 0);
-    meter.AddSampled(1e5, 0, 1);
+    meter.AddSampled(1e5, 1e5, 0, 1);
+    meter.AddSampled(1e5, 0, 1, 1);
+    meter.AddSampled(1e5, 1e5, 1, -1);
   }
   EXPECT_EQ(meter.Cost(), 8);
+}
+
+TEST(SampleCostMeterTest, FallbacksWeighOnTheCostOfPredictedEntriesOnly) {
+  SampleCostMeter meter(8);
+  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
+    meter.AddExact(1e6, 1e-3);                // 1 ns an entry
+    meter.AddSampled(1e5, 5e4, 1e-4, 1e-4);  // 1 ns a sample, then as long again falling back
+  }
+  EXPECT_NEAR(meter.Cost(), 1, 1e-9);
+  EXPECT_NEAR(meter.CostOfPredicted(), 4, 1e-9);
 }
 
 TEST(SampleCostMeterTest, ConcurrentObservationsKeepItConsistent) {
