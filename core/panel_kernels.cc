@@ -112,8 +112,8 @@ template <typename Acc, size_t kSums, typename T>
 }
 
 // kRows rows' dots with x, interleaved: each row in 8 partial sums (one vector of doubles) over
-// consecutive 8-entry steps, then its tail, whatever kRows is. GCC vectorises float16's widening
-// as a loop but not within a step, so float16 rows are widened 64 entries at a time first.
+// consecutive 8-entry steps, then its tail, whatever kRows is. float16 rows are widened 64
+// entries at a time first, by Highway: GCC widens them one entry at a time.
 template <size_t kRows, typename T>
 [[gnu::always_inline]] inline void InterleavedDots(const T* const* rows, const float* x, size_t d,
                                                    double* out) {
@@ -126,9 +126,7 @@ template <size_t kRows, typename T>
   size_t j = 0;
   for (; j + kBlock <= d; j += kBlock) {
     if constexpr (kBlock != kSums) {
-      for (size_t r = 0; r < kRows; ++r) {
-        for (size_t t = 0; t < kBlock; ++t) widened[r][t] = Widen(row[r][j + t]);
-      }
+      for (size_t r = 0; r < kRows; ++r) Float16WidenTo(row[r] + j, kBlock, widened[r]);
     }
     for (size_t t = 0; t < kBlock; t += kSums) {
       for (size_t r = 0; r < kRows; ++r) {
@@ -163,28 +161,10 @@ template <typename T>
   for (; k < count; ++k) InterleavedDots<1>(rows + k, x, d, out + k);
 }
 
-template <typename T>
-[[gnu::always_inline]] inline void RowsDotVectorOf(const void* a, size_t rows, size_t d,
-                                                   const float* x, float* out) {
-  const T* row = static_cast<const T*>(a);
-  for (size_t r = 0; r < rows; ++r, row += d) out[r] = DotOf<float, 32>(row, x, d);
-}
-
-template <typename T>
-[[gnu::always_inline]] inline void WidenToOf(const void* a, size_t count, float* out) {
-  const T* in = static_cast<const T*>(a);
-  for (size_t k = 0; k < count; ++k) out[k] = Widen(in[k]);
-}
-
 ADASOFTMAX_KERNEL void SweepColumnsF32(const void* const* columns, const float* x, size_t count,
                                        size_t arms, const uint8_t* mask, bool first, float* sum,
                                        float* sum_sq, float* scratch) {
   SweepColumnsOf<float>(columns, x, count, arms, mask, first, sum, sum_sq, scratch);
-}
-ADASOFTMAX_KERNEL void SweepColumnsF16(const void* const* columns, const float* x, size_t count,
-                                       size_t arms, const uint8_t* mask, bool first, float* sum,
-                                       float* sum_sq, float* scratch) {
-  SweepColumnsOf<Float16>(columns, x, count, arms, mask, first, sum, sum_sq, scratch);
 }
 ADASOFTMAX_KERNEL void SweepColumnsBF16(const void* const* columns, const float* x, size_t count,
                                         size_t arms, const uint8_t* mask, bool first, float* sum,
@@ -217,18 +197,13 @@ ADASOFTMAX_KERNEL void RowDotsBF16(const void* const* rows, size_t count, const 
 
 ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, const float* x,
                                         float* out) {
-  RowsDotVectorOf<float>(a, rows, d, x, out);
-}
-ADASOFTMAX_KERNEL void RowsDotVectorBF16(const void* a, size_t rows, size_t d, const float* x,
-                                         float* out) {
-  RowsDotVectorOf<BFloat16>(a, rows, d, x, out);
+  const float* row = static_cast<const float*>(a);
+  for (size_t r = 0; r < rows; ++r, row += d) out[r] = DotOf<float, 32>(row, x, d);
 }
 
-ADASOFTMAX_KERNEL void WidenToF16(const void* a, size_t count, float* out) {
-  WidenToOf<Float16>(a, count, out);
-}
 ADASOFTMAX_KERNEL void WidenToBF16(const void* a, size_t count, float* out) {
-  WidenToOf<BFloat16>(a, count, out);
+  const BFloat16* in = static_cast<const BFloat16*>(a);
+  for (size_t k = 0; k < count; ++k) out[k] = Widen(in[k]);
 }
 
 void WidenToF32(const void* a, size_t count, float* out) {
@@ -255,7 +230,7 @@ Fn ForDType(DType dtype, Fn f32, Fn f16, Fn bf16) {
 void SweepColumns(DType dtype, const void* const* columns, const float* x, size_t count,
                   size_t arms, const uint8_t* mask, bool first, float* sum, float* sum_sq,
                   float* scratch) {
-  ForDType(dtype, SweepColumnsF32, SweepColumnsF16, SweepColumnsBF16)(
+  ForDType(dtype, SweepColumnsF32, Float16SweepColumns, SweepColumnsBF16)(
       columns, x, count, arms, mask, first, sum, sum_sq, scratch);
 }
 
@@ -270,11 +245,12 @@ void RowDots(DType dtype, const void* const* rows, size_t count, const float* x,
 
 void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x,
                    float* out) {
-  ForDType(dtype, RowsDotVectorF32, Float16RowsDotVector, RowsDotVectorBF16)(a, rows, d, x, out);
+  ForDType(dtype, RowsDotVectorF32, Float16RowsDotVector, BFloat16RowsDotVector)(a, rows, d, x,
+                                                                                 out);
 }
 
 void WidenTo(DType dtype, const void* a, size_t count, float* out) {
-  ForDType(dtype, WidenToF32, WidenToF16, WidenToBF16)(a, count, out);
+  ForDType(dtype, WidenToF32, Float16WidenTo, WidenToBF16)(a, count, out);
 }
 
 }  // namespace adasoftmax

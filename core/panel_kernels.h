@@ -3,7 +3,8 @@
 
 // The inner loops over the weights of both softmax paths, for every storage dtype: entries are
 // read in their own dtype and widened to float in registers. The out-of-line kernels are
-// compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time for the CPU they run on.
+// compiled for AVX-512, AVX2 and baseline x86-64 (by GCC's target clones, or for float16 by
+// Highway in hwy_kernels.cc) and picked at load time for the CPU they run on.
 
 #include <cstddef>
 #include <cstdint>

@@ -49,115 +49,113 @@ DotAndScale DoubleDot(const Entries& a, const Entries& x, size_t r, size_t d) {
   return out;
 }
 
+// Runs `body` on every Highway target this CPU runs (AVX3, AVX2, SSE4, SSSE3 and scalar on the
+// README's machine), naming the target in failures.
+template <typename F>
+void OnEveryHighwayTarget(F body) {
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    body();
+  }
+  hwy::SetSupportedTargetsForTest(0);  // back to the CPU's best
+}
+
 class PanelKernelsTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresToTheMaskedArms) {
   const DType dtype = GetParam();
-  // Every way the last pass can end (one to four columns), alone or after full passes.
-  for (size_t count : {1, 2, 3, 4, 5, 7, 8, 9, 14}) {
-    for (const bool first : {false, true}) {
-      const size_t arms = 37;
-      const Entries a = RandomEntries(dtype, count * arms, count);  // column c at c * arms
-      const Entries x = RandomEntries(DType::kFloat32, count, 99);
-      std::vector<const void*> columns;
-      for (size_t c = 0; c < count; ++c) {
-        columns.push_back(&a.stored[c * arms * ElementBytes(dtype)]);
-      }
-      std::vector<uint8_t> mask(arms);
-      for (size_t r = 0; r < arms; ++r) mask[r] = r % 3 != 0;
-      std::vector<float> sum(arms, 1.0f), sum_sq(arms, 2.0f), scratch(2 * arms, -7.0f);
-      SweepColumns(dtype, columns.data(), x.widened.data(), count, arms, mask.data(), first,
-                   sum.data(), sum_sq.data(), scratch.data());
-      for (size_t r = 0; r < arms; ++r) {
-        if (!mask[r]) {  // untouched
-          EXPECT_EQ(sum[r], 1.0f);
-          EXPECT_EQ(sum_sq[r], 2.0f);
-          continue;
+  // Every way the last pass can end (one to four columns), alone or after full passes, over
+  // fewer arms than a vector and over full vectors and a tail.
+  OnEveryHighwayTarget([dtype] {
+    for (size_t count : {1, 2, 3, 4, 5, 7, 8, 9, 14}) {
+      for (const bool first : {false, true}) {
+        for (const size_t arms : {5, 37}) {
+          const Entries a = RandomEntries(dtype, count * arms, count);  // column c at c * arms
+          const Entries x = RandomEntries(DType::kFloat32, count, 99);
+          std::vector<const void*> columns;
+          for (size_t c = 0; c < count; ++c) {
+            columns.push_back(&a.stored[c * arms * ElementBytes(dtype)]);
+          }
+          std::vector<uint8_t> mask(arms);
+          for (size_t r = 0; r < arms; ++r) mask[r] = r % 3 != 0;
+          std::vector<float> sum(arms, 1.0f), sum_sq(arms, 2.0f), scratch(2 * arms, -7.0f);
+          SweepColumns(dtype, columns.data(), x.widened.data(), count, arms, mask.data(), first,
+                       sum.data(), sum_sq.data(), scratch.data());
+          for (size_t r = 0; r < arms; ++r) {
+            if (!mask[r]) {  // untouched
+              EXPECT_EQ(sum[r], 1.0f);
+              EXPECT_EQ(sum_sq[r], 2.0f);
+              continue;
+            }
+            double want = first ? 0 : 1, want_sq = first ? 0 : 2;
+            for (size_t c = 0; c < count; ++c) {
+              const double v = double{a.widened[c * arms + r]} * x.widened[c];
+              want += v;
+              want_sq += v * v;
+            }
+            EXPECT_NEAR(sum[r], want, 1e-5 * (1 + std::abs(want))) << count << " " << r;
+            EXPECT_NEAR(sum_sq[r], want_sq, 1e-5 * (1 + want_sq)) << count << " " << r;
+          }
         }
-        double want = first ? 0 : 1, want_sq = first ? 0 : 2;
-        for (size_t c = 0; c < count; ++c) {
-          const double v = double{a.widened[c * arms + r]} * x.widened[c];
-          want += v;
-          want_sq += v * v;
-        }
-        EXPECT_NEAR(sum[r], want, 1e-5 * (1 + std::abs(want))) << count << " " << r;
-        EXPECT_NEAR(sum_sq[r], want_sq, 1e-5 * (1 + want_sq)) << count << " " << r;
       }
     }
-  }
+  });
 }
 
 TEST_P(PanelKernelsTest, RowKernelsMatchDoubleDots) {
   const DType dtype = GetParam();
   const size_t rows = 5;
-  for (size_t d : {1, 31, 33, 100}) {
-    const Entries a = RandomEntries(dtype, rows * d, d);
-    const Entries x = RandomEntries(DType::kFloat32, d, 7);
-    std::vector<float> out(rows), widened(rows * d);
-    RowsDotVector(dtype, a.stored.data(), rows, d, x.widened.data(), out.data());
-    WidenTo(dtype, a.stored.data(), rows * d, widened.data());
-    EXPECT_EQ(widened, a.widened);
-    for (size_t r = 0; r < rows; ++r) {
-      const auto [dot, scale] = DoubleDot(a, x, r, d);
-      const void* row = &a.stored[r * d * ElementBytes(dtype)];
-      EXPECT_NEAR(RowDot(dtype, row, x.widened.data(), d), dot, 1e-12 * (1 + scale));
-      EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale)) << d << " " << r;
-      // GatherArm over single-column panels of the row-major rows reads the same row.
-      std::vector<uint32_t> ids(d);
-      for (size_t j = 0; j < d; ++j) ids[j] = static_cast<uint32_t>(j);
-      const SumAndSquares g = VisitDType(dtype, [&](auto tag) {
-        using T = decltype(tag);
-        return GatherArm(reinterpret_cast<const T*>(a.stored.data()), kLanes, ids.data(),
-                         x.widened.data(), d, r * d);
-      });
-      EXPECT_NEAR(g.sum, dot, 1e-5 * (1 + scale));
-    }
-  }
-}
-
-// float16 rows are dotted by a Highway kernel dispatched at run time: every target this CPU
-// runs (AVX-512, AVX2, SSE4, ... on the benchmark machine) gives the double dot, within float
-// rounding.
-TEST(RowsDotVectorTest, Float16MatchesDoubleDotsOnEveryHighwayTarget) {
-  const size_t rows = 3;
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
+  OnEveryHighwayTarget([dtype] {
     for (size_t d : {1, 7, 8, 31, 33, 100, 768}) {
-      const Entries a = RandomEntries(DType::kFloat16, rows * d, d);
+      const Entries a = RandomEntries(dtype, rows * d, d);
       const Entries x = RandomEntries(DType::kFloat32, d, 7);
-      std::vector<float> out(rows);
-      RowsDotVector(DType::kFloat16, a.stored.data(), rows, d, x.widened.data(), out.data());
+      std::vector<float> out(rows), widened(rows * d);
+      RowsDotVector(dtype, a.stored.data(), rows, d, x.widened.data(), out.data());
+      WidenTo(dtype, a.stored.data(), rows * d, widened.data());
+      EXPECT_EQ(widened, a.widened);
       for (size_t r = 0; r < rows; ++r) {
         const auto [dot, scale] = DoubleDot(a, x, r, d);
-        EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale))
-            << hwy::TargetName(target) << ", d " << d << ", row " << r;
+        const void* row = &a.stored[r * d * ElementBytes(dtype)];
+        EXPECT_NEAR(RowDot(dtype, row, x.widened.data(), d), dot, 1e-12 * (1 + scale));
+        EXPECT_NEAR(out[r], dot, 1e-6 * (1 + scale)) << d << " " << r;
+        // GatherArm over single-column panels of the row-major rows reads the same row.
+        std::vector<uint32_t> ids(d);
+        for (size_t j = 0; j < d; ++j) ids[j] = static_cast<uint32_t>(j);
+        const SumAndSquares g = VisitDType(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          return GatherArm(reinterpret_cast<const T*>(a.stored.data()), kLanes, ids.data(),
+                           x.widened.data(), d, r * d);
+        });
+        EXPECT_NEAR(g.sum, dot, 1e-5 * (1 + scale));
       }
     }
-  }
-  hwy::SetSupportedTargetsForTest(0);  // back to the CPU's best
+  });
 }
 
 TEST_P(PanelKernelsTest, RowDotsMatchDoubleDotsWhateverRowsTheyAreReadWith) {
   const DType dtype = GetParam();
   const size_t rows = 15;  // a group of eight, one of four and three left
-  for (size_t d : {1, 7, 8, 13, 100}) {
-    const Entries a = RandomEntries(dtype, rows * d, d + 1);
-    const Entries x = RandomEntries(DType::kFloat32, d, 8);
-    std::vector<const void*> order;  // scattered: every row, in a shuffled order
-    for (size_t r = 0; r < rows; ++r) {
-      order.push_back(&a.stored[(r * 7 % rows) * d * ElementBytes(dtype)]);
+  OnEveryHighwayTarget([dtype] {
+    for (size_t d : {1, 7, 8, 13, 100}) {
+      const Entries a = RandomEntries(dtype, rows * d, d + 1);
+      const Entries x = RandomEntries(DType::kFloat32, d, 8);
+      std::vector<const void*> order;  // scattered: every row, in a shuffled order
+      for (size_t r = 0; r < rows; ++r) {
+        order.push_back(&a.stored[(r * 7 % rows) * d * ElementBytes(dtype)]);
+      }
+      std::vector<double> out(rows);
+      RowDots(dtype, order.data(), rows, x.widened.data(), d, out.data());
+      for (size_t k = 0; k < rows; ++k) {
+        const size_t r = k * 7 % rows;
+        const auto [dot, scale] = DoubleDot(a, x, r, d);
+        EXPECT_NEAR(out[k], dot, 1e-12 * (1 + scale)) << d << " " << k;
+        double alone;
+        RowDots(dtype, &order[k], 1, x.widened.data(), d, &alone);
+        EXPECT_EQ(alone, out[k]) << d << " " << k;
+      }
     }
-    std::vector<double> out(rows);
-    RowDots(dtype, order.data(), rows, x.widened.data(), d, out.data());
-    for (size_t k = 0; k < rows; ++k) {
-      const size_t r = k * 7 % rows;
-      const auto [dot, scale] = DoubleDot(a, x, r, d);
-      EXPECT_NEAR(out[k], dot, 1e-12 * (1 + scale)) << d << " " << k;
-      double alone;
-      RowDots(dtype, &order[k], 1, x.widened.data(), d, &alone);
-      EXPECT_EQ(alone, out[k]) << d << " " << k;
-    }
-  }
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(DTypes, PanelKernelsTest,
