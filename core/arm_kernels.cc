@@ -1,5 +1,6 @@
 #include "core/arm_kernels.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "core/target_clones.h"
@@ -131,22 +132,33 @@ double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
                         const float* __restrict estimate, const float* __restrict variance,
                         const uint64_t* entries, size_t count) {
   const int max_level = demand.max_level;
-  // entries[] indexed by any level byte: arms at or past max_level (exact ones included) have
-  // read `cap` and so need nothing more.
-  float read_at[256];
   const float cap = static_cast<float>(entries[max_level]);
-  for (int l = 0; l < 256; ++l) read_at[l] = l < max_level ? static_cast<float>(entries[l]) : cap;
+  // Per block of kBlock arms: the entries each arm has read, set level by level (a table lookup
+  // does not vectorise), then the needs, in a loop over floats without branches: an unknown need
+  // (infinite variance, target 0) makes the quotient infinite or NaN, which the comparison with
+  // cap turns into cap. Arms at or past max_level (exact ones included) have read cap and need
+  // nothing more. Summed in float per block (each arm needs at most cap), then in double.
+  constexpr size_t kBlock = 1024;
+  float read[kBlock];
   auto predict = [&](auto target_of) {
     double sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (size_t r = 0; r < count; ++r) {
-      const float read = read_at[level[r]];
-      const float target = target_of(r);
-      const bool unknown = !(target > 0) || variance[r] == __builtin_inff();
-      float needed = unknown ? cap : read * variance[r] / target;
-      needed = needed < read ? read : needed;
-      needed = needed > cap ? cap : needed;
-      sum += static_cast<double>(needed - read);
+    for (size_t begin = 0; begin < count; begin += kBlock) {
+      const size_t width = std::min(kBlock, count - begin);
+      std::fill_n(read, width, cap);
+      for (int l = 0; l < max_level; ++l) {
+        const float entries_l = static_cast<float>(entries[l]);
+        for (size_t r = 0; r < width; ++r) read[r] = level[begin + r] == l ? entries_l : read[r];
+      }
+      float block = 0;
+#pragma omp simd reduction(+ : block)
+      for (size_t r = 0; r < width; ++r) {
+        const float target = target_of(begin + r);
+        const float quotient = read[r] * variance[begin + r] / target;
+        float needed = (target > 0) & (quotient < cap) ? quotient : cap;
+        needed = needed < read[r] ? read[r] : needed;
+        block += needed - read[r];
+      }
+      sum += block;
     }
     return sum;
   };
