@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -38,6 +39,41 @@ std::vector<double> PanelWeights(const Model& model,
     weight[j / Model::kPanelWidth] += query_weight[j] * (importance.atom ? atom : 1.0);
   }
   return weight;
+}
+
+// `items` sorted by descending key[item], ties in their given order: a least-significant-digit
+// radix sort on the keys' bits, a byte at a time. std::sort took 44 us for 768 panels and 244 us
+// for 4096, mostly mispredicted comparisons.
+void SortByDescendingKey(std::vector<uint32_t>& items, const std::vector<double>& key) {
+  // The bits of -key, mapped so that unsigned order is numeric order (a negative value's bits
+  // inverted, a positive value's sign bit set). REQUIRES: no NaN.
+  auto descending = [](double v) {
+    const uint64_t bits = std::bit_cast<uint64_t>(-v);
+    return bits >> 63 ? ~bits : bits | uint64_t{1} << 63;
+  };
+  std::vector<std::pair<uint64_t, uint32_t>> from(items.size()), to(items.size());
+  for (size_t t = 0; t < items.size(); ++t) from[t] = {descending(key[items[t]]), items[t]};
+  for (int shift = 0; shift < 64; shift += 8) {
+    std::array<size_t, 257> start{};  // start[b + 1] counts digit b, then becomes b's offset
+    for (const auto& [bits, item] : from) ++start[(bits >> shift & 0xff) + 1];
+    if (std::find(start.begin(), start.end(), from.size()) != start.end()) continue;  // one digit
+    std::partial_sum(start.begin(), start.end(), start.begin());
+    for (const auto& entry : from) to[start[entry.first >> shift & 0xff]++] = entry;
+    from.swap(to);
+  }
+  for (size_t t = 0; t < items.size(); ++t) items[t] = from[t].second;
+}
+
+// [begin, end) of `items` grouped by bin_of[item] in increasing order, each bin in its given
+// order (a counting sort).
+void GroupByBin(std::vector<uint32_t>& items, size_t begin, size_t end,
+                const std::vector<uint8_t>& bin_of) {
+  std::array<size_t, PanelOrder::kBins + 1> start{};
+  for (size_t t = begin; t < end; ++t) ++start[bin_of[items[t]] + 1];
+  std::partial_sum(start.begin(), start.end(), start.begin());
+  std::vector<uint32_t> grouped(end - begin);
+  for (size_t t = begin; t < end; ++t) grouped[start[bin_of[items[t]]]++] = items[t];
+  std::copy(grouped.begin(), grouped.end(), items.begin() + begin);
 }
 
 }  // namespace
@@ -82,8 +118,7 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
     bin_of[j] = static_cast<uint8_t>(std::min<double>(kBins - 1, steps));
     key[j] = order.top_log_weight_ - bin_of[j] * log_ratio + rng.Gumbel();
   }
-  std::sort(candidates.begin(), candidates.end(),
-            [&](uint32_t a, uint32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });
+  SortByDescendingKey(candidates, key);  // ties in index order, as candidates are
   const size_t m = candidates.size();
   order.keys_.resize(m);
   for (size_t t = 0; t < m; ++t) order.keys_[t] = key[candidates[t]];
@@ -117,8 +152,7 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
   // Group each level's new block by bin; prefixes at level boundaries keep their sets.
   size_t begin = 0;
   for (size_t end : order.prefix_) {
-    std::stable_sort(candidates.begin() + begin, candidates.begin() + end,
-                     [&](uint32_t a, uint32_t b) { return bin_of[a] < bin_of[b]; });
+    GroupByBin(candidates, begin, end, bin_of);
     begin = end;
   }
   order.panels_ = std::move(candidates);

@@ -15,6 +15,7 @@
 #include "core/dtype.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
+#include "core/panel_order.h"
 #include "core/softmax_kernels.h"
 #include "core/synth.h"
 #include "core/worker_pool.h"
@@ -191,6 +192,22 @@ void BM_PredictedEntries(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 BENCHMARK(BM_PredictedEntries)->Arg(0)->Arg(1);
+
+// The serial start of every sampled batch: one query's column order over a head of d columns
+// (argument), heavy-tailed as W1 (d = 768) and W2 (d = 4096) are.
+void BM_PanelOrderDraw(benchmark::State& state) {
+  const size_t d = state.range(0);
+  SynthData data =
+      *Synthesize({.n = 2000, .d = d, .queries = 1, .seed = 22, .heavy_tailed = true});
+  const auto model = *Model::Create(std::move(data.weights), {});
+  const std::vector<absl::Span<const float>> xs = {
+      absl::MakeConstSpan(data.queries.data(), data.queries.cols())};
+  uint64_t seed = 1;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(PanelOrder::Draw(*model, xs, {}, seed++).size());
+  }
+}
+BENCHMARK(BM_PanelOrderDraw)->Arg(768)->Arg(4096);
 
 // The exact read of one arm the sampler does for references, winners and large sparse blocks.
 void BM_RowDot(benchmark::State& state) {

@@ -72,6 +72,26 @@ TEST(PanelOrderTest, IsAPermutationOfTheNonzeroColumnsWithGrowingPrefixes) {
   EXPECT_EQ(order.InclusionProbability(order.size(), 0), 1.0);
 }
 
+TEST(PanelOrderTest, EachLevelsNewPanelsComeGroupedByBinInRuns) {
+  testing::ModelAndQueries head = SmallHead();
+  const std::vector<absl::Span<const float>> xs = {head.query(1)};
+  const PanelOrder order = PanelOrder::Draw(*head.model, xs, {}, 3);
+  int mixed_levels = 0;  // levels whose new panels fall in more than one bin
+  for (int level = 0; level + 1 < order.levels(); ++level) {
+    size_t t = order.prefix(level);
+    for (const PanelOrder::Run& run : order.runs(level)) {
+      EXPECT_EQ(run.begin, t) << level;
+      for (; t < run.end; ++t) EXPECT_EQ(order.bin(t), run.bin) << level << " " << t;
+    }
+    EXPECT_EQ(t, order.prefix(level + 1)) << level;
+    for (t = order.prefix(level) + 1; t < order.prefix(level + 1); ++t) {
+      EXPECT_LE(order.bin(t - 1), order.bin(t)) << level << " " << t;
+    }
+    mixed_levels += order.runs(level).size() > 1;
+  }
+  EXPECT_GE(mixed_levels, 2);  // the grouping had something to do
+}
+
 TEST(PanelOrderTest, SameSeedSameOrderOtherSeedOtherOrder) {
   testing::ModelAndQueries head = SmallHead();
   const std::vector<absl::Span<const float>> xs = {head.query(0)};
