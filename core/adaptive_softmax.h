@@ -26,9 +26,9 @@ struct AdaptiveOptions {
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
   // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one float32
-  // entry streamed by the exact path (RawProducts). A query whose sampling is predicted to cost more
-  // than the whole exact pass (sample_cost x predicted entries > n x d x ElementBytes(dtype) / 4:
-  // a half-precision pass streams twice as fast, while the sampler's cost is mostly
+  // entry streamed by the exact path (RawProducts). A query whose sampling is predicted to cost
+  // more than the whole exact pass (sample_cost x predicted entries > n x d x ElementBytes(dtype)
+  // / 4: a half-precision pass streams twice as fast, while the sampler's cost is mostly
   // bookkeeping) is answered by the exact path instead, so the guarantee holds a fortiori. It
   // is predicted twice: before sampling, from the spread of its importance weights alone (see
   // kSpreadFraction), and between rounds, from its arms' estimates.

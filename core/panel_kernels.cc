@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "core/hwy_kernels.h"
+#include "core/sweep_passes.h"
 #include "core/target_clones.h"
 
 namespace adasoftmax {
@@ -12,10 +13,9 @@ namespace {
 // The kernels' bodies for one element type, inlined into the per-dtype clones below (GCC
 // cannot clone templates by target).
 
-// One pass of a sweep over the arms, adding kColumns columns to p and p_sq (from scratch, or 0
-// on the first pass), then storing them in scratch or, on the last pass, adding them to the
-// masked arms' sums. Four columns per pass: four read streams, and a quarter of the scratch
-// traffic; the last pass takes the one to four left, so a small bin is a single pass.
+// One pass of a sweep over the arms (see ForEachSweepPass), adding kColumns columns to p and
+// p_sq (from partial, or 0 on the first pass), then storing them in partial or, on the last
+// pass, adding them to the masked arms' sums.
 template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
 [[gnu::always_inline]] inline void SweepPass(const T* const* a, const float* x, size_t arms,
                                              const uint8_t* __restrict mask, bool first,
@@ -53,14 +53,6 @@ template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
   }
 }
 
-template <size_t kColumns, bool kFirstPass, typename T>
-[[gnu::always_inline]] inline void LastSweepPass(const T* const* a, const float* x, size_t arms,
-                                                 const uint8_t* mask, bool first, float* sum,
-                                                 float* sum_sq, float* scratch) {
-  SweepPass<kColumns, kFirstPass, true>(a, x, arms, mask, first, sum, sum_sq, scratch,
-                                        scratch + arms);
-}
-
 template <typename T>
 [[gnu::always_inline]] inline void SweepColumnsOf(const void* const* columns_in, const float* x,
                                                   size_t count, size_t arms, const uint8_t* mask,
@@ -68,33 +60,12 @@ template <typename T>
                                                   float* scratch) {
   static_assert(kLanes == 1, "a panel is one column");
   const T* const* a = reinterpret_cast<const T* const*>(columns_in);
-  float *partial = scratch, *partial_sq = scratch + arms;
-  const size_t passes = (count + 3) / 4;
-  for (size_t k = 0; k + 1 < passes; ++k) {
-    if (k == 0) {
-      SweepPass<4, true, false>(a, x, arms, mask, first, sum, sum_sq, partial, partial_sq);
-    } else {
-      SweepPass<4, false, false>(a + 4 * k, x + 4 * k, arms, mask, first, sum, sum_sq, partial,
-                                 partial_sq);
-    }
-  }
-  a += 4 * (passes - 1);
-  x += 4 * (passes - 1);
-  const bool alone = passes == 1;
-  switch (count - 4 * (passes - 1)) {
-    case 1:
-      return alone ? LastSweepPass<1, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
-                   : LastSweepPass<1, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
-    case 2:
-      return alone ? LastSweepPass<2, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
-                   : LastSweepPass<2, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
-    case 3:
-      return alone ? LastSweepPass<3, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
-                   : LastSweepPass<3, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
-    default:
-      return alone ? LastSweepPass<4, true>(a, x, arms, mask, first, sum, sum_sq, scratch)
-                   : LastSweepPass<4, false>(a, x, arms, mask, first, sum, sum_sq, scratch);
-  }
+  ForEachSweepPass(
+      count, [&]<size_t kColumns, bool kFirstPass, bool kLastPass>(size_t k)
+                 __attribute__((always_inline)) {
+                   SweepPass<kColumns, kFirstPass, kLastPass>(a + k, x + k, arms, mask, first, sum,
+                                                              sum_sq, scratch, scratch + arms);
+                 });
 }
 
 // Interleaved partial sums in Acc: the fixed-length inner loop vectorises without -ffast-math.
