@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -153,10 +154,9 @@ absl::Status ValidateGrid(const char* name, const std::vector<double>& grid) {
   return absl::OkStatus();
 }
 
-std::vector<double> SortedUnique(std::vector<double> v, bool descending) {
+std::vector<double> SortedUnique(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   v.erase(std::unique(v.begin(), v.end()), v.end());
-  if (descending) std::reverse(v.begin(), v.end());
   return v;
 }
 
@@ -197,6 +197,31 @@ double ClopperPearsonUpper(size_t failures, size_t trials, double confidence) {
 
 size_t MinimumTrials(double rate, double confidence) {
   return static_cast<size_t>(std::ceil(std::log1p(-confidence) / std::log1p(-rate) - 1e-9));
+}
+
+std::optional<std::pair<size_t, size_t>> ChooseGridPair(
+    const std::vector<std::vector<GridPair>>& grid) {
+  auto qualifies = [&](size_t i, size_t j) { return grid[i][j].qualifies; };
+  auto interior = [&](size_t i, size_t j) {
+    return (i == 0 || qualifies(i - 1, j)) && (i + 1 == grid.size() || qualifies(i + 1, j)) &&
+           (j == 0 || qualifies(i, j - 1)) && (j + 1 == grid[i].size() || qualifies(i, j + 1));
+  };
+  std::optional<std::pair<size_t, size_t>> best;
+  bool best_interior = false;
+  for (size_t i = 0; i < grid.size(); ++i) {
+    for (size_t j = 0; j < grid[i].size(); ++j) {
+      if (!qualifies(i, j)) continue;
+      const bool inside = interior(i, j);
+      const bool cheaper =
+          !best || grid[i][j].mean_sample_fraction <
+                       grid[best->first][best->second].mean_sample_fraction;
+      if ((inside && !best_interior) || (inside == best_interior && cheaper)) {
+        best = {i, j};
+        best_interior = inside;
+      }
+    }
+  }
+  return best;
 }
 
 absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const Matrix& queries,
@@ -263,47 +288,33 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   Evaluator evaluator(model, rows, query_options, base, options);
   evaluator.ComputeReferences();
 
-  struct Point {
-    double t, z;
-    bool qualifies;
-  };
-  std::vector<Point> visited;
-  const std::vector<double> topk = SortedUnique(options.topk_grid, /*descending=*/false);
-  const std::vector<double> normalizer = SortedUnique(options.normalizer_grid, /*descending=*/true);
-  bool found = false;
-  Point best{};
-  Evaluation best_eval;
-  for (double t : topk) {
-    for (double z : normalizer) {
-      bool skip = false;
-      for (const Point& p : visited) {
-        if (!p.qualifies && t <= p.t && z <= p.z) skip = true;  // would fail too
-        if (p.qualifies && t >= p.t && z >= p.z) skip = true;   // would read more
-      }
-      if (skip) continue;
-      const Evaluation e = evaluator.Evaluate(t, z, calibration, max_failures);
-      visited.push_back({t, z, e.complete});
-      if (!e.complete) continue;
-      if (!found || e.mean_sample_fraction < best_eval.mean_sample_fraction) {
-        found = true;
-        best = visited.back();
-        best_eval = e;
-      }
+  const std::vector<double> topk = SortedUnique(options.topk_grid);
+  const std::vector<double> normalizer = SortedUnique(options.normalizer_grid);
+  std::vector<std::vector<GridPair>> grid(topk.size(), std::vector<GridPair>(normalizer.size()));
+  std::vector<std::vector<Evaluation>> evaluations(grid.size());
+  for (size_t i = 0; i < topk.size(); ++i) {
+    for (size_t j = 0; j < normalizer.size(); ++j) {
+      const Evaluation e = evaluator.Evaluate(topk[i], normalizer[j], calibration, max_failures);
+      grid[i][j] = {e.complete, e.mean_sample_fraction};
+      evaluations[i].push_back(e);
     }
   }
-  if (!found) {
+  const std::optional<std::pair<size_t, size_t>> chosen = ChooseGridPair(grid);
+  if (!chosen) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "no multiplier pair qualifies: each of the %d evaluated pairs had more than %d PAC "
         "failures among %d calibration queries, the most that keeps the Clopper-Pearson bound "
         "at or below delta = %g; try larger multipliers or more queries (0 failures needs at "
         "least %d calibration queries; a pair whose true failure rate is near delta needs "
         "many more)",
-        visited.size(), max_failures, calibration.size(), delta, needed));
+        topk.size() * normalizer.size(), max_failures, calibration.size(), delta, needed));
   }
+  const auto [ti, zi] = *chosen;
+  const Evaluation& best_eval = evaluations[ti][zi];
 
   Calibration c;
-  c.topk_multiplier = best.t;
-  c.normalizer_multiplier = best.z;
+  c.topk_multiplier = topk[ti];
+  c.normalizer_multiplier = normalizer[zi];
   c.k = query_options.k;
   c.epsilon = query_options.epsilon;
   c.delta = delta;
@@ -314,7 +325,7 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   c.failure_bound = ClopperPearsonUpper(best_eval.failures, calibration.size(), options.confidence);
   c.calibration_mean_sample_fraction = best_eval.mean_sample_fraction;
   const Evaluation held =
-      evaluator.Evaluate(best.t, best.z, holdout, std::numeric_limits<size_t>::max());
+      evaluator.Evaluate(topk[ti], normalizer[zi], holdout, std::numeric_limits<size_t>::max());
   c.holdout_queries = holdout.size();
   c.holdout_failures = held.failures;
   c.holdout_failure_rate = static_cast<double>(held.failures) / holdout.size();

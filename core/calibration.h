@@ -9,7 +9,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,10 +40,12 @@ struct CalibrationOptions {
   double holdout_fraction = 0.3;
   // Confidence of the Clopper-Pearson bound. REQUIRES: in (0, 1). Default: 0.95.
   double confidence = 0.95;
-  // Candidate top-k and normaliser multipliers (log-spaced, below and above 1: smaller is
-  // cheaper and riskier). REQUIRES: non-empty, every entry finite and > 0.
-  std::vector<double> topk_grid = {1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3};
-  std::vector<double> normalizer_grid = {1e-5, 1e-4, 1e-3, 0.01, 0.1, 1, 3};
+  // Candidate top-k and normaliser multipliers, below and above 1 (the theory's values). A
+  // smaller top-k multiplier is cheaper and riskier; the normaliser multiplier also scales the
+  // warm-up, and both far below and above 1 can be cheaper. REQUIRES: non-empty, every entry
+  // finite and > 0.
+  std::vector<double> topk_grid = {1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 0.5, 0.7, 1, 2, 3};
+  std::vector<double> normalizer_grid = {1e-5, 1e-4, 1e-3, 0.01, 0.1, 1, 2, 3, 5, 10};
   // Query q (row index) runs with a nonzero seed derived from (seed, q), the same at every grid
   // point (common random numbers), so calibration is reproducible and comparisons between grid
   // points are not blurred by sampling noise. Default: 1.
@@ -74,6 +78,20 @@ struct Calibration {
   double holdout_mean_sample_fraction = 0;
 };
 
+// One evaluated pair of the calibration grid.
+struct GridPair {
+  bool qualifies = false;  // its failure bound is at most delta
+  double mean_sample_fraction = 0;
+};
+
+// The pair Calibrate picks from grid[i][j] (top-k multiplier i, normaliser multiplier j, both
+// ascending): the qualifying pair with the fewest mean samples among those whose grid
+// neighbours (i +/- 1 at j, j +/- 1 at i, where they exist) all qualify too; when no
+// qualifying pair has that margin, the cheapest qualifying pair. Ties go to the first in (i,
+// j) order. None when no pair qualifies.
+std::optional<std::pair<size_t, size_t>> ChooseGridPair(
+    const std::vector<std::vector<GridPair>>& grid);
+
 // Chooses the multipliers for `model` and the queries' parameters (k, epsilon, delta,
 // temperature from `query_options`; its seed is ignored in favour of options.seed).
 // `queries` holds one query per row (d columns); the first N - round(holdout_fraction * N) rows
@@ -83,15 +101,12 @@ struct Calibration {
 // Every query is answered alone (a batch of 1) and checked with MeetsPac against its exact
 // double-precision reference (ComputeReference, computed once per query: memory 8 n bytes per
 // query). A grid pair qualifies when ClopperPearsonUpper(failures, calibration queries,
-// confidence) <= delta; among qualifying pairs the one with the fewest mean samples wins.
-//
-// Pruning, which assumes that failures and samples are monotone in each multiplier (larger
-// multipliers read more and fail less): pairs are visited by increasing top-k multiplier and,
-// within one, by decreasing normaliser multiplier; a pair is skipped when it is at most a
-// failed pair in both multipliers (it would fail too) or at least a qualifying pair in both (it
-// would read more). This walks the boundary of the qualifying region, about
-// |topk_grid| + |normalizer_grid| evaluations instead of their product; a pair's evaluation
-// stops as soon as its failures exceed what the bound allows.
+// confidence) <= delta; an evaluation stops as soon as its failures exceed what the bound
+// allows. Every pair of the grid is evaluated: failures are not monotone in the multipliers
+// (on a GPT-2-sized head, a top-k multiplier of 0.5 passes with normaliser multiplier 3 and
+// fails with 5, and 0.3 passes with 0.001 and fails with 3), and neither are samples. The
+// choice is ChooseGridPair's: a qualifying pair beside a failing one may have passed by luck,
+// next to a cliff in the failure rate.
 //
 // The exact fallback is off while evaluating (base.sample_cost is ignored).
 //

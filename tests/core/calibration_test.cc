@@ -6,6 +6,8 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/model.h"
@@ -170,6 +172,39 @@ TEST(CalibrationFileTest, BadFiles) {
   WriteFile(path, "[1, 2]");
   EXPECT_THAT(ReadCalibration(path).status().message(), HasSubstr("not a JSON object"));
   std::remove(path.c_str());
+}
+
+// A grid from rows of fractions, one row per top-k multiplier; a negative fraction marks a pair
+// that fails.
+std::vector<std::vector<GridPair>> Grid(const std::vector<std::vector<double>>& fractions) {
+  std::vector<std::vector<GridPair>> grid;
+  for (const std::vector<double>& row : fractions) {
+    grid.emplace_back();
+    for (double f : row) grid.back().push_back({f >= 0, f});
+  }
+  return grid;
+}
+
+TEST(ChooseGridPairTest, PrefersACheapPairWhoseNeighboursQualify) {
+  // (1, 2) is the cheapest, but (0, 2) beside it fails. (2, 2), the next cheapest, is at the
+  // grid's corner and both its neighbours qualify.
+  EXPECT_EQ(ChooseGridPair(Grid({{0.9, 0.8, -1}, {0.7, 0.5, 0.1}, {0.6, 0.4, 0.3}})),
+            std::make_pair(size_t{2}, size_t{2}));
+  // Without (2, 2)'s margin ((2, 1) fails), the cheapest pair with one is (1, 0).
+  EXPECT_EQ(ChooseGridPair(Grid({{0.9, 0.8, -1}, {0.7, 0.5, 0.1}, {0.6, -1, 0.3}})),
+            std::make_pair(size_t{1}, size_t{0}));
+}
+
+TEST(ChooseGridPairTest, FallsBackToTheCheapestQualifyingPair) {
+  // Every qualifying pair has a failing neighbour.
+  EXPECT_EQ(ChooseGridPair(Grid({{0.9, -1}, {-1, 0.2}})), std::make_pair(size_t{1}, size_t{1}));
+  // A lone pair has no neighbours to fail.
+  EXPECT_EQ(ChooseGridPair(Grid({{0.5}})), std::make_pair(size_t{0}, size_t{0}));
+}
+
+TEST(ChooseGridPairTest, NoneWhenNothingQualifiesAndTiesGoFirst) {
+  EXPECT_EQ(ChooseGridPair(Grid({{-1, -1}, {-1, -1}})), std::nullopt);
+  EXPECT_EQ(ChooseGridPair(Grid({{0.5, 0.5}, {0.5, 0.5}})), std::make_pair(size_t{0}, size_t{0}));
 }
 
 class CalibrateTest : public ::testing::Test {
