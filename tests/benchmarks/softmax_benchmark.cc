@@ -63,15 +63,17 @@ constexpr int kF32 = static_cast<int>(DType::kFloat32), kF16 = static_cast<int>(
               kBF16 = static_cast<int>(DType::kBFloat16);
 
 // The same sweep out of cache, as the sampler runs it: chunk-long slices of four random columns
-// of a 50257 x 768 column-major matrix, per dtype (argument: 0 float32, 1 float16, 2 bfloat16).
+// of a 50257 x 768 column-major matrix, per dtype (first argument: 0 float32, 1 float16, 2
+// bfloat16), into the sums of one arm in `second argument` (random; 1: every arm).
 void BM_SweepColumnsFromMemory(benchmark::State& state) {
   const DType dtype = DTypeArg(state);
   const size_t n = 50257, d = 768, arms = kChunk, bytes = ElementBytes(dtype);
   const std::vector<std::byte> matrix = RandomMatrix(dtype, n * d, 6);
   const std::vector<float> x = RandomFloats(4, 7);
-  const std::vector<uint8_t> mask(arms, 1);
-  std::vector<float> sum(arms), sum_sq(arms), scratch(2 * arms);
   std::mt19937_64 rng(8);
+  std::vector<uint8_t> mask(arms);
+  for (uint8_t& m : mask) m = rng() % state.range(1) == 0;
+  std::vector<float> sum(arms), sum_sq(arms), scratch(2 * arms);
   for (auto _ : state) {
     const size_t first = rng() % (n - arms);
     const void* columns[4];
@@ -82,7 +84,9 @@ void BM_SweepColumnsFromMemory(benchmark::State& state) {
   }
   state.SetBytesProcessed(state.iterations() * 4 * arms * bytes);
 }
-BENCHMARK(BM_SweepColumnsFromMemory)->Arg(kF32)->Arg(kF16)->Arg(kBF16);
+BENCHMARK(BM_SweepColumnsFromMemory)
+    ->ArgsProduct({{kF32, kF16, kBF16}, {1}})
+    ->ArgsProduct({{kF32}, {8, 16, 32}});
 
 // The exact path's GEMV for half dtypes (float32 for comparison; the exact path uses OpenBLAS
 // there): all 50257 rows of 768, one thread.
