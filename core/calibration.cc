@@ -203,8 +203,9 @@ std::optional<std::pair<size_t, size_t>> ChooseGridPair(
     const std::vector<std::vector<GridPair>>& grid) {
   auto qualifies = [&](size_t i, size_t j) { return grid[i][j].qualifies; };
   auto interior = [&](size_t i, size_t j) {
-    return (i == 0 || qualifies(i - 1, j)) && (i + 1 == grid.size() || qualifies(i + 1, j)) &&
-           (j == 0 || qualifies(i, j - 1)) && (j + 1 == grid[i].size() || qualifies(i, j + 1));
+    return i > 0 && i + 1 < grid.size() && j > 0 && j + 1 < grid[i].size() &&
+           qualifies(i - 1, j) && qualifies(i + 1, j) && qualifies(i, j - 1) &&
+           qualifies(i, j + 1);
   };
   std::optional<std::pair<size_t, size_t>> best;
   bool best_interior = false;

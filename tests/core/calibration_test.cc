@@ -186,25 +186,36 @@ std::vector<std::vector<GridPair>> Grid(const std::vector<std::vector<double>>& 
 }
 
 TEST(ChooseGridPairTest, PrefersACheapPairWhoseNeighboursQualify) {
-  // (1, 2) is the cheapest, but (0, 2) beside it fails. (2, 2), the next cheapest, is at the
-  // grid's corner and both its neighbours qualify.
-  EXPECT_EQ(ChooseGridPair(Grid({{0.9, 0.8, -1}, {0.7, 0.5, 0.1}, {0.6, 0.4, 0.3}})),
+  // (1, 1) is the cheapest, but (0, 1) beside it fails; (3, 3) is cheaper still but at the
+  // grid's edge. (2, 2) is the cheapest with four qualifying neighbours.
+  EXPECT_EQ(ChooseGridPair(Grid({{0.9, -1, 0.9, 0.9},
+                                 {0.8, 0.1, 0.7, 0.8},
+                                 {0.8, 0.6, 0.5, 0.4},
+                                 {0.9, 0.8, 0.3, 0.2}})),
             std::make_pair(size_t{2}, size_t{2}));
-  // Without (2, 2)'s margin ((2, 1) fails), the cheapest pair with one is (1, 0).
-  EXPECT_EQ(ChooseGridPair(Grid({{0.9, 0.8, -1}, {0.7, 0.5, 0.1}, {0.6, -1, 0.3}})),
-            std::make_pair(size_t{1}, size_t{0}));
+  // Without (2, 2)'s margin ((2, 3) fails), the cheapest pair with one is (2, 1).
+  EXPECT_EQ(ChooseGridPair(Grid({{0.9, -1, 0.9, 0.9},
+                                 {0.8, 0.1, 0.7, 0.8},
+                                 {0.8, 0.6, 0.5, -1},
+                                 {0.9, 0.8, 0.3, 0.2}})),
+            std::make_pair(size_t{2}, size_t{1}));
 }
 
 TEST(ChooseGridPairTest, FallsBackToTheCheapestQualifyingPair) {
-  // Every qualifying pair has a failing neighbour.
-  EXPECT_EQ(ChooseGridPair(Grid({{0.9, -1}, {-1, 0.2}})), std::make_pair(size_t{1}, size_t{1}));
-  // A lone pair has no neighbours to fail.
+  // Every qualifying pair has a failing neighbour or lies on the grid's edge.
+  EXPECT_EQ(ChooseGridPair(Grid({{0.9, 0.8, 0.9}, {0.7, -1, 0.3}, {0.9, 0.8, 0.4}})),
+            std::make_pair(size_t{1}, size_t{2}));
   EXPECT_EQ(ChooseGridPair(Grid({{0.5}})), std::make_pair(size_t{0}, size_t{0}));
 }
 
 TEST(ChooseGridPairTest, NoneWhenNothingQualifiesAndTiesGoFirst) {
   EXPECT_EQ(ChooseGridPair(Grid({{-1, -1}, {-1, -1}})), std::nullopt);
   EXPECT_EQ(ChooseGridPair(Grid({{0.5, 0.5}, {0.5, 0.5}})), std::make_pair(size_t{0}, size_t{0}));
+  EXPECT_EQ(ChooseGridPair(Grid({{0.5, 0.5, 0.5, 0.5},
+                                 {0.5, 0.5, 0.5, 0.5},
+                                 {0.5, 0.5, 0.5, 0.5},
+                                 {0.5, 0.5, 0.5, 0.5}})),
+            std::make_pair(size_t{1}, size_t{1}));
 }
 
 class CalibrateTest : public ::testing::Test {
