@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -77,6 +78,7 @@ struct Evaluation {
   size_t failures = 0;
   bool complete = false;  // false when stopped early for exceeding max_failures
   double mean_sample_fraction = 0;
+  double mean_bytes_touched = 0;
 };
 
 // The state shared by every evaluation of one Calibrate call.
@@ -106,7 +108,7 @@ class Evaluator {
     adaptive.normalizer_multiplier = z;
     adaptive.sample_cost = 0;  // the sampler itself is calibrated, never the exact fallback
     const AdaptiveSoftmax solver(model_, adaptive);
-    std::vector<double> fractions(split.size(), 0);
+    std::vector<double> fractions(split.size(), 0), bytes(split.size(), 0);
     std::atomic<size_t> failures{0};
     std::atomic<size_t> done{0};
     ParallelFor(split.size(), options_.threads, [&](size_t i) {
@@ -115,6 +117,7 @@ class Evaluator {
       q.options.seed = QuerySeed(options_.seed, r);
       const TopKResult result = std::move(solver.Run(absl::MakeConstSpan(&q, 1)).front());
       fractions[i] = result.sample_fraction;
+      bytes[i] = static_cast<double>(result.bytes_touched);
       done.fetch_add(1);
       if (!MeetsPac(result, references_[r], query_.k, query_.epsilon)) {
         return failures.fetch_add(1) + 1 <= max_failures;
@@ -124,10 +127,12 @@ class Evaluator {
     Evaluation e;
     e.failures = failures.load();
     e.complete = done.load() == split.size() && e.failures <= max_failures;
-    if (e.complete) {
-      double sum = 0;
-      for (double f : fractions) sum += f;  // in row order, so the mean is reproducible
-      e.mean_sample_fraction = split.size() > 0 ? sum / split.size() : 0;
+    if (e.complete && split.size() > 0) {
+      // Summed in row order, so the means are reproducible.
+      e.mean_sample_fraction = std::accumulate(fractions.begin(), fractions.end(), 0.0) /
+                               static_cast<double>(split.size());
+      e.mean_bytes_touched =
+          std::accumulate(bytes.begin(), bytes.end(), 0.0) / static_cast<double>(split.size());
     }
     return e;
   }
@@ -214,8 +219,7 @@ std::optional<std::pair<size_t, size_t>> ChooseGridPair(
       if (!qualifies(i, j)) continue;
       const bool inside = interior(i, j);
       const bool cheaper =
-          !best || grid[i][j].mean_sample_fraction <
-                       grid[best->first][best->second].mean_sample_fraction;
+          !best || grid[i][j].cost < grid[best->first][best->second].cost;
       if ((inside && !best_interior) || (inside == best_interior && cheaper)) {
         best = {i, j};
         best_interior = inside;
@@ -296,7 +300,7 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   for (size_t i = 0; i < topk.size(); ++i) {
     for (size_t j = 0; j < normalizer.size(); ++j) {
       const Evaluation e = evaluator.Evaluate(topk[i], normalizer[j], calibration, max_failures);
-      grid[i][j] = {e.complete, e.mean_sample_fraction};
+      grid[i][j] = {e.complete, e.mean_bytes_touched};
       evaluations[i].push_back(e);
     }
   }

@@ -174,13 +174,13 @@ TEST(CalibrationFileTest, BadFiles) {
   std::remove(path.c_str());
 }
 
-// A grid from rows of fractions, one row per top-k multiplier; a negative fraction marks a pair
-// that fails.
-std::vector<std::vector<GridPair>> Grid(const std::vector<std::vector<double>>& fractions) {
+// A grid from rows of costs, one row per top-k multiplier; a negative cost marks a pair that
+// fails.
+std::vector<std::vector<GridPair>> Grid(const std::vector<std::vector<double>>& costs) {
   std::vector<std::vector<GridPair>> grid;
-  for (const std::vector<double>& row : fractions) {
+  for (const std::vector<double>& row : costs) {
     grid.emplace_back();
-    for (double f : row) grid.back().push_back({f >= 0, f});
+    for (double cost : row) grid.back().push_back({cost >= 0, cost});
   }
   return grid;
 }
