@@ -208,9 +208,8 @@ std::optional<std::pair<size_t, size_t>> ChooseGridPair(
     const std::vector<std::vector<GridPair>>& grid) {
   auto qualifies = [&](size_t i, size_t j) { return grid[i][j].qualifies; };
   auto interior = [&](size_t i, size_t j) {
-    return i > 0 && i + 1 < grid.size() && j > 0 && j + 1 < grid[i].size() &&
-           qualifies(i - 1, j) && qualifies(i + 1, j) && qualifies(i, j - 1) &&
-           qualifies(i, j + 1);
+    return i > 0 && i + 1 < grid.size() && j > 0 && j + 1 < grid[i].size() && qualifies(i - 1, j) &&
+           qualifies(i + 1, j) && qualifies(i, j - 1) && qualifies(i, j + 1);
   };
   std::optional<std::pair<size_t, size_t>> best;
   bool best_interior = false;
@@ -218,8 +217,7 @@ std::optional<std::pair<size_t, size_t>> ChooseGridPair(
     for (size_t j = 0; j < grid[i].size(); ++j) {
       if (!qualifies(i, j)) continue;
       const bool inside = interior(i, j);
-      const bool cheaper =
-          !best || grid[i][j].cost < grid[best->first][best->second].cost;
+      const bool cheaper = !best || grid[i][j].cost < grid[best->first][best->second].cost;
       if ((inside && !best_interior) || (inside == best_interior && cheaper)) {
         best = {i, j};
         best_interior = inside;

@@ -85,10 +85,10 @@ struct GridPair {
 };
 
 // The pair Calibrate picks from grid[i][j] (top-k multiplier i, normaliser multiplier j, both
-// ascending): the qualifying pair of least cost among those inside the grid
-// whose four neighbours (i +/- 1 at j, j +/- 1 at i) all qualify too; when no qualifying pair
-// has that margin, the cheapest qualifying pair. Ties go to the first in (i, j) order. None
-// when no pair qualifies.
+// ascending): the qualifying pair of least cost among those inside the grid whose four
+// neighbours (i +/- 1 at j, j +/- 1 at i) all qualify too; when no qualifying pair has that
+// margin, the cheapest qualifying pair. Ties go to the first in (i, j) order. None when no
+// pair qualifies.
 std::optional<std::pair<size_t, size_t>> ChooseGridPair(
     const std::vector<std::vector<GridPair>>& grid);
 

@@ -64,7 +64,7 @@ constexpr int kF32 = static_cast<int>(DType::kFloat32), kF16 = static_cast<int>(
 
 // The same sweep out of cache, as the sampler runs it: chunk-long slices of four random columns
 // of a 50257 x 768 column-major matrix, per dtype (first argument: 0 float32, 1 float16, 2
-// bfloat16), into the sums of one arm in `second argument` (random; 1: every arm).
+// bfloat16), into the sums of a random one arm in N (second argument; 1: every arm).
 void BM_SweepColumnsFromMemory(benchmark::State& state) {
   const DType dtype = DTypeArg(state);
   const size_t n = 50257, d = 768, arms = kChunk, bytes = ElementBytes(dtype);
