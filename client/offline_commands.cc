@@ -557,10 +557,12 @@ int Calibrate(int argc, char** argv) {
   std::string out_path;
   FlagSet flags(
       "calibrate", "--weights PATH --queries PATH --out PATH [flags]",
-      "Chooses the cheapest variance multipliers whose Clopper-Pearson upper bound on the PAC\n"
-      "failure rate over the calibration queries is at most --delta, then reports their failure\n"
-      "rate on the held-out queries (the last --holdout-fraction of the rows). Writes the\n"
-      "calibration file (for run/bench --calibration) and prints it.");
+      "Evaluates every pair of the grids and chooses the variance multipliers that touch the\n"
+      "fewest bytes of A among pairs whose Clopper-Pearson upper bound on the PAC failure rate\n"
+      "over the calibration queries is at most --delta, as is the bound of their four grid\n"
+      "neighbours (else the cheapest qualifying pair). Reports their failure rate on the\n"
+      "held-out queries (the last --holdout-fraction of the rows). Writes the calibration file\n"
+      "(for run/bench --calibration) and prints it.");
   AddModelFlags(flags, &f);
   AddQueryFlags(flags, &f);
   flags.AddDouble("holdout-fraction", &options.holdout_fraction, "share of queries held out")

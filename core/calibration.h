@@ -2,9 +2,10 @@
 #define ADASOFTMAX_CORE_CALIBRATION_H_
 
 // Calibration of the adaptive path's variance multipliers ("Learn then Test", Angelopoulos et
-// al. 2021): pick the cheapest multipliers whose Clopper-Pearson upper confidence bound on the
-// PAC failure rate, measured on calibration queries, is at most delta; then report the failure
-// rate of that choice on held-out queries that played no part in the choice.
+// al. 2021): pick cheap multipliers whose Clopper-Pearson upper confidence bound on the PAC
+// failure rate, measured on calibration queries, is at most delta, as is their neighbours' on
+// the grid (ChooseGridPair); then report the failure rate of that choice on held-out queries
+// that played no part in the choice.
 
 #include <cstddef>
 #include <cstdint>
