@@ -14,6 +14,8 @@ namespace {
 
 constexpr size_t kFirstPrefix = std::max<size_t>(4, 16 / Model::kPanelWidth);
 constexpr double kGrowth = 1.5;
+static_assert(PanelOrder::kBinRatio == 4, "Draw finds weight classes as halved binary exponents");
+constexpr std::array<double, PanelOrder::kBins> kPowerOf4 = {1, 4, 16, 64, 256, 1024, 4096, 16384};
 // Keeps 1/q and (1-q)/q^2 finite in float for panels that were drawn against the odds.
 constexpr double kMinInclusion = 1e-12;
 
@@ -41,19 +43,16 @@ std::vector<double> PanelWeights(const Model& model,
   return weight;
 }
 
-// `items` sorted by descending key[item], ties in their given order: a least-significant-digit
-// radix sort on the keys' bits, a byte at a time. std::sort took 44 us for 768 panels and 244 us
-// for 4096, mostly mispredicted comparisons.
-void SortByDescendingKey(std::vector<uint32_t>& items, const std::vector<double>& key) {
-  // The bits of -key, mapped so that unsigned order is numeric order (a negative value's bits
-  // inverted, a positive value's sign bit set). REQUIRES: no NaN.
-  auto descending = [](double v) {
-    const uint64_t bits = std::bit_cast<uint64_t>(-v);
-    return bits >> 63 ? ~bits : bits | uint64_t{1} << 63;
-  };
-  std::vector<std::pair<uint64_t, uint32_t>> from(items.size()), to(items.size());
-  for (size_t t = 0; t < items.size(); ++t) from[t] = {descending(key[items[t]]), items[t]};
-  for (int shift = 0; shift < 64; shift += 8) {
+// `items` sorted by ascending key[item], ties in their given order: a least-significant-digit
+// radix sort on the keys' bits (in the order of the values, as they are non-negative), a byte
+// at a time. std::sort took 44 us for 768 panels and 244 us for 4096, mostly mispredicted
+// comparisons. REQUIRES: every key[item] >= 0.
+void SortByAscendingKey(std::vector<uint32_t>& items, const std::vector<float>& key) {
+  std::vector<std::pair<uint32_t, uint32_t>> from(items.size()), to(items.size());
+  for (size_t t = 0; t < items.size(); ++t) {
+    from[t] = {std::bit_cast<uint32_t>(key[items[t]]), items[t]};
+  }
+  for (int shift = 0; shift < 32; shift += 8) {
     std::array<size_t, 257> start{};  // start[b + 1] counts digit b, then becomes b's offset
     for (const auto& [bits, item] : from) ++start[(bits >> shift & 0xff) + 1];
     if (std::find(start.begin(), start.end(), from.size()) != start.end()) continue;  // one digit
@@ -97,31 +96,31 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
   const std::vector<double> weight = PanelWeights(model, queries, importance);
   const size_t panels = weight.size();
   std::vector<uint32_t> candidates;
-  std::vector<double> log_weight(panels, 0.0);
+  double top_weight = 0;
   for (size_t p = 0; p < panels; ++p) {
     if (weight[p] == 0) continue;
-    log_weight[p] = std::log(weight[p]);
+    top_weight = std::max(top_weight, weight[p]);
     candidates.push_back(static_cast<uint32_t>(p));
   }
 
+  // An exponential race, the same in distribution as Gumbel-top-k on the log weights: panel j
+  // arrives at E_j / w_j with E_j ~ Exp(1), and the order is by arrival. With w_j rounded down to
+  // top_weight x 4^-class (class = floor(log4(top_weight / w_j)), at most kBins - 1), arrivals
+  // are measured in units of 1 / top_weight.
   PanelOrder order;
-  order.top_log_weight_ = -std::numeric_limits<double>::infinity();
-  for (uint32_t j : candidates)
-    order.top_log_weight_ = std::max(order.top_log_weight_, log_weight[j]);
-  const double log_ratio = std::log(kBinRatio);
-
   Rng rng(seed);
-  std::vector<double> key(panels);
+  std::vector<float> arrival(panels);  // float: half the bits to sort
   std::vector<uint8_t> bin_of(panels);
   for (uint32_t j : candidates) {
-    const double steps = std::floor((order.top_log_weight_ - log_weight[j]) / log_ratio);
-    bin_of[j] = static_cast<uint8_t>(std::min<double>(kBins - 1, steps));
-    key[j] = order.top_log_weight_ - bin_of[j] * log_ratio + rng.Gumbel();
+    // floor(log4(r)) = floor(floor(log2(r)) / 2) for r >= 1; ilogb of an overflow is INT_MAX.
+    const int steps = std::ilogb(top_weight / weight[j]) / 2;
+    bin_of[j] = static_cast<uint8_t>(std::min(kBins - 1, steps));
+    arrival[j] = static_cast<float>(rng.Exponential() * kPowerOf4[bin_of[j]]);
   }
-  SortByDescendingKey(candidates, key);  // ties in index order, as candidates are
+  SortByAscendingKey(candidates, arrival);  // ties in index order, as candidates are
   const size_t m = candidates.size();
-  order.keys_.resize(m);
-  for (size_t t = 0; t < m; ++t) order.keys_[t] = key[candidates[t]];
+  order.arrivals_.resize(m);
+  for (size_t t = 0; t < m; ++t) order.arrivals_[t] = arrival[candidates[t]];
 
   order.prefix_.push_back(0);
   if (m > 0) order.prefix_.push_back(std::min(kFirstPrefix, m));
@@ -181,9 +180,10 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
 }
 
 double PanelOrder::InclusionProbability(size_t t, int bin) const {
-  if (t >= keys_.size()) return 1.0;
-  const double log_weight = top_log_weight_ - class_of_bin_[bin] * std::log(kBinRatio);
-  return -std::expm1(-std::exp(log_weight - keys_[t]));
+  if (t >= arrivals_.size()) return 1.0;
+  // A panel of weight w is in the prefix when it arrived before the t-th arrival a_t (0-based),
+  // with probability 1 - exp(-w a_t) given the others.
+  return -std::expm1(-arrivals_[t] / kPowerOf4[class_of_bin_[bin]]);
 }
 
 int PanelOrder::LevelForFraction(double fraction) const {

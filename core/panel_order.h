@@ -31,8 +31,9 @@ WeightSpread SpreadOfWeights(const Model& model, absl::Span<const float> x,
                              const ImportanceOptions& importance);
 
 // A random order of the column panels (Model::kPanelWidth adjacent columns) a batch of queries
-// reads, drawn as a weighted sample without replacement (Gumbel-top-k), together with the
-// Horvitz-Thompson inclusion probabilities of every prefix the sampler stops at. A panel is the
+// reads, drawn as a weighted sample without replacement (an exponential race: the same in
+// distribution as Gumbel-top-k, with one logarithm per panel instead of three), together with
+// the Horvitz-Thompson inclusion probabilities of every prefix the sampler stops at. A panel is the
 // sampling unit because one arm's slice of it is one cache line: reading a unit for a single
 // arm wastes no bandwidth. A panel's weight is the sum of its columns' weights.
 //
@@ -94,7 +95,7 @@ class PanelOrder {
  private:
   std::vector<uint32_t> panels_;
   std::vector<uint8_t> bins_;
-  std::vector<double> keys_;  // Gumbel keys in descending order (before regrouping by bin)
+  std::vector<float> arrivals_;   // in increasing order (before regrouping by bin); see Draw
   std::vector<size_t> prefix_;
   std::vector<int> bins_in_prefix_;
   std::array<int, kBins> class_of_bin_;  // weight class: weight ~ kBinRatio^-class
@@ -102,7 +103,6 @@ class PanelOrder {
   std::vector<size_t> run_begin_;  // first run of each level's block; one entry per level
   std::vector<float> inverse_inclusion_;
   std::vector<float> variance_factor_;
-  double top_log_weight_ = 0;
 };
 
 }  // namespace adasoftmax

@@ -28,10 +28,10 @@ class Rng {
 
   // Uniform in [0, 1).
   double Uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
-  // Standard Gumbel, from a uniform in the open interval (0, 1).
-  double Gumbel() {
+  // Standard exponential (rate 1), from a uniform in the open interval (0, 1): positive.
+  double Exponential() {
     const double u = (static_cast<double>(engine_() >> 11) + 0.5) * 0x1.0p-53;
-    return -std::log(-std::log(u));
+    return -std::log(u);
   }
   double Uniform(double lo, double hi) { return lo + (hi - lo) * Uniform(); }
 
