@@ -156,6 +156,7 @@ class BatchSampler {
   struct Scratch {
     std::vector<uint8_t> want;  // [job * kChunk + r]
     std::vector<uint8_t> mask = std::vector<uint8_t>(kChunk);
+    std::vector<uint8_t> jump = std::vector<uint8_t>(kChunk);
     std::vector<uint32_t> arms;
     std::vector<float> sweep = std::vector<float>(2 * kChunk);  // SweepColumns' scratch
     std::vector<Reads> reads;                                   // per job
@@ -165,10 +166,10 @@ class BatchSampler {
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
-  // Pulls the arms in scratch.mask from `level` to the next by sweeping the chunk's slices of
-  // the level's panels.
-  void PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
-                 Scratch& scratch);
+  // Pulls the masked arms from level `from` to level `to` by sweeping the chunk's slices of the
+  // panels in between.
+  void PullDense(QueryState& s, int from, int to, uint32_t chunk_begin, uint32_t chunk_end,
+                 const uint8_t* mask, Scratch& scratch);
   // The same by gathering each of the arms' columns from its row. Updates want[] of the arms.
   // `arms` are relative to the chunk.
   void PullRows(const PullJob& job, int level, uint32_t chunk_begin,
@@ -179,7 +180,7 @@ class BatchSampler {
                         uint8_t* want, std::vector<uint32_t>& arms, Reads& reads);
   LevelWeights Weights(const QueryState& s, int level) const {
     return {order_.inverse_inclusion(level), order_.variance_factor(level),
-            static_cast<float>(s.beta), order_.bins_in_prefix(level)};
+            static_cast<float>(s.beta), order_.bins_in_prefix(level), static_cast<uint8_t>(level)};
   }
   const float* ChunkBias(uint32_t chunk_begin) const {
     return model_.has_bias() ? model_.bias().data() + chunk_begin : nullptr;
@@ -314,9 +315,28 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
   for (int level = lowest; level < top; ++level) {
     for (size_t q = 0; q < jobs.size(); ++q) {
       QueryState& s = *jobs[q].state;
-      const size_t count =
+      const Demand& demand = jobs[q].demand;
+      size_t count =
           SelectLevel(want_of(q), &s.level[chunk_begin], level, width, scratch.mask.data());
       if (count == 0) continue;
+      if (!demand.search && demand.target == nullptr && level + 1 < demand.max_level) {
+        // The warm-up's arms that would miss its target even at max_level go there in one sweep
+        // when that is the cheapest way (see below): one re-estimate instead of one per level.
+        const int to = demand.max_level;
+        const size_t jumps = SelectJumps(
+            scratch.mask.data(), &s.variance[chunk_begin],
+            static_cast<float>(s.entries_prefix[level]) / static_cast<float>(s.entries_prefix[to]),
+            demand.uniform_target, width, scratch.jump.data());
+        const double span = static_cast<double>(order_.prefix(to) - order_.prefix(level));
+        if (jumps > 0 && width * span <= jumps * std::min(span * kGatherCost, d_ * kRowCost)) {
+          reads[q].samples += jumps * (s.entries_prefix[to] - s.entries_prefix[level]);
+          reads[q].bytes += static_cast<uint64_t>(span) * width * ElementBytes(model_.dtype());
+          PullDense(s, level, to, chunk_begin, chunk_end, scratch.jump.data(), scratch);
+          update_wants(q);
+          count = SelectLevel(want_of(q), &s.level[chunk_begin], level, width, scratch.mask.data());
+          if (count == 0) continue;
+        }
+      }
       // The cheapest way to the next level (see kGatherCost).
       const double block = static_cast<double>(order_.prefix(level + 1) - order_.prefix(level));
       const double gather = block * kGatherCost, whole_row = d_ * kRowCost;
@@ -327,7 +347,7 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
         reads[q].bytes += entries * (sweep ? ElementBytes(model_.dtype()) : kCacheLineBytes);
       }
       if (sweep) {
-        PullDense(s, level, chunk_begin, chunk_end, scratch);
+        PullDense(s, level, level + 1, chunk_begin, chunk_end, scratch.mask.data(), scratch);
         update_wants(q);
       } else {
         std::vector<uint32_t>& arms = scratch.arms;
@@ -367,23 +387,24 @@ void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, ui
   ComputeExact(s, arms, reads);
 }
 
-// Sweeps the chunk's consecutive slices of the block's panels, one bin run at a time, into the
-// masked arms' sums of the run's bin.
-void BatchSampler::PullDense(QueryState& s, int level, uint32_t chunk_begin, uint32_t chunk_end,
-                             Scratch& scratch) {
+// Sweeps the chunk's consecutive slices of each level's block of panels, one bin run at a time,
+// into the masked arms' sums of the run's bin.
+void BatchSampler::PullDense(QueryState& s, int from, int to, uint32_t chunk_begin,
+                             uint32_t chunk_end, const uint8_t* mask, Scratch& scratch) {
   const uint32_t width = chunk_end - chunk_begin;
-  const uint8_t* mask = scratch.mask.data();
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   std::vector<const void*>& columns = scratch.columns;
-  for (const PanelOrder::Run& run : order_.runs(level)) {
-    columns.clear();
-    for (size_t t = run.begin; t < run.end; ++t)
-      columns.push_back(model_.panel(order_.panel(t), chunk_begin));
-    SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width,
-                 mask, run.bin >= order_.bins_in_prefix(level), &sums[run.bin * kChunk],
-                 &sums[(kBins + run.bin) * kChunk], scratch.sweep.data());
+  for (int level = from; level < to; ++level) {
+    for (const PanelOrder::Run& run : order_.runs(level)) {
+      columns.clear();
+      for (size_t t = run.begin; t < run.end; ++t)
+        columns.push_back(model_.panel(order_.panel(t), chunk_begin));
+      SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width,
+                   mask, run.bin >= order_.bins_in_prefix(level), &sums[run.bin * kChunk],
+                   &sums[(kBins + run.bin) * kChunk], scratch.sweep.data());
+    }
   }
-  Advance(mask, sums, Weights(s, level + 1), ChunkBias(chunk_begin), width, &s.level[chunk_begin],
+  Advance(mask, sums, Weights(s, to), ChunkBias(chunk_begin), width, &s.level[chunk_begin],
           &s.estimate[chunk_begin], &s.variance[chunk_begin]);
 }
 

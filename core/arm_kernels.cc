@@ -60,6 +60,18 @@ size_t SelectLevel(const uint8_t* __restrict want, const uint8_t* __restrict lev
   return count;
 }
 
+ADASOFTMAX_KERNEL
+size_t SelectJumps(const uint8_t* __restrict mask, const float* __restrict variance, float ratio,
+                   float target, size_t width, uint8_t* __restrict jump) {
+  uint32_t count = 0;
+  for (size_t r = 0; r < width; ++r) {
+    const uint8_t selected = mask[r] & (variance[r] * ratio > target);
+    jump[r] = selected;
+    count += selected;
+  }
+  return count;
+}
+
 // EstimateArm for every arm in one pass, kept for the masked arms (unmasked arms' sums may hold
 // anything, and their results are selected away). The bins are a template argument so that the
 // loop over them unrolls and the loop over arms vectorises.
@@ -80,6 +92,7 @@ template <size_t kUsedBins, typename BiasOf>
     variance_factor[b] = weights.variance_factor[b];
   }
   const float beta = weights.beta;
+  const uint8_t to = weights.level;
   for (size_t r = 0; r < width; ++r) {
     float e = 0, v = 0;
     for (size_t b = 0; b < kUsedBins; ++b) {
@@ -89,7 +102,7 @@ template <size_t kUsedBins, typename BiasOf>
     const uint32_t m = AllOnes(mask[r]);
     estimate[r] = Select(m, beta * (e + bias_of(r)), estimate[r]);
     variance[r] = Select(m, beta * beta * v, variance[r]);
-    level[r] += mask[r];
+    level[r] = mask[r] ? to : level[r];
   }
 }
 

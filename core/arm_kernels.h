@@ -28,6 +28,7 @@ struct LevelWeights {
   const float* variance_factor;
   float beta;
   int bins;
+  uint8_t level = 0;  // the level they are of: Advance moves arms there
 };
 inline void EstimateArm(const float* sums, size_t arm, const LevelWeights& weights, float bias,
                         float& estimate, float& variance) {
@@ -71,8 +72,14 @@ uint8_t UpdateWants(const Demand& demand, const uint8_t* level, const float* est
 size_t SelectLevel(const uint8_t* want, const uint8_t* level, uint8_t at, size_t width,
                    uint8_t* mask);
 
-// For each masked arm: level[r] += 1 (weights are those of the new level) and the arm's
-// estimate and variance are recomputed from its sums. bias (relative to the chunk) may be null.
+// jump[r] = mask[r] && variance[r] * ratio > target: the masked arms that would still miss
+// `target` after reading 1 / ratio times the entries they have read, if their variance fell in
+// proportion. Returns the number of arms set.
+size_t SelectJumps(const uint8_t* mask, const float* variance, float ratio, float target,
+                   size_t width, uint8_t* jump);
+
+// For each masked arm: level[r] = weights.level and the arm's estimate and variance are
+// recomputed from its sums. bias (relative to the chunk) may be null.
 void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,
              const float* bias, size_t width, uint8_t* level, float* estimate, float* variance);
 

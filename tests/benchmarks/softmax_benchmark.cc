@@ -160,7 +160,7 @@ void BM_ChunkBookkeeping(benchmark::State& state) {
   for (auto _ : state) {
     std::fill(level.begin(), level.end(), 3);
     benchmark::DoNotOptimize(SelectLevel(want.data(), level.data(), 3, kChunk, mask.data()));
-    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f, kBins}, nullptr, kChunk,
+    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f, kBins, 4}, nullptr, kChunk,
             level.data(), estimate.data(), variance.data());
     benchmark::DoNotOptimize(UpdateWants(demand, level.data(), estimate.data(), variance.data(),
                                          kChunk, want.data()));
