@@ -107,8 +107,10 @@ std::atomic<bool> width_fixed{false};      // set once ParallelFor or WakeWorker
 }  // namespace
 
 size_t ParallelWidth() {
+  // hardware_concurrency() reads /sys on every call (tens of microseconds on a VM): once only.
+  static const size_t hardware_threads = std::max(1u, std::thread::hardware_concurrency());
   const size_t width = configured_width.load();
-  return width > 0 ? width : std::max(1u, std::thread::hardware_concurrency());
+  return width > 0 ? width : hardware_threads;
 }
 
 bool SetParallelWidth(size_t width) {
