@@ -30,13 +30,21 @@ class WorkerPool {
       queued_.store(tasks_.size(), std::memory_order_relaxed);
     }
     RunItems(task);
+    bool alone;
+    {
+      absl::MutexLock lock(&mu_);
+      // No worker may pick the task up once it is off the queue; wait for those that did.
+      const auto it = std::find(tasks_.begin(), tasks_.end(), &task);
+      if (it != tasks_.end()) tasks_.erase(it);
+      queued_.store(tasks_.size(), std::memory_order_relaxed);
+      alone = tasks_.empty();
+    }
+    // A helper's last item usually ends within microseconds, while being woken after it costs
+    // tens: watch for it first, unless other callers' tasks are waiting for the cores.
+    if (alone) SpinUntil([&] { return task.helpers.load() == 0; });
     absl::MutexLock lock(&mu_);
-    // No worker may pick the task up once it is off the queue; wait for those that did.
-    const auto it = std::find(tasks_.begin(), tasks_.end(), &task);
-    if (it != tasks_.end()) tasks_.erase(it);
-    queued_.store(tasks_.size(), std::memory_order_relaxed);
     mu_.Await(absl::Condition(
-        +[](Task* t) { return t->helpers == 0; }, &task));
+        +[](Task* t) { return t->helpers.load() == 0; }, &task));
   }
 
  private:
@@ -44,7 +52,7 @@ class WorkerPool {
     absl::FunctionRef<void(size_t)> body;
     size_t count;
     std::atomic<size_t> next{0};
-    int helpers = 0;  // workers running items; guarded by mu_
+    std::atomic<int> helpers{0};  // workers running items; they join under mu_
   };
 
   static void RunItems(Task& task) {
@@ -58,7 +66,7 @@ class WorkerPool {
     for (;;) {
       if (tasks_.empty()) {
         mu_.Unlock();
-        SpinForTask();
+        SpinUntil([this] { return queued_.load(std::memory_order_relaxed) != 0; });
         mu_.Lock();
       }
       const uint64_t wakes = wakes_;
@@ -74,18 +82,18 @@ class WorkerPool {
       ++task->helpers;
       mu_.Unlock();
       RunItems(*task);
+      --task->helpers;  // the last use of the task: its caller may return now
       mu_.Lock();
-      --task->helpers;
     }
   }
 
   // Waking a sleeping thread costs 20-100 us, as much as a sampler phase on a small head, and
-  // one query runs several parallel phases a few tens of microseconds apart: an idle worker
-  // first watches for a task for up to kSpin, then sleeps.
-  void SpinForTask() const {
-    constexpr auto kSpin = std::chrono::microseconds(200);
-    const auto deadline = std::chrono::steady_clock::now() + kSpin;
-    while (queued_.load(std::memory_order_relaxed) == 0) {
+  // one query runs several parallel phases a few tens of microseconds apart: a thread about to
+  // wait first watches for up to 200 us whether done() holds, then sleeps.
+  template <typename Done>
+  static void SpinUntil(Done done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    while (!done()) {
       for (int i = 0; i < 64; ++i) {
 #if defined(__x86_64__)
         __builtin_ia32_pause();
