@@ -88,8 +88,8 @@ void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights
 // level L has read, for L <= demand.max_level. An arm needs entries[level] * variance /
 // target, with target = gap^2 / radius_scale for a search (gap = threshold - estimate, at least
 // 0): at least what it has read, at most entries[max_level], and all of that when the variance
-// is infinite or the target 0. Exact arms and arms at max_level need nothing more. demand.target is indexed like
-// the arms.
+// is infinite or the target 0. Exact arms and arms at max_level need nothing more.
+// demand.target is indexed like the arms.
 double PredictedEntries(const Demand& demand, const uint8_t* level, const float* estimate,
                         const float* variance, const uint64_t* entries, size_t count);
 

@@ -95,7 +95,7 @@ class PanelOrder {
  private:
   std::vector<uint32_t> panels_;
   std::vector<uint8_t> bins_;
-  std::vector<float> arrivals_;   // in increasing order (before regrouping by bin); see Draw
+  std::vector<float> arrivals_;  // in increasing order (before regrouping by bin); see Draw
   std::vector<size_t> prefix_;
   std::vector<int> bins_in_prefix_;
   std::array<int, kBins> class_of_bin_;  // weight class: weight ~ kBinRatio^-class
