@@ -114,7 +114,7 @@ struct QueryState {
   std::vector<double> exact_logit;       // valid where level == kExactLevel
   double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
   std::vector<float> target;   // per-arm variance target of the normaliser
-  std::vector<float> lower;    // scratch of SetNormalizerTargets
+  std::vector<float> gamma;    // scratch of SetNormalizerTargets
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;        // updated through Add while chunks run in parallel
@@ -486,15 +486,15 @@ void BatchSampler::SetNormalizerTargets(QueryState& s) {
   const double log_two = std::log(12.0 / s.delta_half);
   // low_i = est_i - C_i. alpha_i = exp(low_i) and gamma_i = sqrt(alpha_i) are both scaled by
   // exp(-shift): the targets are invariant to that scale.
-  std::vector<float>& low = s.lower;
-  low.resize(n_);
+  std::vector<float>& gamma = s.gamma;
+  gamma.resize(n_);
   const float scale = static_cast<float>(2 * options_.normalizer_multiplier * log_arms);
-  const double shift = LowerBounds(s.estimate.data(), s.variance.data(), scale, n_, low.data());
-  const auto [sum_gamma, sum_alpha] = SumHalfExp(low.data(), n_, shift);
+  const double shift = LowerBounds(s.estimate.data(), s.variance.data(), scale, n_, gamma.data());
+  const auto [sum_gamma, sum_alpha] = HalfExp(gamma.data(), n_, shift);
   const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
   const double c2 = 16 * log_two / (eps * eps);
   s.target.resize(n_);
-  NormalizerTargets(low.data(), n_, shift, sum_gamma / (c1 * options_.normalizer_multiplier),
+  NormalizerTargets(gamma.data(), n_, sum_gamma / (c1 * options_.normalizer_multiplier),
                     sum_alpha / (c2 * options_.normalizer_multiplier), s.target.data());
 }
 

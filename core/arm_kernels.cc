@@ -72,6 +72,17 @@ size_t SelectJumps(const uint8_t* __restrict mask, const float* __restrict varia
   return count;
 }
 
+ADASOFTMAX_KERNEL
+void NormalizerTargets(const float* __restrict g, size_t count, double a, double b,
+                       float* __restrict target) {
+  const float a_f = static_cast<float>(a), b_f = static_cast<float>(b);
+  for (size_t i = 0; i < count; ++i) {
+    const float inverse = 1.0f / g[i];  // IEEE division: +infinity for g = 0
+    const float by_gamma = a_f * inverse, by_alpha = b_f * inverse * inverse;
+    target[i] = by_gamma < by_alpha ? by_gamma : by_alpha;
+  }
+}
+
 // EstimateArm for every arm in one pass, kept for the masked arms (unmasked arms' sums may hold
 // anything, and their results are selected away). The bins are a template argument so that the
 // loop over them unrolls and the loop over arms vectorises.

@@ -83,6 +83,11 @@ size_t SelectJumps(const uint8_t* mask, const float* variance, float ratio, floa
 void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights,
              const float* bias, size_t width, uint8_t* level, float* estimate, float* variance);
 
+// The normaliser's per-arm variance targets (paper Algorithm 2): target[i] = min(a / g[i],
+// b / g[i]^2) in float, +infinity where that overflows (g[i] = 0 included: an arm too far below
+// the top to ever be pulled). REQUIRES: a > 0, b > 0, g[i] >= 0.
+void NormalizerTargets(const float* g, size_t count, double a, double b, float* target);
+
 // The entries `count` arms are predicted to read before `demand` is done with them, assuming an
 // arm's variance falls in proportion to the entries it reads. entries[L] is what an arm at
 // level L has read, for L <= demand.max_level. An arm needs entries[level] * variance /

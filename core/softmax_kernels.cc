@@ -40,14 +40,15 @@ double SumExp(const float* values, size_t count, double shift) {
 }
 
 ADASOFTMAX_KERNEL
-HalfExpSums SumHalfExp(const float* values, size_t count, double shift) {
+HalfExpSums HalfExp(float* values, size_t count, double shift) {
   const float shift_f = static_cast<float>(shift);
   double sum = 0, sum_sq = 0;
 #pragma omp simd reduction(+ : sum, sum_sq)
   for (size_t i = 0; i < count; ++i) {
-    const double g = std::exp(0.5f * (values[i] - shift_f));
+    const float g = std::exp(0.5f * (values[i] - shift_f));
+    values[i] = g;
     sum += g;
-    sum_sq += g * g;
+    sum_sq += static_cast<double>(g) * g;
   }
   return {sum, sum_sq};
 }
@@ -72,19 +73,5 @@ float LowerBounds(const float* estimate, const float* variance, float scale, siz
   return max;
 }
 
-ADASOFTMAX_KERNEL
-void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
-                       float* target) {
-  // min(a / g, b / g^2) = exp(min(log a - h, log b - 2 h)) with h = log g: float exp, no
-  // division, and no floor on g.
-  const float log_a = static_cast<float>(std::log(a)), log_b = static_cast<float>(std::log(b));
-  const float shift_f = static_cast<float>(shift);
-#pragma omp simd
-  for (size_t i = 0; i < count; ++i) {
-    const float h = 0.5f * (lower[i] - shift_f);
-    const float by_gamma = log_a - h, by_alpha = log_b - 2 * h;
-    target[i] = std::exp(by_gamma < by_alpha ? by_gamma : by_alpha);
-  }
-}
 
 }  // namespace adasoftmax

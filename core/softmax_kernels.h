@@ -21,22 +21,18 @@ double SumExp(const double* values, size_t count, double shift);
 // For float values: sum_i exp(values[i] - shift), and max_i values[i].
 double SumExp(const float* values, size_t count, double shift);
 float MaxOf(const float* values, size_t count);
-// sum_i g_i and sum_i g_i^2 for g_i = exp((values[i] - shift) / 2): one exp per value.
+// Replaces values[i] with g_i = exp((values[i] - shift) / 2) and returns sum_i g_i and
+// sum_i g_i^2: one exp per value.
 struct HalfExpSums {
   double sum;
   double sum_sq;
 };
-HalfExpSums SumHalfExp(const float* values, size_t count, double shift);
+HalfExpSums HalfExp(float* values, size_t count, double shift);
 
 // The normaliser's per-arm weights (paper Algorithm 2): lower[i] = estimate[i] -
 // sqrt(scale * variance[i]); returns the largest lower[i].
 float LowerBounds(const float* estimate, const float* variance, float scale, size_t count,
                   float* lower);
-// With g_i = exp((lower[i] - shift) / 2): target[i] = min(a / g_i, b / g_i^2) in float
-// (+infinity where that overflows: an arm too far below the top to ever be pulled).
-// REQUIRES: a > 0, b > 0.
-void NormalizerTargets(const float* lower, size_t count, double shift, double a, double b,
-                       float* target);
 
 }  // namespace adasoftmax
 

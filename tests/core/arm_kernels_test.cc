@@ -173,5 +173,27 @@ TEST(ArmKernelsTest, PredictedEntriesFollowsTheVarianceToEveryTarget) {
   }
 }
 
+TEST(ArmKernelsTest, NormalizerTargetsAreTheSmallerOfBothBounds) {
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> unit(0, 1);
+  std::vector<float> g(1001);
+  for (float& v : g) v = std::exp(-30 * unit(rng));  // exp((lower - top) / 2), 60 nats apart
+  g[7] = 0;      // so far below the top that g underflowed
+  g[8] = 1e-30;  // a / g fits a float, b / g^2 does not
+  const double a = 0.02, b = 3e-4;
+  std::vector<float> target(g.size());
+  NormalizerTargets(g.data(), g.size(), a, b, target.data());
+  int by_gamma = 0, by_alpha = 0;  // which bound set the target: both must occur
+  for (size_t i = 0; i < g.size(); ++i) {
+    if (i == 7) continue;
+    const double expected = std::min(a / g[i], b / (double{g[i]} * g[i]));
+    ASSERT_NEAR(target[i], expected, 1e-5 * expected) << "arm " << i;
+    ++(a / g[i] < b / (double{g[i]} * g[i]) ? by_gamma : by_alpha);
+  }
+  EXPECT_GT(by_gamma, 0);
+  EXPECT_GT(by_alpha, 0);
+  EXPECT_EQ(target[7], std::numeric_limits<float>::infinity());
+}
+
 }  // namespace
 }  // namespace adasoftmax
