@@ -262,11 +262,14 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   s.exact_logit.resize(n_);
   s.estimate.resize(n_);
   s.variance.resize(n_);
-  // The estimates of the empty prefix.
+  // The estimates of the empty prefix, in loops that vectorise.
   const float unknown = order_.last_level() > 0 ? std::numeric_limits<float>::infinity() : 0.0f;
-  for (uint32_t i = 0; i < n_; ++i) {
-    s.estimate[i] = static_cast<float>(s.beta * (model_.has_bias() ? model_.bias()[i] : 0.0));
-    s.variance[i] = unknown;
+  std::fill(s.variance.begin(), s.variance.end(), unknown);
+  if (model_.has_bias()) {
+    const float* bias = model_.bias().data();
+    for (size_t i = 0; i < n_; ++i) s.estimate[i] = static_cast<float>(s.beta * bias[i]);
+  } else {
+    std::fill(s.estimate.begin(), s.estimate.end(), 0.0f);
   }
   // log(6 n log d / delta'): a union bound over arms and elimination tests.
   s.radius_scale = 2 * options_.topk_multiplier *
