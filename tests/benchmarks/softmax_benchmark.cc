@@ -62,31 +62,34 @@ DType DTypeArg(const benchmark::State& state) { return static_cast<DType>(state.
 constexpr int kF32 = static_cast<int>(DType::kFloat32), kF16 = static_cast<int>(DType::kFloat16),
               kBF16 = static_cast<int>(DType::kBFloat16);
 
-// The same sweep out of cache, as the sampler runs it: chunk-long slices of four random columns
-// of a 50257 x 768 column-major matrix, per dtype (first argument: 0 float32, 1 float16, 2
-// bfloat16), into the sums of a random one arm in N (second argument; 1: every arm).
+// The same sweep out of cache, as the sampler runs it: chunk-long slices of C random columns of
+// a 50257 x 768 column-major matrix, per dtype (first argument: 0 float32, 1 float16, 2
+// bfloat16), into the sums of a random one arm in N (second argument; 1: every arm); C is the
+// third argument (4 unless given; a pass reads up to kSweepPassColumns).
 void BM_SweepColumnsFromMemory(benchmark::State& state) {
   const DType dtype = DTypeArg(state);
   const size_t n = 50257, d = 768, arms = kChunk, bytes = ElementBytes(dtype);
+  const size_t count = state.range(2);
   const std::vector<std::byte> matrix = RandomMatrix(dtype, n * d, 6);
-  const std::vector<float> x = RandomFloats(4, 7);
+  const std::vector<float> x = RandomFloats(count, 7);
   std::mt19937_64 rng(8);
   std::vector<uint8_t> mask(arms);
   for (uint8_t& m : mask) m = rng() % state.range(1) == 0;
   std::vector<float> sum(arms), sum_sq(arms), scratch(2 * arms);
+  std::vector<const void*> columns(count);
   for (auto _ : state) {
     const size_t first = rng() % (n - arms);
-    const void* columns[4];
     for (const void*& c : columns) c = &matrix[((rng() % d) * n + first) * bytes];
-    SweepColumns(dtype, columns, x.data(), 4, arms, mask.data(), false, sum.data(), sum_sq.data(),
-                 scratch.data());
+    SweepColumns(dtype, columns.data(), x.data(), count, arms, mask.data(), false, sum.data(),
+                 sum_sq.data(), scratch.data());
     benchmark::DoNotOptimize(sum.data());
   }
-  state.SetBytesProcessed(state.iterations() * 4 * arms * bytes);
+  state.SetBytesProcessed(state.iterations() * count * arms * bytes);
 }
 BENCHMARK(BM_SweepColumnsFromMemory)
-    ->ArgsProduct({{kF32, kF16, kBF16}, {1}})
-    ->ArgsProduct({{kF32}, {8, 16, 32}});
+    ->ArgsProduct({{kF32, kF16, kBF16}, {1}, {4, 8}})
+    ->ArgsProduct({{kF32}, {8, 16, 32}, {4}})
+    ->ArgsProduct({{kF32}, {1}, {16, 32}});
 
 // The exact path's GEMV for half dtypes (float32 for comparison; the exact path uses OpenBLAS
 // there): all 50257 rows of 768, one thread.
@@ -160,8 +163,8 @@ void BM_ChunkBookkeeping(benchmark::State& state) {
   for (auto _ : state) {
     std::fill(level.begin(), level.end(), 3);
     benchmark::DoNotOptimize(SelectLevel(want.data(), level.data(), 3, kChunk, mask.data()));
-    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f, kBins, 4}, nullptr, kChunk,
-            level.data(), estimate.data(), variance.data());
+    Advance(mask.data(), work.data(), {&weights[0], &weights[kBins], 1.0f, kBins, 4}, nullptr,
+            kChunk, level.data(), estimate.data(), variance.data());
     benchmark::DoNotOptimize(UpdateWants(demand, level.data(), estimate.data(), variance.data(),
                                          kChunk, want.data()));
     for (size_t r = 0; r < kChunk; ++r) want[r] = r % 2;
