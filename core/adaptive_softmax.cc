@@ -160,7 +160,8 @@ class BatchSampler {
     std::vector<uint32_t> arms;
     std::vector<float> sweep = std::vector<float>(2 * kChunk);  // SweepColumns' scratch
     std::vector<Reads> reads;                                   // per job
-    std::vector<const void*> columns;
+    std::vector<const void*> columns;  // PullDense's, with their entries of x
+    std::vector<float> xs;
   };
   // Runs the jobs on every chunk of arms, chunks in parallel.
   void PullUntil(absl::Span<const PullJob> jobs);
@@ -390,22 +391,32 @@ void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, ui
   ComputeExact(s, arms, reads);
 }
 
-// Sweeps the chunk's consecutive slices of each level's block of panels, one bin run at a time,
-// into the masked arms' sums of the run's bin.
+// Sweeps the chunk's slices of the levels' panels into the masked arms' sums, one sweep per bin
+// over all its panels: the fewer and longer the sweeps, the fewer passes over the sums.
 void BatchSampler::PullDense(QueryState& s, int from, int to, uint32_t chunk_begin,
                              uint32_t chunk_end, const uint8_t* mask, Scratch& scratch) {
+  static_assert(kLanes == 1, "x is gathered one entry a panel");
   const uint32_t width = chunk_end - chunk_begin;
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   std::vector<const void*>& columns = scratch.columns;
-  for (int level = from; level < to; ++level) {
-    for (const PanelOrder::Run& run : order_.runs(level)) {
-      columns.clear();
-      for (size_t t = run.begin; t < run.end; ++t)
-        columns.push_back(model_.panel(order_.panel(t), chunk_begin));
-      SweepColumns(model_.dtype(), columns.data(), &s.ordered_x[run.begin], columns.size(), width,
-                   mask, run.bin >= order_.bins_in_prefix(level), &sums[run.bin * kChunk],
-                   &sums[(kBins + run.bin) * kChunk], scratch.sweep.data());
+  std::vector<float>& xs = scratch.xs;
+  for (int bin = 0; bin < order_.bins_in_prefix(to); ++bin) {
+    columns.clear();
+    xs.clear();
+    for (int level = from; level < to; ++level) {
+      for (const PanelOrder::Run& run : order_.runs(level)) {
+        if (run.bin != bin) continue;
+        for (size_t t = run.begin; t < run.end; ++t) {
+          columns.push_back(model_.panel(order_.panel(t), chunk_begin));
+          xs.push_back(s.ordered_x[t]);
+        }
+      }
     }
+    if (columns.empty()) continue;
+    // The arms' sums of a bin are set where the bin is new to their level `from`.
+    SweepColumns(model_.dtype(), columns.data(), xs.data(), columns.size(), width, mask,
+                 bin >= order_.bins_in_prefix(from), &sums[bin * kChunk],
+                 &sums[(kBins + bin) * kChunk], scratch.sweep.data());
   }
   Advance(mask, sums, Weights(s, to), ChunkBias(chunk_begin), width, &s.level[chunk_begin],
           &s.estimate[chunk_begin], &s.variance[chunk_begin]);
