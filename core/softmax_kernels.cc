@@ -73,5 +73,4 @@ float LowerBounds(const float* estimate, const float* variance, float scale, siz
   return max;
 }
 
-
 }  // namespace adasoftmax
