@@ -167,14 +167,19 @@ class BatchSampler {
   void PullUntil(absl::Span<const PullJob> jobs);
   void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
-  // Pulls the masked arms from level `from` to level `to` by sweeping the chunk's slices of the
-  // panels in between.
+  // Whether sweeping the chunk's `width` arms over `panels` panels is the cheapest way for
+  // `count` of them to read those panels (see kGatherCost).
+  bool SweepIsCheapest(double panels, size_t count, uint32_t width) const {
+    return width * panels <= count * std::min(panels * kGatherCost, d_ * kRowCost);
+  }
+  // Pulls the `count` masked arms from level `from` to level `to` by sweeping the chunk's slices
+  // of the panels in between; adds what that read to `reads`.
   void PullDense(QueryState& s, int from, int to, uint32_t chunk_begin, uint32_t chunk_end,
-                 const uint8_t* mask, Scratch& scratch);
-  // The same by gathering each of the arms' columns from its row. Updates want[] of the arms.
-  // `arms` are relative to the chunk.
+                 const uint8_t* mask, size_t count, Reads& reads, Scratch& scratch);
+  // The same from `level` to the next by gathering each of the arms' columns from its row.
+  // Updates want[] of the arms. `arms` are relative to the chunk.
   void PullRows(const PullJob& job, int level, uint32_t chunk_begin,
-                absl::Span<const uint32_t> arms, uint8_t* want);
+                absl::Span<const uint32_t> arms, uint8_t* want, Reads& reads);
   // Search arms wanted at the last level are computed exactly (and no longer wanted). `arms`
   // is scratch.
   void ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, uint32_t chunk_end,
@@ -325,17 +330,17 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
       if (count == 0) continue;
       if (!demand.search && demand.target == nullptr && level + 1 < demand.max_level) {
         // The warm-up's arms that would miss its target even at max_level go there in one sweep
-        // when that is the cheapest way (see below): one re-estimate instead of one per level.
+        // when that is the cheapest way: one re-estimate instead of one per level.
         const int to = demand.max_level;
         const size_t jumps = SelectJumps(
             scratch.mask.data(), &s.variance[chunk_begin],
             static_cast<float>(s.entries_prefix[level]) / static_cast<float>(s.entries_prefix[to]),
             demand.uniform_target, width, scratch.jump.data());
-        const double span = static_cast<double>(order_.prefix(to) - order_.prefix(level));
-        if (jumps > 0 && width * span <= jumps * std::min(span * kGatherCost, d_ * kRowCost)) {
-          reads[q].samples += jumps * (s.entries_prefix[to] - s.entries_prefix[level]);
-          reads[q].bytes += static_cast<uint64_t>(span) * width * ElementBytes(model_.dtype());
-          PullDense(s, level, to, chunk_begin, chunk_end, scratch.jump.data(), scratch);
+        if (jumps > 0 &&
+            SweepIsCheapest(static_cast<double>(order_.prefix(to) - order_.prefix(level)), jumps,
+                            width)) {
+          PullDense(s, level, to, chunk_begin, chunk_end, scratch.jump.data(), jumps, reads[q],
+                    scratch);
           update_wants(q);
           count = SelectLevel(want_of(q), &s.level[chunk_begin], level, width, scratch.mask.data());
           if (count == 0) continue;
@@ -343,15 +348,9 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
       }
       // The cheapest way to the next level (see kGatherCost).
       const double block = static_cast<double>(order_.prefix(level + 1) - order_.prefix(level));
-      const double gather = block * kGatherCost, whole_row = d_ * kRowCost;
-      const bool sweep = width * block <= count * std::min(gather, whole_row);
-      if (sweep || gather < whole_row) {  // whole rows are counted by ComputeExact
-        reads[q].samples += count * (s.entries_prefix[level + 1] - s.entries_prefix[level]);
-        const uint64_t entries = static_cast<uint64_t>(block) * (sweep ? width : count);
-        reads[q].bytes += entries * (sweep ? ElementBytes(model_.dtype()) : kCacheLineBytes);
-      }
-      if (sweep) {
-        PullDense(s, level, level + 1, chunk_begin, chunk_end, scratch.mask.data(), scratch);
+      if (SweepIsCheapest(block, count, width)) {
+        PullDense(s, level, level + 1, chunk_begin, chunk_end, scratch.mask.data(), count,
+                  reads[q], scratch);
         update_wants(q);
       } else {
         std::vector<uint32_t>& arms = scratch.arms;
@@ -359,8 +358,8 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
         for (uint32_t r = 0; r < width; ++r) {
           if (scratch.mask[r]) arms.push_back(r);
         }
-        if (gather < whole_row) {
-          PullRows(jobs[q], level, chunk_begin, arms, want_of(q));
+        if (block * kGatherCost < d_ * kRowCost) {
+          PullRows(jobs[q], level, chunk_begin, arms, want_of(q), reads[q]);
         } else {  // whole rows: the arms are exact and done
           for (uint32_t& r : arms) {
             want_of(q)[r] = false;
@@ -394,9 +393,12 @@ void BatchSampler::ExactAtLastLevel(const PullJob& job, uint32_t chunk_begin, ui
 // Sweeps the chunk's slices of the levels' panels into the masked arms' sums, one sweep per bin
 // over all its panels: the fewer and longer the sweeps, the fewer passes over the sums.
 void BatchSampler::PullDense(QueryState& s, int from, int to, uint32_t chunk_begin,
-                             uint32_t chunk_end, const uint8_t* mask, Scratch& scratch) {
+                             uint32_t chunk_end, const uint8_t* mask, size_t count, Reads& reads,
+                             Scratch& scratch) {
   static_assert(kLanes == 1, "x is gathered one entry a panel");
   const uint32_t width = chunk_end - chunk_begin;
+  reads.samples += count * (s.entries_prefix[to] - s.entries_prefix[from]);
+  reads.bytes += (order_.prefix(to) - order_.prefix(from)) * width * ElementBytes(model_.dtype());
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   std::vector<const void*>& columns = scratch.columns;
   std::vector<float>& xs = scratch.xs;
@@ -425,10 +427,12 @@ void BatchSampler::PullDense(QueryState& s, int from, int to, uint32_t chunk_beg
 // Gathered columns are scattered, but within one row they share DRAM pages and prefetch
 // streams, unlike single column-panel slices.
 void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
-                            absl::Span<const uint32_t> arms, uint8_t* want) {
+                            absl::Span<const uint32_t> arms, uint8_t* want, Reads& reads) {
   QueryState& s = *job.state;
   const size_t block_begin = order_.prefix(level);
   const size_t block_end = order_.prefix(level + 1);
+  reads.samples += arms.size() * (s.entries_prefix[level + 1] - s.entries_prefix[level]);
+  reads.bytes += (block_end - block_begin) * arms.size() * kCacheLineBytes;
   float* sums = &s.sums[chunk_begin / kChunk * QueryState::kChunkSums];
   const LevelWeights weights = Weights(s, level + 1);
   const float* bias = ChunkBias(chunk_begin);

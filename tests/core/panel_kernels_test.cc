@@ -65,10 +65,10 @@ class PanelKernelsTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresToTheMaskedArms) {
   const DType dtype = GetParam();
-  // Every way the last pass can end (one to four columns), alone or after full passes, over
+  // Every way the last pass can end (one to eight columns), alone or after full passes, over
   // fewer arms than a vector and over full vectors and a tail.
   OnEveryHighwayTarget([dtype] {
-    for (size_t count : {1, 2, 3, 4, 5, 7, 8, 9, 14, 16, 17, 26}) {
+    for (size_t count : {1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 16, 17, 26}) {
       for (const bool first : {false, true}) {
         for (const size_t arms : {5, 37}) {
           const Entries a = RandomEntries(dtype, count * arms, count);  // column c at c * arms
