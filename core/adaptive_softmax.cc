@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <utility>
 
@@ -37,33 +38,54 @@ constexpr uint64_t kCacheLineBytes = 64;  // what a gathered entry reads
 // are under 0.1% of the entries of a 50257-row head.
 constexpr uint32_t kExtraReferences = 32;
 
-// The `count` arms with the largest values (ties to the lower index), best first, in
-// O(n log count). Blocks of values that cannot enter are skipped by their vectorised maximum.
-std::vector<uint32_t> BestArms(const float* values, size_t n, size_t count) {
-  auto better = [&](uint32_t a, uint32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  };
-  std::vector<uint32_t> best;  // a heap, worst first
-  constexpr size_t kBlock = 256;
-  for (size_t begin = 0; begin < n; begin += kBlock) {
-    const size_t end = std::min(n, begin + kBlock);
-    // Later arms enter only with a strictly larger value than the worst kept.
-    if (best.size() == count && MaxOf(values + begin, end - begin) <= values[best.front()]) {
-      continue;
-    }
-    for (uint32_t i = static_cast<uint32_t>(begin); i < end; ++i) {
-      if (best.size() < count) {
-        best.push_back(i);
-        std::push_heap(best.begin(), best.end(), better);
-      } else if (better(i, best.front())) {
-        std::pop_heap(best.begin(), best.end(), better);
-        best.back() = i;
-        std::push_heap(best.begin(), best.end(), better);
-      }
+// Whether arm a ranks before arm b by `values`: the larger value, ties to the lower index.
+template <typename T>
+bool Better(const T* values, uint32_t a, uint32_t b) {
+  return values[a] > values[b] || (values[a] == values[b] && a < b);
+}
+
+// The `count` arms in [begin, end) with the largest values (see Better), best first: all of them
+// if fewer. At least `count` values reach the count-th largest maximum of a block of kBlock, so
+// only the values that reach it in the blocks that reach it are ranked.
+std::vector<uint32_t> BestArms(const float* values, uint32_t begin, uint32_t end, size_t count) {
+  constexpr uint32_t kBlock = 64;
+  std::vector<float> maxima;
+  for (uint32_t b = begin; b < end; b += kBlock) {
+    maxima.push_back(MaxOf(values + b, std::min(kBlock, end - b)));
+  }
+  float floor = std::numeric_limits<float>::lowest();
+  if (count > 0 && maxima.size() > count) {
+    std::vector<float> sorted = maxima;
+    std::nth_element(sorted.begin(), sorted.begin() + (count - 1), sorted.end(),
+                     std::greater<float>());
+    floor = sorted[count - 1];
+  }
+  std::vector<uint32_t> arms;
+  for (size_t block = 0; block < maxima.size(); ++block) {
+    if (maxima[block] < floor) continue;
+    const uint32_t b = begin + static_cast<uint32_t>(block) * kBlock;
+    for (uint32_t i = b; i < std::min(end, b + kBlock); ++i) {
+      if (values[i] >= floor) arms.push_back(i);
     }
   }
-  std::sort_heap(best.begin(), best.end(), better);
-  return best;
+  count = std::min(count, arms.size());
+  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(),
+                    [&](uint32_t a, uint32_t b) { return Better(values, a, b); });
+  arms.resize(count);
+  return arms;
+}
+
+// The `count` best arms of `lists` by `values` (see Better), best first: all of them if fewer.
+template <typename T>
+std::vector<uint32_t> BestOf(const std::vector<std::vector<uint32_t>>& lists, const T* values,
+                             size_t count) {
+  std::vector<uint32_t> arms;
+  for (const std::vector<uint32_t>& list : lists) arms.insert(arms.end(), list.begin(), list.end());
+  count = std::min(count, arms.size());
+  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(),
+                    [&](uint32_t a, uint32_t b) { return Better(values, a, b); });
+  arms.resize(count);
+  return arms;
 }
 
 // The exact path's cost in float32 entries streamed: n x d x ElementBytes / 4 (a half-precision
@@ -112,9 +134,18 @@ struct QueryState {
                                          // this query reads, per level
   std::vector<float> ordered_x;          // x's slices in the order's panel sequence
   std::vector<double> exact_logit;       // valid where level == kExactLevel
-  double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
-  std::vector<float> target;   // per-arm variance target of the normaliser
-  std::vector<float> gamma;    // scratch of SetNormalizerTargets
+  std::vector<std::vector<uint32_t>> exact_arms;  // per chunk, its arms at kExactLevel
+  double radius_scale = 0;    // confidence radius = sqrt(radius_scale * variance)
+  std::vector<float> target;  // per-arm variance target of the normaliser
+  std::vector<float> gamma;   // HalfExpOfLowerBounds', for SetNormalizerTargets
+  // Per chunk, the parts of reductions over all arms (see KeepCandidates).
+  std::vector<std::vector<uint32_t>> best_arms;
+  struct ChunkSums {
+    float max;
+    double sum;
+    double sum_sq;
+  };
+  std::vector<ChunkSums> chunk_sums;  // HalfExpOfLowerBounds', then PartitionSums'
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;        // updated through Add while chunks run in parallel
@@ -146,7 +177,14 @@ class BatchSampler {
   const std::vector<size_t>& fallbacks() const { return fallbacks_; }
 
  private:
+  // Sets up the query's state; its arms' state (unless it fell back) is left to InitArms.
   void InitState(const Query& query, QueryState& s);
+  // The estimates of the empty prefix for arms [begin, end), in loops that vectorise.
+  void InitArms(QueryState& s, uint32_t begin, uint32_t end) const;
+  // Calls body(chunk, begin, end) for every chunk of arms [begin, end), chunks in parallel
+  // when the model is large enough to pay for it.
+  void ForEachChunk(absl::FunctionRef<void(size_t, uint32_t, uint32_t)> body) const;
+  size_t Chunks() const { return (n_ + kChunk - 1) / kChunk; }
   // Polls Query::stop; true once the query was stopped.
   static bool Stopped(QueryState& s) {
     if (!s.stopped && s.query->stop && s.query->stop()) s.stopped = true;
@@ -163,8 +201,11 @@ class BatchSampler {
     std::vector<const void*> columns;  // PullDense's, with their entries of x
     std::vector<float> xs;
   };
-  // Runs the jobs on every chunk of arms, chunks in parallel.
-  void PullUntil(absl::Span<const PullJob> jobs);
+  using ChunkFunction = absl::FunctionRef<void(size_t chunk, uint32_t begin, uint32_t end)>;
+  // Runs the jobs on every chunk of arms, chunks in parallel; then `then` on the chunk, on the
+  // same thread while the chunk's state is in its cache.
+  void PullUntil(
+      absl::Span<const PullJob> jobs, ChunkFunction then = [](size_t, uint32_t, uint32_t) {});
   void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
   // Whether sweeping the chunk's `width` arms over `panels` panels is the cheapest way for
@@ -201,29 +242,26 @@ class BatchSampler {
   // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
   bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
   // Reads the arms' rows whole and makes the arms exact; adds what that read to `reads`.
+  // Concurrent calls must be for arms of different chunks.
   void ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, Reads& reads);
   // Among the arms computed exactly, the k with the best logits (ties to the lower index), best
   // first. REQUIRES: at least k arms were computed exactly.
-  std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) const {
-    std::vector<uint32_t> exact;
-    constexpr size_t kBlock = 64;  // exact arms are rare: skip blocks without one
-    for (size_t begin = 0; begin < n_; begin += kBlock) {
-      const size_t end = std::min(n_, begin + kBlock);
-      uint8_t any = 0;
-      for (size_t i = begin; i < end; ++i) any |= s.level[i] == kExactLevel;
-      if (!any) continue;
-      for (size_t i = begin; i < end; ++i) {
-        if (s.level[i] == kExactLevel) exact.push_back(static_cast<uint32_t>(i));
-      }
-    }
-    std::partial_sort(exact.begin(), exact.begin() + k, exact.end(), [&](uint32_t a, uint32_t b) {
-      return s.exact_logit[a] > s.exact_logit[b] || (s.exact_logit[a] == s.exact_logit[b] && a < b);
-    });
-    exact.resize(k);
-    return exact;
+  static std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) {
+    return BestOf(s.exact_arms, s.exact_logit.data(), k);
   }
-  void SetNormalizerTargets(QueryState& s);
-  TopKResult Finish(QueryState& s);
+  // Reductions over all arms sum parts computed per chunk, each by the chunk's last pull of the
+  // phase (see PullUntil). The references' candidates in the chunk: its best estimates.
+  void KeepCandidates(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
+  // The normaliser's (paper Algorithm 2, second round) half exponentials of the lower
+  // confidence bounds of the chunk's arms, relative to the largest of the chunk, and their sums.
+  void HalfExpOfLowerBounds(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
+  // The normaliser's per-arm targets of each query, from its HalfExpOfLowerBounds.
+  void SetNormalizerTargets(absl::Span<QueryState* const> states);
+  // The largest estimate of the chunk, and the sum of exponentials of its estimates below it.
+  void PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
+  // The result of each query of the batch, in order, from its PartitionSums when it was
+  // answered (neither stopped nor sent to the exact path).
+  std::vector<TopKResult> Finish(absl::Span<QueryState> states);
 
   const Model& model_;
   const PanelOrder& order_;
@@ -263,41 +301,55 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   const int first = std::min(1, order_.last_level());
   if (FallBack(s, [&] { return static_cast<double>(n_) * s.entries_prefix[first]; })) return;
 
-  s.level.assign(n_, 0);
-  s.sums.resize((n_ + kChunk - 1) / kChunk * QueryState::kChunkSums);  // set as bins are reached
+  s.level.resize(n_);
+  s.sums.resize(Chunks() * QueryState::kChunkSums);  // set as bins are reached
   s.exact_logit.resize(n_);
   s.estimate.resize(n_);
   s.variance.resize(n_);
-  // The estimates of the empty prefix, in loops that vectorise.
-  const float unknown = order_.last_level() > 0 ? std::numeric_limits<float>::infinity() : 0.0f;
-  std::fill(s.variance.begin(), s.variance.end(), unknown);
-  if (model_.has_bias()) {
-    const float* bias = model_.bias().data();
-    for (size_t i = 0; i < n_; ++i) s.estimate[i] = static_cast<float>(s.beta * bias[i]);
-  } else {
-    std::fill(s.estimate.begin(), s.estimate.end(), 0.0f);
-  }
+  s.gamma.resize(n_);
+  s.target.resize(n_);
+  s.exact_arms.resize(Chunks());
+  for (std::vector<uint32_t>& arms : s.exact_arms) arms.clear();
+  s.best_arms.resize(Chunks());
+  s.chunk_sums.resize(Chunks());
   // log(6 n log d / delta'): a union bound over arms and elimination tests.
   s.radius_scale = 2 * options_.topk_multiplier *
                    std::log(6.0 * n_ * std::max(1.0, std::log(double(d_))) / s.delta_half);
 }
 
-// Chunk by chunk, so a block of columns is read once for every query that needs it and each
-// arm's state stays in cache while the arm climbs the levels.
-void BatchSampler::PullUntil(absl::Span<const PullJob> jobs) {
-  if (jobs.empty()) return;
-  const size_t chunks = (n_ + kChunk - 1) / kChunk;
-  auto pull = [&](size_t chunk) {
-    thread_local Scratch scratch;
-    const uint32_t chunk_begin = static_cast<uint32_t>(chunk * kChunk);
-    PullChunk(jobs, chunk_begin, static_cast<uint32_t>(std::min<size_t>(n_, chunk_begin + kChunk)),
-              scratch);
+void BatchSampler::InitArms(QueryState& s, uint32_t begin, uint32_t end) const {
+  std::fill(&s.level[begin], &s.level[end], 0);
+  const float unknown = order_.last_level() > 0 ? std::numeric_limits<float>::infinity() : 0.0f;
+  std::fill(&s.variance[begin], &s.variance[end], unknown);
+  if (model_.has_bias()) {
+    const float* bias = model_.bias().data();
+    for (size_t i = begin; i < end; ++i) s.estimate[i] = static_cast<float>(s.beta * bias[i]);
+  } else {
+    std::fill(&s.estimate[begin], &s.estimate[end], 0.0f);
+  }
+}
+
+void BatchSampler::ForEachChunk(absl::FunctionRef<void(size_t, uint32_t, uint32_t)> body) const {
+  auto run = [&](size_t chunk) {
+    const uint32_t begin = static_cast<uint32_t>(chunk * kChunk);
+    body(chunk, begin, static_cast<uint32_t>(std::min<size_t>(n_, begin + kChunk)));
   };
   if (n_ * d_ < kParallelMinEntries) {
-    for (size_t chunk = 0; chunk < chunks; ++chunk) pull(chunk);
+    for (size_t chunk = 0; chunk < Chunks(); ++chunk) run(chunk);
   } else {
-    ParallelFor(chunks, pull);
+    ParallelFor(Chunks(), run);
   }
+}
+
+// Chunk by chunk, so a block of columns is read once for every query that needs it and each
+// arm's state stays in cache while the arm climbs the levels.
+void BatchSampler::PullUntil(absl::Span<const PullJob> jobs, ChunkFunction then) {
+  if (jobs.empty()) return;
+  ForEachChunk([&](size_t chunk, uint32_t begin, uint32_t end) {
+    thread_local Scratch scratch;
+    PullChunk(jobs, begin, end, scratch);
+    then(chunk, begin, end);
+  });
 }
 
 void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin,
@@ -490,54 +542,95 @@ void BatchSampler::ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, 
       reads.bytes += d_ * ElementBytes(model_.dtype());
       s.exact_logit[i] = s.beta * (dots[k] + (model_.has_bias() ? model_.bias()[i] : 0.0));
       s.level[i] = kExactLevel;
+      s.exact_arms[i / kChunk].push_back(i);
       s.estimate[i] = static_cast<float>(s.exact_logit[i]);
       s.variance[i] = 0;
     }
   }
 }
 
-// Paper Algorithm 2, second round: per-arm variance targets from the current estimates and
-// their confidence radii.
-void BatchSampler::SetNormalizerTargets(QueryState& s) {
-  const double eps = s.query->options.epsilon;
-  const double log_arms = std::log(6.0 * n_ / s.delta_half);
-  const double log_two = std::log(12.0 / s.delta_half);
-  // low_i = est_i - C_i. alpha_i = exp(low_i) and gamma_i = sqrt(alpha_i) are both scaled by
-  // exp(-shift): the targets are invariant to that scale.
-  std::vector<float>& gamma = s.gamma;
-  gamma.resize(n_);
-  const float scale = static_cast<float>(2 * options_.normalizer_multiplier * log_arms);
-  const double shift = LowerBounds(s.estimate.data(), s.variance.data(), scale, n_, gamma.data());
-  const auto [sum_gamma, sum_alpha] = HalfExp(gamma.data(), n_, shift);
-  const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
-  const double c2 = 16 * log_two / (eps * eps);
-  s.target.resize(n_);
-  NormalizerTargets(gamma.data(), n_, sum_gamma / (c1 * options_.normalizer_multiplier),
-                    sum_alpha / (c2 * options_.normalizer_multiplier), s.target.data());
+void BatchSampler::KeepCandidates(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const {
+  s.best_arms[chunk] =
+      BestArms(s.estimate.data(), begin, end, s.query->options.k + kExtraReferences);
 }
 
-TopKResult BatchSampler::Finish(QueryState& s) {
-  if (s.stopped || s.fallback) {
-    TopKResult stopped;
-    stopped.samples = s.samples;
-    stopped.bytes_touched = s.bytes_touched;
-    stopped.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
-    return stopped;
+// low_i = est_i - C_i. alpha_i = exp(low_i) and gamma_i = sqrt(alpha_i) are both scaled by
+// exp(-shift): the targets are invariant to that scale. Here the shift is the chunk's largest
+// low_i, so that no chunk's exponentials underflow for the others'.
+void BatchSampler::HalfExpOfLowerBounds(QueryState& s, size_t chunk, uint32_t begin,
+                                        uint32_t end) const {
+  const float scale =
+      static_cast<float>(2 * options_.normalizer_multiplier * std::log(6.0 * n_ / s.delta_half));
+  QueryState::ChunkSums& c = s.chunk_sums[chunk];
+  c.max = LowerBounds(&s.estimate[begin], &s.variance[begin], scale, end - begin, &s.gamma[begin]);
+  const HalfExpSums sums = HalfExp(&s.gamma[begin], end - begin, c.max);
+  c.sum = sums.sum;
+  c.sum_sq = sums.sum_sq;
+}
+
+// Paper Algorithm 2, second round: per-arm variance targets from the current estimates and
+// their confidence radii. At the common shift, the largest of the chunks', chunk c's gamma_i
+// are r_c = exp((max_c - shift) / 2) times its own: its targets take a / r_c and b / r_c^2.
+void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states) {
+  struct Terms {
+    double shift = std::numeric_limits<float>::lowest();
+    double a, b;  // of NormalizerTargets, at the common scale
+  };
+  std::vector<Terms> terms(states.size());
+  for (size_t q = 0; q < states.size(); ++q) {
+    const QueryState& s = *states[q];
+    Terms& t = terms[q];
+    for (const QueryState::ChunkSums& c : s.chunk_sums) t.shift = std::max<double>(t.shift, c.max);
+    double sum_gamma = 0, sum_alpha = 0;
+    for (const QueryState::ChunkSums& c : s.chunk_sums) {
+      sum_gamma += c.sum * std::exp((c.max - t.shift) / 2);
+      sum_alpha += c.sum_sq * std::exp(c.max - t.shift);
+    }
+    const double eps = s.query->options.epsilon;
+    const double log_arms = std::log(6.0 * n_ / s.delta_half);
+    const double log_two = std::log(12.0 / s.delta_half);
+    const double c1 = 16 * std::sqrt(2.0) * log_arms / eps * sum_gamma * sum_gamma / sum_alpha;
+    const double c2 = 16 * log_two / (eps * eps);
+    t.a = sum_gamma / (c1 * options_.normalizer_multiplier);
+    t.b = sum_alpha / (c2 * options_.normalizer_multiplier);
   }
-  const double max = MaxOf(s.estimate.data(), n_);
-  const double sum = SumExp(s.estimate.data(), n_, max);
-  TopKResult result;
-  result.log_partition = max + std::log(sum);
-  for (uint32_t i : s.winners) {
-    result.indices.push_back(i);
-    result.logits.push_back(s.exact_logit[i]);
-    result.probabilities.push_back(std::exp(s.exact_logit[i] - result.log_partition));
+  ForEachChunk([&](size_t chunk, uint32_t begin, uint32_t end) {
+    for (size_t q = 0; q < states.size(); ++q) {
+      QueryState& s = *states[q];
+      const double scale = std::exp((s.chunk_sums[chunk].max - terms[q].shift) / 2);
+      NormalizerTargets(&s.gamma[begin], end - begin, terms[q].a / scale,
+                        terms[q].b / (scale * scale), &s.target[begin]);
+    }
+  });
+}
+
+void BatchSampler::PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const {
+  QueryState::ChunkSums& c = s.chunk_sums[chunk];
+  c.max = MaxOf(&s.estimate[begin], end - begin);
+  c.sum = SumExp(&s.estimate[begin], end - begin, c.max);
+}
+
+std::vector<TopKResult> BatchSampler::Finish(absl::Span<QueryState> states) {
+  std::vector<TopKResult> results(states.size());
+  for (size_t q = 0; q < states.size(); ++q) {
+    const QueryState& s = states[q];
+    TopKResult& result = results[q];
+    result.samples = s.samples;
+    result.bytes_touched = s.bytes_touched;
+    result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
+    if (s.stopped || s.fallback) continue;  // an empty result
+    double max = std::numeric_limits<float>::lowest(), sum = 0;
+    for (const QueryState::ChunkSums& c : s.chunk_sums) max = std::max<double>(max, c.max);
+    for (const QueryState::ChunkSums& c : s.chunk_sums) sum += c.sum * std::exp(c.max - max);
+    result.log_partition = max + std::log(sum);
+    for (uint32_t i : s.winners) {
+      result.indices.push_back(i);
+      result.logits.push_back(s.exact_logit[i]);
+      result.probabilities.push_back(std::exp(s.exact_logit[i] - result.log_partition));
+    }
+    result.exact = s.samples >= static_cast<uint64_t>(n_) * d_;
   }
-  result.samples = s.samples;
-  result.bytes_touched = s.bytes_touched;
-  result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
-  result.exact = s.samples >= static_cast<uint64_t>(n_) * d_;
-  return result;
+  return results;
 }
 
 std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
@@ -546,7 +639,19 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   if (pool.size() < queries.size()) pool.resize(queries.size());
   const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
+  ForEachChunk([&](size_t, uint32_t begin, uint32_t end) {
+    for (QueryState& s : states) {
+      if (!s.fallback) InitArms(s, begin, end);
+    }
+  });
   auto live = [&](QueryState& s) { return !s.fallback && !Stopped(s); };
+  auto live_states = [&] {
+    std::vector<QueryState*> out;
+    for (QueryState& s : states) {
+      if (live(s)) out.push_back(&s);
+    }
+    return out;
+  };
 
   // 1. Warm-up: every arm to variance V0 = 1 / (17 ln(6 n / delta')), within the budget; first
   // to level 1, then the rest, unless the variances at level 1 predict that the rest costs more
@@ -562,7 +667,10 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
       if (!live(s) || (!first && FallBack(s, [&] { return Predicted(job); }))) continue;
       jobs.push_back(job);
     }
-    PullUntil(jobs);
+    PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
+      if (first) return;
+      for (const PullJob& job : jobs) KeepCandidates(*job.state, chunk, begin, end);
+    });
   }
 
   // 2. Top-k search by elimination against exact references: the k + kExtraReferences arms
@@ -570,11 +678,11 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   // every arm is pulled until its upper confidence bound falls below the k-th best of them, or
   // computed exactly. The winners are the k best exact arms.
   std::vector<PullJob> jobs;
-  for (QueryState& s : states) {
-    if (!live(s)) continue;
+  for (QueryState* state : live_states()) {
+    QueryState& s = *state;
     const uint32_t k = s.query->options.k;
     const std::vector<uint32_t> references =
-        BestArms(s.estimate.data(), n_, k + kExtraReferences);
+        BestOf(s.best_arms, s.estimate.data(), k + kExtraReferences);
     std::vector<uint32_t> unread;  // references not already read whole
     for (uint32_t i : references) {
       if (s.level[i] != kExactLevel) unread.push_back(i);
@@ -591,30 +699,31 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
                        .max_level = order_.last_level()}};
     if (!FallBack(s, [&] { return Predicted(job); })) jobs.push_back(job);
   }
-  PullUntil(jobs);
+  PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
+    for (const PullJob& job : jobs) HalfExpOfLowerBounds(*job.state, chunk, begin, end);
+  });
   for (const PullJob& job : jobs) {
     QueryState& s = *job.state;
     s.winners = BestExact(s, s.query->options.k);
   }
 
   // 3. Normaliser: pull every arm to its own target.
+  const std::vector<QueryState*> normalising = live_states();
+  SetNormalizerTargets(normalising);
   jobs.clear();
-  for (QueryState& s : states) {
-    if (!live(s)) continue;
-    SetNormalizerTargets(s);
-    const PullJob job{&s, {.target = s.target.data(), .max_level = order_.last_level()}};
-    if (!FallBack(s, [&] { return Predicted(job); })) jobs.push_back(job);
+  for (QueryState* s : normalising) {
+    const PullJob job{s, {.target = s->target.data(), .max_level = order_.last_level()}};
+    if (!FallBack(*s, [&] { return Predicted(job); })) jobs.push_back(job);
   }
-  PullUntil(jobs);
+  PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
+    for (const PullJob& job : jobs) PartitionSums(*job.state, chunk, begin, end);
+  });
 
-  std::vector<TopKResult> results;
-  results.reserve(states.size());
   fallbacks_.clear();
   for (size_t q = 0; q < states.size(); ++q) {
     if (states[q].fallback && !Stopped(states[q])) fallbacks_.push_back(q);
-    results.push_back(Finish(states[q]));
   }
-  return results;
+  return Finish(states);
 }
 
 }  // namespace
