@@ -232,15 +232,13 @@ class BatchSampler {
   const float* ChunkBias(uint32_t chunk_begin) const {
     return model_.has_bias() ? model_.bias().data() + chunk_begin : nullptr;
   }
-  // Entries the job's arms are predicted to read (see PredictedEntries in arm_kernels.h).
-  double Predicted(const PullJob& job) const {
-    const QueryState& s = *job.state;
-    return PredictedEntries(job.demand, s.level.data(), s.estimate.data(), s.variance.data(),
-                            s.entries_prefix.data(), n_);
-  }
-  // Sets s.fallback when sampling the `predicted()` entries ahead would cost more than the
-  // exact path (never when sample_cost is 0, and then without calling it). Returns s.fallback.
-  bool FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const;
+  // Sets s.fallback when sampling the `predicted` entries ahead would cost more than the exact
+  // path (never when sample_cost is 0). Returns s.fallback.
+  bool FallBack(QueryState& s, double predicted) const;
+  // FallBack for every job, with the entries its arms are predicted to read (see
+  // PredictedEntries in arm_kernels.h), predicted in one pass over the chunks unless sample_cost
+  // is 0. Removes the jobs whose queries fell back.
+  void DropFallbacks(std::vector<PullJob>& jobs) const;
   // Reads the arms' rows whole and makes the arms exact; adds what that read to `reads`.
   // Concurrent calls must be for arms of different chunks.
   void ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, Reads& reads);
@@ -299,7 +297,7 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
   // Before any sampling: level 1 alone (every arm, its entries) may cost more than the exact
   // path. Then no per-arm state is needed.
   const int first = std::min(1, order_.last_level());
-  if (FallBack(s, [&] { return static_cast<double>(n_) * s.entries_prefix[first]; })) return;
+  if (FallBack(s, static_cast<double>(n_) * s.entries_prefix[first])) return;
 
   s.level.resize(n_);
   s.sums.resize(Chunks() * QueryState::kChunkSums);  // set as bins are reached
@@ -521,11 +519,33 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
   });
 }
 
-bool BatchSampler::FallBack(QueryState& s, absl::FunctionRef<double()> predicted) const {
-  if (options_.sample_cost > 0 && options_.sample_cost * predicted() > ExactPassCost(model_)) {
+bool BatchSampler::FallBack(QueryState& s, double predicted) const {
+  if (options_.sample_cost > 0 && options_.sample_cost * predicted > ExactPassCost(model_)) {
     s.fallback = true;
   }
   return s.fallback;
+}
+
+void BatchSampler::DropFallbacks(std::vector<PullJob>& jobs) const {
+  if (options_.sample_cost == 0 || jobs.empty()) return;
+  std::vector<double> predicted(jobs.size() * Chunks());  // [job * Chunks() + chunk]
+  ForEachChunk([&](size_t chunk, uint32_t begin, uint32_t end) {
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const QueryState& s = *jobs[j].state;
+      Demand demand = jobs[j].demand;
+      if (demand.target != nullptr) demand.target += begin;
+      predicted[j * Chunks() + chunk] =
+          PredictedEntries(demand, &s.level[begin], &s.estimate[begin], &s.variance[begin],
+                           s.entries_prefix.data(), end - begin);
+    }
+  });
+  size_t kept = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    double sum = 0;
+    for (size_t chunk = 0; chunk < Chunks(); ++chunk) sum += predicted[j * Chunks() + chunk];
+    if (!FallBack(*jobs[j].state, sum)) jobs[kept++] = jobs[j];
+  }
+  jobs.resize(kept);
 }
 
 void BatchSampler::ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, Reads& reads) {
@@ -660,13 +680,13 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   for (const bool first : {true, false}) {
     std::vector<PullJob> jobs;
     for (QueryState& s : states) {
+      if (!live(s)) continue;
       const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
       const float target = static_cast<float>(v0 / options_.normalizer_multiplier);
-      const PullJob job{
-          &s, {.uniform_target = target, .max_level = first ? std::min(1, budget) : budget}};
-      if (!live(s) || (!first && FallBack(s, [&] { return Predicted(job); }))) continue;
-      jobs.push_back(job);
+      jobs.push_back(
+          {&s, {.uniform_target = target, .max_level = first ? std::min(1, budget) : budget}});
     }
+    if (!first) DropFallbacks(jobs);
     PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
       if (first) return;
       for (const PullJob& job : jobs) KeepCandidates(*job.state, chunk, begin, end);
@@ -692,13 +712,13 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     s.Add(reads);
     // An arm whose upper confidence bound falls below the k-th best exact logit is out.
     const double threshold = s.exact_logit[BestExact(s, k).back()];
-    const PullJob job{&s,
-                      {.search = true,
-                       .threshold = static_cast<float>(threshold),
-                       .radius_scale = static_cast<float>(s.radius_scale),
-                       .max_level = order_.last_level()}};
-    if (!FallBack(s, [&] { return Predicted(job); })) jobs.push_back(job);
+    jobs.push_back({&s,
+                    {.search = true,
+                     .threshold = static_cast<float>(threshold),
+                     .radius_scale = static_cast<float>(s.radius_scale),
+                     .max_level = order_.last_level()}});
   }
+  DropFallbacks(jobs);
   PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
     for (const PullJob& job : jobs) HalfExpOfLowerBounds(*job.state, chunk, begin, end);
   });
@@ -712,9 +732,9 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   SetNormalizerTargets(normalising);
   jobs.clear();
   for (QueryState* s : normalising) {
-    const PullJob job{s, {.target = s->target.data(), .max_level = order_.last_level()}};
-    if (!FallBack(*s, [&] { return Predicted(job); })) jobs.push_back(job);
+    jobs.push_back({s, {.target = s->target.data(), .max_level = order_.last_level()}});
   }
+  DropFallbacks(jobs);
   PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
     for (const PullJob& job : jobs) PartitionSums(*job.state, chunk, begin, end);
   });
