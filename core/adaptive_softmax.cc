@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <utility>
 
@@ -38,52 +37,17 @@ constexpr uint64_t kCacheLineBytes = 64;  // what a gathered entry reads
 // are under 0.1% of the entries of a 50257-row head.
 constexpr uint32_t kExtraReferences = 32;
 
-// Whether arm a ranks before arm b by `values`: the larger value, ties to the lower index.
-template <typename T>
-bool Better(const T* values, uint32_t a, uint32_t b) {
-  return values[a] > values[b] || (values[a] == values[b] && a < b);
-}
-
-// The `count` arms in [begin, end) with the largest values (see Better), best first: all of them
-// if fewer. At least `count` values reach the count-th largest maximum of a block of kBlock, so
-// only the values that reach it in the blocks that reach it are ranked.
-std::vector<uint32_t> BestArms(const float* values, uint32_t begin, uint32_t end, size_t count) {
-  constexpr uint32_t kBlock = 64;
-  std::vector<float> maxima;
-  for (uint32_t b = begin; b < end; b += kBlock) {
-    maxima.push_back(MaxOf(values + b, std::min(kBlock, end - b)));
-  }
-  float floor = std::numeric_limits<float>::lowest();
-  if (count > 0 && maxima.size() > count) {
-    std::vector<float> sorted = maxima;
-    std::nth_element(sorted.begin(), sorted.begin() + (count - 1), sorted.end(),
-                     std::greater<float>());
-    floor = sorted[count - 1];
-  }
-  std::vector<uint32_t> arms;
-  for (size_t block = 0; block < maxima.size(); ++block) {
-    if (maxima[block] < floor) continue;
-    const uint32_t b = begin + static_cast<uint32_t>(block) * kBlock;
-    for (uint32_t i = b; i < std::min(end, b + kBlock); ++i) {
-      if (values[i] >= floor) arms.push_back(i);
-    }
-  }
-  count = std::min(count, arms.size());
-  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(),
-                    [&](uint32_t a, uint32_t b) { return Better(values, a, b); });
-  arms.resize(count);
-  return arms;
-}
-
-// The `count` best arms of `lists` by `values` (see Better), best first: all of them if fewer.
+// The `count` best arms of all `lists` by `values`, best first: the larger value, ties to the
+// lower index (as BestArms ranks them); all of them if fewer.
 template <typename T>
 std::vector<uint32_t> BestOf(const std::vector<std::vector<uint32_t>>& lists, const T* values,
                              size_t count) {
   std::vector<uint32_t> arms;
   for (const std::vector<uint32_t>& list : lists) arms.insert(arms.end(), list.begin(), list.end());
   count = std::min(count, arms.size());
-  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(),
-                    [&](uint32_t a, uint32_t b) { return Better(values, a, b); });
+  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(), [&](uint32_t a, uint32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
   arms.resize(count);
   return arms;
 }

@@ -1,8 +1,11 @@
 #include "core/arm_kernels.h"
 
 #include <algorithm>
+#include <functional>
+#include <limits>
 #include <utility>
 
+#include "core/softmax_kernels.h"
 #include "core/target_clones.h"
 
 // Loops are written for GCC's vectoriser: masks are applied with bitwise selects rather than
@@ -198,6 +201,37 @@ double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
     return predict([&](size_t) { return uniform; });
   }
   return predict([&](size_t r) { return demand.target[r]; });
+}
+
+// At least `count` values reach the count-th largest maximum of a block of kBlock, so only the
+// values that reach it, in the blocks that reach it, are ranked.
+std::vector<uint32_t> BestArms(const float* values, uint32_t begin, uint32_t end, size_t count) {
+  constexpr uint32_t kBlock = 64;
+  std::vector<float> maxima;
+  for (uint32_t b = begin; b < end; b += kBlock) {
+    maxima.push_back(MaxOf(values + b, std::min(kBlock, end - b)));
+  }
+  float floor = std::numeric_limits<float>::lowest();
+  if (count > 0 && maxima.size() > count) {
+    std::vector<float> sorted = maxima;
+    std::nth_element(sorted.begin(), sorted.begin() + (count - 1), sorted.end(),
+                     std::greater<float>());
+    floor = sorted[count - 1];
+  }
+  std::vector<uint32_t> arms;
+  for (size_t block = 0; block < maxima.size(); ++block) {
+    if (maxima[block] < floor) continue;
+    const uint32_t b = begin + static_cast<uint32_t>(block) * kBlock;
+    for (uint32_t i = b; i < std::min(end, b + kBlock); ++i) {
+      if (values[i] >= floor) arms.push_back(i);
+    }
+  }
+  count = std::min(count, arms.size());
+  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(), [&](uint32_t a, uint32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  arms.resize(count);
+  return arms;
 }
 
 }  // namespace adasoftmax

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace adasoftmax {
 
@@ -97,6 +98,10 @@ void NormalizerTargets(const float* g, size_t count, double a, double b, float* 
 // demand.target is indexed like the arms.
 double PredictedEntries(const Demand& demand, const uint8_t* level, const float* estimate,
                         const float* variance, const uint64_t* entries, size_t count);
+
+// The `count` arms i in [begin, end) with the largest values[i], best first, ties to the lower
+// index; all of them if fewer. REQUIRES: finite values.
+std::vector<uint32_t> BestArms(const float* values, uint32_t begin, uint32_t end, size_t count);
 
 }  // namespace adasoftmax
 

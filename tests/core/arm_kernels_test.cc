@@ -195,5 +195,36 @@ TEST(ArmKernelsTest, NormalizerTargetsAreTheSmallerOfBothBounds) {
   EXPECT_EQ(target[7], std::numeric_limits<float>::infinity());
 }
 
+// Brute force: every arm of [begin, end) by value, then index.
+std::vector<uint32_t> SortedBest(const std::vector<float>& values, uint32_t begin, uint32_t end,
+                                 size_t count) {
+  std::vector<uint32_t> arms(end - begin);
+  for (uint32_t i = begin; i < end; ++i) arms[i - begin] = i;
+  std::stable_sort(arms.begin(), arms.end(),
+                   [&](uint32_t a, uint32_t b) { return values[a] > values[b]; });
+  arms.resize(std::min(count, arms.size()));
+  return arms;
+}
+
+TEST(ArmKernelsTest, BestArmsAreTheLargestValuesTiesToTheLowerIndex) {
+  std::mt19937 rng(11);
+  // Few distinct values (many ties), continuous values, and the best all in one block.
+  std::vector<std::vector<float>> cases(3, std::vector<float>(5000));
+  for (float& v : cases[0]) v = static_cast<float>(rng() % 7);
+  std::normal_distribution<float> normal;
+  for (float& v : cases[1]) v = normal(rng);
+  for (size_t i = 0; i < cases[2].size(); ++i) cases[2][i] = i / 64 == 40 ? 10.0f + i % 5 : -1.0f;
+  for (const std::vector<float>& values : cases) {
+    for (const auto [begin, end] : {std::pair<uint32_t, uint32_t>{0, 5000}, {100, 4321},
+                                    {70, 90}, {3000, 3001}}) {
+      for (size_t count : {0, 1, 33, 100, 6000}) {
+        EXPECT_EQ(BestArms(values.data(), begin, end, count),
+                  SortedBest(values, begin, end, count))
+            << "arms [" << begin << ", " << end << "), count " << count;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace adasoftmax
