@@ -322,8 +322,8 @@ void BM_SoftmaxTopK(benchmark::State& state) {
 }
 BENCHMARK(BM_SoftmaxTopK);
 
-// The normaliser's serial pass over a 50257-arm head: lower bounds, the two sums of their
-// exponentials and the per-arm variance targets.
+// The normaliser's kernels over a 50257-arm head, as one pass: lower bounds, the two sums of
+// their exponentials and the per-arm variance targets (the sampler runs them per chunk).
 void BM_NormalizerTargets(benchmark::State& state) {
   constexpr size_t kArms = 50257;
   std::vector<float> estimate = RandomFloats(kArms, 14), variance = RandomFloats(kArms, 15);
@@ -341,6 +341,17 @@ void BM_NormalizerTargets(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * kArms);
 }
 BENCHMARK(BM_NormalizerTargets);
+
+// The search's candidates for its exact references, the k + 32 = 33 best estimates of a chunk of
+// kChunk arms (argument 0) or of a 50257-arm head (1), estimates spread over 40 nats.
+void BM_BestArms(benchmark::State& state) {
+  const uint32_t arms = state.range(0) == 0 ? kChunk : 50257;
+  std::vector<float> estimate = RandomFloats(arms, 22);
+  for (float& e : estimate) e *= 40;
+  for (auto _ : state) benchmark::DoNotOptimize(BestArms(estimate.data(), 0, arms, 33));
+  state.SetItemsProcessed(state.iterations() * arms);
+}
+BENCHMARK(BM_BestArms)->Arg(0)->Arg(1);
 
 // End to end on a 50257 x 768 heavy-tailed head; adaptive with the given multipliers (x1000 and
 // x1e6) and sample cost (0: no exact fallback).
