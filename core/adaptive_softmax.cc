@@ -145,9 +145,10 @@ class BatchSampler {
   void InitState(const Query& query, QueryState& s);
   // The estimates of the empty prefix for arms [begin, end), in loops that vectorise.
   void InitArms(QueryState& s, uint32_t begin, uint32_t end) const;
+  using ChunkFunction = absl::FunctionRef<void(size_t chunk, uint32_t begin, uint32_t end)>;
   // Calls body(chunk, begin, end) for every chunk of arms [begin, end), chunks in parallel
   // when the model is large enough to pay for it.
-  void ForEachChunk(absl::FunctionRef<void(size_t, uint32_t, uint32_t)> body) const;
+  void ForEachChunk(ChunkFunction body) const;
   size_t Chunks() const { return (n_ + kChunk - 1) / kChunk; }
   // Polls Query::stop; true once the query was stopped.
   static bool Stopped(QueryState& s) {
@@ -165,7 +166,6 @@ class BatchSampler {
     std::vector<const void*> columns;  // PullDense's, with their entries of x
     std::vector<float> xs;
   };
-  using ChunkFunction = absl::FunctionRef<void(size_t chunk, uint32_t begin, uint32_t end)>;
   // Runs the jobs on every chunk of arms, chunks in parallel; then `then` on the chunk, on the
   // same thread while the chunk's state is in its cache.
   void PullUntil(
@@ -291,7 +291,7 @@ void BatchSampler::InitArms(QueryState& s, uint32_t begin, uint32_t end) const {
   }
 }
 
-void BatchSampler::ForEachChunk(absl::FunctionRef<void(size_t, uint32_t, uint32_t)> body) const {
+void BatchSampler::ForEachChunk(ChunkFunction body) const {
   auto run = [&](size_t chunk) {
     const uint32_t begin = static_cast<uint32_t>(chunk * kChunk);
     body(chunk, begin, static_cast<uint32_t>(std::min<size_t>(n_, begin + kChunk)));
