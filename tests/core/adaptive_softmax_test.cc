@@ -4,8 +4,10 @@
 #include <cstring>
 #include <vector>
 
+#include "core/arm_kernels.h"
 #include "core/exact_softmax.h"
 #include "core/pac.h"
+#include "core/worker_pool.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/core/test_models.h"
@@ -150,6 +152,34 @@ TEST(AdaptiveSoftmaxTest, BatchSharesOneOrderAndKeepsEachQuerysGuarantee) {
   // Same seed for the whole batch: reproducible too.
   const std::vector<TopKResult> again = adaptive.Run(batch);
   for (size_t q = 0; q < batch.size(); ++q) EXPECT_TRUE(SameBits(results[q], again[q]));
+}
+
+// Three chunks of arms, the last one partial, pulled in parallel: the chunks' parts of every
+// reduction (the references' candidates, the normaliser's sums, the partition function, the
+// fallback's predictions) are combined in chunk order, so the answers do not depend on which
+// thread pulled which chunk.
+TEST(AdaptiveSoftmaxTest, ChunksPulledInParallelGiveTheSameAnswersBitForBit) {
+  testing::ModelAndQueries head =
+      testing::SynthHead({.n = 2 * kChunk + 1000, .d = 64, .queries = 8, .seed = 9,
+                          .heavy_tailed = true});
+  ASSERT_GE(head.model->n() * head.model->d(), kParallelMinEntries);
+  for (double sample_cost : {0.0, 3.0}) {
+    const AdaptiveSoftmax adaptive(head.model, {.sample_cost = sample_cost});
+    std::vector<Query> batch;
+    for (size_t q = 0; q < 8; ++q) batch.push_back({head.query(q), {.k = 2, .seed = 13}});
+    const std::vector<TopKResult> results = adaptive.Run(batch);
+    int failures = 0;
+    for (size_t q = 0; q < batch.size(); ++q) {
+      failures += !MeetsPac(results[q], ComputeReference(*head.model, batch[q].x, 1.0), 2, 0.3);
+    }
+    EXPECT_LE(failures, 1) << sample_cost;
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      const std::vector<TopKResult> again = adaptive.Run(batch);
+      for (size_t q = 0; q < batch.size(); ++q) {
+        EXPECT_TRUE(SameBits(results[q], again[q])) << sample_cost << " " << q;
+      }
+    }
+  }
 }
 
 TEST(AdaptiveSoftmaxTest, AStoppedQueryStopsWorkingAndLeavesItsNeighboursAlone) {
