@@ -37,19 +37,13 @@ constexpr uint64_t kCacheLineBytes = 64;  // what a gathered entry reads
 // are under 0.1% of the entries of a 50257-row head.
 constexpr uint32_t kExtraReferences = 32;
 
-// The `count` best arms of all `lists` by `values`, best first: the larger value, ties to the
-// lower index (as BestArms ranks them); all of them if fewer.
+// RankBest over the arms of all `lists`.
 template <typename T>
 std::vector<uint32_t> BestOf(const std::vector<std::vector<uint32_t>>& lists, const T* values,
                              size_t count) {
   std::vector<uint32_t> arms;
   for (const std::vector<uint32_t>& list : lists) arms.insert(arms.end(), list.begin(), list.end());
-  count = std::min(count, arms.size());
-  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(), [&](uint32_t a, uint32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
-  arms.resize(count);
-  return arms;
+  return RankBest(std::move(arms), values, count);
 }
 
 // The exact path's cost in float32 entries streamed: n x d x ElementBytes / 4 (a half-precision

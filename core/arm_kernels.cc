@@ -226,12 +226,7 @@ std::vector<uint32_t> BestArms(const float* values, uint32_t begin, uint32_t end
       if (values[i] >= floor) arms.push_back(i);
     }
   }
-  count = std::min(count, arms.size());
-  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(), [&](uint32_t a, uint32_t b) {
-    return values[a] > values[b] || (values[a] == values[b] && a < b);
-  });
-  arms.resize(count);
-  return arms;
+  return RankBest(std::move(arms), values, count);
 }
 
 }  // namespace adasoftmax

@@ -9,6 +9,7 @@
 // (a_ip = the panel's part of A_i . x), and row kBins + b the sum of a_ip^2. Arrays named
 // level, estimate, variance, want and mask hold one entry per arm of the chunk.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -102,6 +103,17 @@ double PredictedEntries(const Demand& demand, const uint8_t* level, const float*
 // The `count` arms i in [begin, end) with the largest values[i], best first, ties to the lower
 // index; all of them if fewer. REQUIRES: finite values.
 std::vector<uint32_t> BestArms(const float* values, uint32_t begin, uint32_t end, size_t count);
+
+// The `count` of `arms` with the largest values[i], ranked as BestArms ranks them.
+template <typename T>
+std::vector<uint32_t> RankBest(std::vector<uint32_t> arms, const T* values, size_t count) {
+  count = std::min(count, arms.size());
+  std::partial_sort(arms.begin(), arms.begin() + count, arms.end(), [&](uint32_t a, uint32_t b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  arms.resize(count);
+  return arms;
+}
 
 }  // namespace adasoftmax
 
