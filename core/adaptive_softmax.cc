@@ -135,7 +135,8 @@ class BatchSampler {
   const std::vector<size_t>& fallbacks() const { return fallbacks_; }
 
  private:
-  // Sets up the query's state; its arms' state (unless it fell back) is left to InitArms.
+  // Sets up the query's state; its arms' state (unless it fell back) is left to InitArms, which
+  // the first pull runs on each chunk.
   void InitState(const Query& query, QueryState& s);
   // The estimates of the empty prefix for arms [begin, end), in loops that vectorise.
   void InitArms(QueryState& s, uint32_t begin, uint32_t end) const;
@@ -160,10 +161,14 @@ class BatchSampler {
     std::vector<const void*> columns;  // PullDense's, with their entries of x
     std::vector<float> xs;
   };
-  // Runs the jobs on every chunk of arms, chunks in parallel; then `then` on the chunk, on the
-  // same thread while the chunk's state is in its cache.
-  void PullUntil(
-      absl::Span<const PullJob> jobs, ChunkFunction then = [](size_t, uint32_t, uint32_t) {});
+  static void NoChunkWork(size_t, uint32_t, uint32_t) {}
+  // Work on a chunk done by the thread that pulls it, while the chunk's state is in its cache.
+  struct ChunkHooks {
+    ChunkFunction before = NoChunkWork;  // just before the chunk's pull
+    ChunkFunction then = NoChunkWork;    // just after it
+  };
+  // Runs the jobs on every chunk of arms, chunks in parallel, each between its hooks.
+  void PullUntil(absl::Span<const PullJob> jobs, ChunkHooks hooks);
   void PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begin, uint32_t chunk_end,
                  Scratch& scratch);
   // Whether sweeping the chunk's `width` arms over `panels` panels is the cheapest way for
@@ -193,9 +198,18 @@ class BatchSampler {
   // Sets s.fallback when sampling the `predicted` entries ahead would cost more than the exact
   // path (never when sample_cost is 0). Returns s.fallback.
   bool FallBack(QueryState& s, double predicted) const;
-  // FallBack for every job, with the entries its arms are predicted to read (see
-  // PredictedEntries in arm_kernels.h), predicted in one pass over the chunks unless sample_cost
-  // is 0. Removes the jobs whose queries fell back.
+  // Per job and chunk, [job * Chunks() + chunk], the entries the job's arms in the chunk are
+  // predicted to read (see PredictedEntries in arm_kernels.h). Empty when sample_cost is 0: no
+  // query falls back.
+  std::vector<double> NewPredictions(size_t jobs) const {
+    return std::vector<double>(options_.sample_cost > 0 ? jobs * Chunks() : 0);
+  }
+  // Fills the chunk's part of `predicted` (from NewPredictions(jobs.size())), if any.
+  void Predict(absl::Span<const PullJob> jobs, size_t chunk, uint32_t begin, uint32_t end,
+               std::vector<double>& predicted) const;
+  // FallBack for every job with its predictions; removes the jobs whose queries fell back.
+  void DropFallbacks(std::vector<PullJob>& jobs, const std::vector<double>& predicted) const;
+  // The same, predicted in one pass over the chunks.
   void DropFallbacks(std::vector<PullJob>& jobs) const;
   // Reads the arms' rows whole and makes the arms exact; adds what that read to `reads`.
   // Concurrent calls must be for arms of different chunks.
@@ -211,8 +225,9 @@ class BatchSampler {
   // The normaliser's (paper Algorithm 2, second round) half exponentials of the lower
   // confidence bounds of the chunk's arms, relative to the largest of the chunk, and their sums.
   void HalfExpOfLowerBounds(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
-  // The normaliser's per-arm targets of each query, from its HalfExpOfLowerBounds.
-  void SetNormalizerTargets(absl::Span<QueryState* const> states);
+  // The normaliser's per-arm targets of each query, from its HalfExpOfLowerBounds; runs `then`
+  // on each chunk once its targets are set.
+  void SetNormalizerTargets(absl::Span<QueryState* const> states, ChunkFunction then);
   // The largest estimate of the chunk, and the sum of exponentials of its estimates below it.
   void PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
   // The result of each query of the batch, in order, from its PartitionSums when it was
@@ -299,12 +314,13 @@ void BatchSampler::ForEachChunk(ChunkFunction body) const {
 
 // Chunk by chunk, so a block of columns is read once for every query that needs it and each
 // arm's state stays in cache while the arm climbs the levels.
-void BatchSampler::PullUntil(absl::Span<const PullJob> jobs, ChunkFunction then) {
+void BatchSampler::PullUntil(absl::Span<const PullJob> jobs, ChunkHooks hooks) {
   if (jobs.empty()) return;
   ForEachChunk([&](size_t chunk, uint32_t begin, uint32_t end) {
     thread_local Scratch scratch;
+    hooks.before(chunk, begin, end);
     PullChunk(jobs, begin, end, scratch);
-    then(chunk, begin, end);
+    hooks.then(chunk, begin, end);
   });
 }
 
@@ -484,19 +500,31 @@ bool BatchSampler::FallBack(QueryState& s, double predicted) const {
   return s.fallback;
 }
 
+void BatchSampler::Predict(absl::Span<const PullJob> jobs, size_t chunk, uint32_t begin,
+                           uint32_t end, std::vector<double>& predicted) const {
+  if (predicted.empty()) return;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const QueryState& s = *jobs[j].state;
+    Demand demand = jobs[j].demand;
+    if (demand.target != nullptr) demand.target += begin;
+    predicted[j * Chunks() + chunk] =
+        PredictedEntries(demand, &s.level[begin], &s.estimate[begin], &s.variance[begin],
+                         s.entries_prefix.data(), end - begin);
+  }
+}
+
 void BatchSampler::DropFallbacks(std::vector<PullJob>& jobs) const {
-  if (options_.sample_cost == 0 || jobs.empty()) return;
-  std::vector<double> predicted(jobs.size() * Chunks());  // [job * Chunks() + chunk]
+  std::vector<double> predicted = NewPredictions(jobs.size());
+  if (predicted.empty() || jobs.empty()) return;
   ForEachChunk([&](size_t chunk, uint32_t begin, uint32_t end) {
-    for (size_t j = 0; j < jobs.size(); ++j) {
-      const QueryState& s = *jobs[j].state;
-      Demand demand = jobs[j].demand;
-      if (demand.target != nullptr) demand.target += begin;
-      predicted[j * Chunks() + chunk] =
-          PredictedEntries(demand, &s.level[begin], &s.estimate[begin], &s.variance[begin],
-                           s.entries_prefix.data(), end - begin);
-    }
+    Predict(jobs, chunk, begin, end, predicted);
   });
+  DropFallbacks(jobs, predicted);
+}
+
+void BatchSampler::DropFallbacks(std::vector<PullJob>& jobs,
+                                 const std::vector<double>& predicted) const {
+  if (predicted.empty()) return;
   size_t kept = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
     double sum = 0;
@@ -549,7 +577,7 @@ void BatchSampler::HalfExpOfLowerBounds(QueryState& s, size_t chunk, uint32_t be
 // Paper Algorithm 2, second round: per-arm variance targets from the current estimates and
 // their confidence radii. At the common shift, the largest of the chunks', chunk c's gamma_i
 // are r_c = exp((max_c - shift) / 2) times its own: its targets take a / r_c and b / r_c^2.
-void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states) {
+void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states, ChunkFunction then) {
   struct Terms {
     double shift = std::numeric_limits<float>::lowest();
     double a, b;  // of NormalizerTargets, at the common scale
@@ -579,6 +607,7 @@ void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states) {
       NormalizerTargets(&s.gamma[begin], end - begin, terms[q].a / scale,
                         terms[q].b / (scale * scale), &s.target[begin]);
     }
+    then(chunk, begin, end);
   });
 }
 
@@ -617,16 +646,10 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   if (pool.size() < queries.size()) pool.resize(queries.size());
   const absl::Span<QueryState> states(pool.data(), queries.size());
   for (size_t q = 0; q < queries.size(); ++q) InitState(queries[q], states[q]);
-  ForEachChunk([&](size_t, uint32_t begin, uint32_t end) {
-    for (QueryState& s : states) {
-      if (!s.fallback) InitArms(s, begin, end);
-    }
-  });
-  auto live = [&](QueryState& s) { return !s.fallback && !Stopped(s); };
   auto live_states = [&] {
     std::vector<QueryState*> out;
     for (QueryState& s : states) {
-      if (live(s)) out.push_back(&s);
+      if (!s.fallback && !Stopped(s)) out.push_back(&s);
     }
     return out;
   };
@@ -635,21 +658,27 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   // to level 1, then the rest, unless the variances at level 1 predict that the rest costs more
   // than the exact path.
   const int budget = order_.LevelForFraction(options_.warmup_fraction);
-  for (const bool first : {true, false}) {
-    std::vector<PullJob> jobs;
-    for (QueryState& s : states) {
-      if (!live(s)) continue;
-      const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s.delta_half));
-      const float target = static_cast<float>(v0 / options_.normalizer_multiplier);
-      jobs.push_back(
-          {&s, {.uniform_target = target, .max_level = first ? std::min(1, budget) : budget}});
-    }
-    if (!first) DropFallbacks(jobs);
-    PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
-      if (first) return;
-      for (const PullJob& job : jobs) KeepCandidates(*job.state, chunk, begin, end);
-    });
+  std::vector<PullJob> first, rest;
+  for (QueryState* s : live_states()) {
+    const double v0 = 1.0 / (17.0 * std::log(6.0 * n_ / s->delta_half));
+    const float target = static_cast<float>(v0 / options_.normalizer_multiplier);
+    first.push_back({s, {.uniform_target = target, .max_level = std::min(1, budget)}});
+    rest.push_back({s, {.uniform_target = target, .max_level = budget}});
   }
+  std::vector<double> predicted = NewPredictions(rest.size());
+  auto init_arms = [&](size_t, uint32_t begin, uint32_t end) {
+    for (const PullJob& job : first) InitArms(*job.state, begin, end);
+  };
+  auto predict_rest = [&](size_t chunk, uint32_t begin, uint32_t end) {
+    Predict(rest, chunk, begin, end, predicted);
+  };
+  PullUntil(first, {.before = init_arms, .then = predict_rest});
+  DropFallbacks(rest, predicted);
+  std::erase_if(rest, [&](const PullJob& job) { return Stopped(*job.state); });
+  auto keep_candidates = [&](size_t chunk, uint32_t begin, uint32_t end) {
+    for (const PullJob& job : rest) KeepCandidates(*job.state, chunk, begin, end);
+  };
+  PullUntil(rest, {.then = keep_candidates});
 
   // 2. Top-k search by elimination against exact references: the k + kExtraReferences arms
   // with the best estimates are computed exactly (the winners usually are among them), then
@@ -677,9 +706,10 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
                      .max_level = order_.last_level()}});
   }
   DropFallbacks(jobs);
-  PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
+  auto half_exps = [&](size_t chunk, uint32_t begin, uint32_t end) {
     for (const PullJob& job : jobs) HalfExpOfLowerBounds(*job.state, chunk, begin, end);
-  });
+  };
+  PullUntil(jobs, {.then = half_exps});
   for (const PullJob& job : jobs) {
     QueryState& s = *job.state;
     s.winners = BestExact(s, s.query->options.k);
@@ -687,15 +717,19 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
 
   // 3. Normaliser: pull every arm to its own target.
   const std::vector<QueryState*> normalising = live_states();
-  SetNormalizerTargets(normalising);
   jobs.clear();
   for (QueryState* s : normalising) {
     jobs.push_back({s, {.target = s->target.data(), .max_level = order_.last_level()}});
   }
-  DropFallbacks(jobs);
-  PullUntil(jobs, [&](size_t chunk, uint32_t begin, uint32_t end) {
-    for (const PullJob& job : jobs) PartitionSums(*job.state, chunk, begin, end);
+  predicted = NewPredictions(jobs.size());
+  SetNormalizerTargets(normalising, [&](size_t chunk, uint32_t begin, uint32_t end) {
+    Predict(jobs, chunk, begin, end, predicted);
   });
+  DropFallbacks(jobs, predicted);
+  auto partition_sums = [&](size_t chunk, uint32_t begin, uint32_t end) {
+    for (const PullJob& job : jobs) PartitionSums(*job.state, chunk, begin, end);
+  };
+  PullUntil(jobs, {.then = partition_sums});
 
   fallbacks_.clear();
   for (size_t q = 0; q < states.size(); ++q) {
