@@ -37,8 +37,10 @@ synth heavy768 --n 50257 --d 768 --queries 1000 --seed 12 --heavy-tailed
 synth heavy4096 --n 32000 --d 4096 --queries 500 --seed 13 --heavy-tailed
 synth heavy128k --n 128256 --d 4096 --queries 500 --seed 14 --heavy-tailed
 
+# Make-style: a calibration holds for the sampler that made it, so it is redone when the tool
+# was rebuilt after it.
 calibrate() {  # name, held-out fraction
-  [ -f "$work/$1/calibration.json" ] || "$tool" calibrate --weights "$work/$1/weights.npy" \
+  [ "$work/$1/calibration.json" -nt "$tool" ] || "$tool" calibrate --weights "$work/$1/weights.npy" \
     --queries "$work/$1/queries.npy" "${common[@]}" --holdout-fraction "$2" \
     --threads "$(nproc)" --out "$work/$1/calibration.json" >/dev/null
 }
