@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "client/commands.h"
+#include "core/blas_kernels.h"
 
 namespace {
 
@@ -40,6 +41,7 @@ void PrintUsage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  adasoftmax::ChooseBlasKernels();
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
     PrintUsage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

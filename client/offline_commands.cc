@@ -27,6 +27,7 @@
 #include "client/commands.h"
 #include "client/flags.h"
 #include "core/adaptive_softmax.h"
+#include "core/blas_kernels.h"
 #include "core/calibration.h"
 #include "core/exact_softmax.h"
 #include "core/model.h"
@@ -522,6 +523,7 @@ int Bench(int argc, char** argv) {
   // outruns SGEMV (see kStreamMinBytes). For half dtypes the yardstick is its own products.
   const double bare_median = Median(s.bare_us) / 1000;
   j["sgemv_median_ms"] = bare_median;
+  j["blas_kernels"] = ChooseBlasKernels().name;
   j["exact_over_sgemv"] = exact_median / bare_median;
   // Bandwidth: weight bytes streamed by SGEMV; the bytes of the entries the adaptive path
   // sampled, and the bytes its kernels touched to read them (TopKResult::bytes_touched).

@@ -21,6 +21,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "core/blas_kernels.h"
 #include "core/worker_pool.h"
 #include "server/server.h"
 
@@ -119,6 +120,7 @@ std::string DefaultCacheDir() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const adasoftmax::BlasKernels blas = adasoftmax::ChooseBlasKernels();
   absl::SetProgramUsageMessage(
       "serves top-k softmax over gRPC.\nusage: adasoftmax-server [--model_repository DIR] "
       "[--address HOST:PORT] [flags]\nEvery flag falls back to ADASOFTMAX_<FLAG> from the "
@@ -172,6 +174,10 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  Log(absl::StrCat("BLAS kernels ", blas.name,
+                   blas.replaced.empty()
+                       ? ""
+                       : absl::StrCat(" (by CPU features; OpenBLAS picked ", blas.replaced, ")")));
   Log(absl::StrCat("model repository ", options.model_repository));
   auto server = adasoftmax::server::Server::Start(options, Log);
   if (!server.ok()) {

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/grpc_client.h"
+#include "core/blas_kernels.h"
 #include "core/exact_softmax.h"
 #include "core/model.h"
 #include "core/pac.h"
@@ -62,6 +63,7 @@ std::unique_ptr<Client> Connect(const std::string& address) {
 class ServerE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    ChooseBlasKernels();  // the server's kernels, so that local exact answers match its bits
     dir_ = new TempDir;
     data_ = new SynthData(
         WriteModel(dir_->Sub("repo/small"), SmallModel(11), "adaptive { sample_cost: 0 }\n"));
