@@ -166,10 +166,23 @@ ADASOFTMAX_KERNEL void RowDotsBF16(const void* const* rows, size_t count, const 
   RowDotsOf<BFloat16>(rows, count, x, d, out);
 }
 
+// Rows from kStreams equal shares of the rows at once, interleaved, so that kStreams sequential
+// streams keep the prefetchers busy. On an Emerald Rapids host, 50257 x 768 (`BM_Products`,
+// alternated) took 1.11-1.38x the bare SGEMV's time a row at a time, 0.71-1.09x so, and
+// 1.36-1.52x with four adjacent rows at once; 8 streams were no better than 4.
 ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, const float* x,
                                         float* out) {
-  const float* row = static_cast<const float*>(a);
-  for (size_t r = 0; r < rows; ++r, row += d) out[r] = DotOf<float, 32>(row, x, d);
+  constexpr size_t kStreams = 4;
+  const float* m = static_cast<const float*>(a);
+  const size_t share = rows / kStreams;
+  for (size_t r = 0; r < share; ++r) {
+    const float* row[kStreams];
+    for (size_t s = 0; s < kStreams; ++s) row[s] = m + (s * share + r) * d;
+    double dots[kStreams];
+    InterleavedDots<kStreams>(row, x, d, dots);
+    for (size_t s = 0; s < kStreams; ++s) out[s * share + r] = static_cast<float>(dots[s]);
+  }
+  for (size_t r = kStreams * share; r < rows; ++r) out[r] = DotOf<float, 32>(m + r * d, x, d);
 }
 
 ADASOFTMAX_KERNEL void WidenToBF16(const void* a, size_t count, float* out) {

@@ -58,7 +58,8 @@ void RowDots(DType dtype, const void* const* rows, size_t count, const float* x,
              double* out);
 
 // out[r] = row_r . x for the `rows` consecutive rows of d entries of `dtype` at `a`, accumulated
-// in float: the exact path's GEMV for the dtypes BLAS lacks.
+// in float (float32 rows: in double, four streams of rows at once): the exact path's GEMV for
+// weights that stream from memory, and for the dtypes BLAS lacks.
 void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const float* x, float* out);
 
 // out[k] = a[k] widened, for `count` entries of `dtype`.

@@ -105,7 +105,7 @@ TEST_P(PanelKernelsTest, SweepColumnsAddsSumsAndSquaresToTheMaskedArms) {
 
 TEST_P(PanelKernelsTest, RowKernelsMatchDoubleDots) {
   const DType dtype = GetParam();
-  const size_t rows = 5;
+  const size_t rows = 11;  // RowsDotVector's four streams of two rows, and three rows left over
   OnEveryHighwayTarget([dtype] {
     for (size_t d : {1, 7, 8, 31, 33, 100, 768}) {
       const Entries a = RandomEntries(dtype, rows * d, d);
