@@ -102,29 +102,53 @@ void Float16SweepColumnsImpl(const void* const* columns, const float* x, size_t 
   });
 }
 
-// Four vectors of partial sums per row, then the lanes' sum; the last entries one by one.
-template <typename Half>
-void HalfRowsDotVector(const void* a, size_t rows, size_t d, const float* x, float* out) {
+// out[r] = row[r] . x for kRows rows read at once, each in two vectors of partial sums, then the
+// lanes' sum; the last entries one by one.
+template <size_t kRows, typename Half>
+HWY_INLINE void HalfDots(const Half* const* row, size_t d, const float* x, float* const* out) {
   const FloatTag df;
   const size_t lanes = hn::Lanes(df);
-  const Half* row = static_cast<const Half*>(a);
-  for (size_t r = 0; r < rows; ++r, row += d) {
-    auto s0 = hn::Zero(df), s1 = hn::Zero(df), s2 = hn::Zero(df), s3 = hn::Zero(df);
-    size_t j = 0;
-    auto dot = [&](size_t at, decltype(s0) sum) {
-      return hn::MulAdd(LoadFloats(df, row + at), hn::LoadU(df, x + at), sum);
-    };
-    for (; j + 4 * lanes <= d; j += 4 * lanes) {
-      s0 = dot(j, s0);
-      s1 = dot(j + lanes, s1);
-      s2 = dot(j + 2 * lanes, s2);
-      s3 = dot(j + 3 * lanes, s3);
+  hn::Vec<FloatTag> s0[kRows], s1[kRows];
+  for (size_t r = 0; r < kRows; ++r) s0[r] = s1[r] = hn::Zero(df);
+  size_t j = 0;
+  for (; j + 2 * lanes <= d; j += 2 * lanes) {
+    const auto x0 = hn::LoadU(df, x + j), x1 = hn::LoadU(df, x + j + lanes);
+    for (size_t r = 0; r < kRows; ++r) {
+      s0[r] = hn::MulAdd(LoadFloats(df, row[r] + j), x0, s0[r]);
+      s1[r] = hn::MulAdd(LoadFloats(df, row[r] + j + lanes), x1, s1[r]);
     }
-    for (; j + lanes <= d; j += lanes) s0 = dot(j, s0);
+  }
+  for (; j + lanes <= d; j += lanes) {
+    const auto x0 = hn::LoadU(df, x + j);
+    for (size_t r = 0; r < kRows; ++r) s0[r] = hn::MulAdd(LoadFloats(df, row[r] + j), x0, s0[r]);
+  }
+  for (size_t r = 0; r < kRows; ++r) {
     float tail = 0;
-    for (; j < d; ++j) tail += WidenOne(row[j]) * x[j];
-    const auto sum = hn::Add(hn::Add(s0, s1), hn::Add(s2, s3));
-    out[r] = hn::GetLane(hn::SumOfLanes(df, sum)) + tail;
+    for (size_t t = j; t < d; ++t) tail += WidenOne(row[r][t]) * x[t];
+    *out[r] = hn::GetLane(hn::SumOfLanes(df, hn::Add(s0[r], s1[r]))) + tail;
+  }
+}
+
+// A row from each of kStreams equal shares of the rows at once: kStreams sequential streams for
+// the prefetchers (see RowsDotVectorF32 in panel_kernels.cc); the rows left over one by one.
+template <typename Half>
+void HalfRowsDotVector(const void* a, size_t rows, size_t d, const float* x, float* out) {
+  constexpr size_t kStreams = 4;
+  const Half* m = static_cast<const Half*>(a);
+  const size_t share = rows / kStreams;
+  for (size_t r = 0; r < share; ++r) {
+    const Half* row[kStreams];
+    float* to[kStreams];
+    for (size_t s = 0; s < kStreams; ++s) {
+      row[s] = m + (s * share + r) * d;
+      to[s] = out + s * share + r;
+    }
+    HalfDots<kStreams>(row, d, x, to);
+  }
+  for (size_t r = kStreams * share; r < rows; ++r) {
+    const Half* row = m + r * d;
+    float* to = out + r;
+    HalfDots<1>(&row, d, x, &to);
   }
 }
 
