@@ -134,7 +134,8 @@ void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<flo
   SingleThreadedBlas();
   const size_t n = m.n(), d = m.d(), batch = queries.size();
   if (batch == 0) return;
-  const bool stream = batch == 1 && n * d * ElementBytes(m.dtype()) >= kStreamMinBytes;
+  const bool stream = batch == 1 && n * d * ElementBytes(m.dtype()) >= kStreamMinBytes &&
+                      (m.dtype() != DType::kFloat32 || d <= kStreamMaxColumns);
   std::vector<float> x;  // X (batch x d), for SGEMM
   if (batch > 1) {
     x.resize(batch * d);

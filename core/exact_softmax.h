@@ -22,18 +22,23 @@ class ExactSoftmax : public TopKSoftmax {
 };
 
 // A single query on weights of at least this many bytes (in their dtype), which stream from
-// memory, is read by RowsDotVector, four sequential streams per thread. Against OpenBLAS's SGEMV
-// (`bench`, interleaved), with one stream per thread: 1.15-1.25x as fast on 50257 x 768 float32
-// (154 MB), 0.98-1.05x on 32000 x 4096 (524 MB), 1.4-1.8x on 16-31 MB; on an Emerald Rapids
-// host, 0.86-0.91x and 0.85-0.87x, and with four streams 0.90-0.95x and 0.88-0.89x. Smaller
-// weights stay in the README machine's 32 MB L3 and SGEMV, which computes faster, ties or wins:
-// 4000 x 768 (12 MB) alike, the 6625 x 120 OCR head 55 against 153 us.
+// memory, is read by RowsDotVector, four sequential streams per thread, unless its rows are
+// float32 and longer than kStreamMaxColumns. Against OpenBLAS's SGEMV (`bench`, interleaved),
+// with one stream per thread: 1.15-1.25x as fast on 50257 x 768 float32 (154 MB), 0.98-1.05x on
+// 32000 x 4096 (524 MB), 1.4-1.8x on 16-31 MB; on an Emerald Rapids host, 0.86-0.91x and
+// 0.85-0.87x, and with four streams 0.90-0.95x and 0.88-0.89x. Smaller weights stay in the
+// README machine's 32 MB L3 and SGEMV, which computes faster, ties or wins: 4000 x 768 (12 MB)
+// alike, the 6625 x 120 OCR head 55 against 153 us.
 inline constexpr size_t kStreamMinBytes = size_t{16} << 20;
+// Longer float32 rows go to SGEMV, which read 4096-entry rows as fast on one machine and 12%
+// faster on the other (above). Half-precision rows always stream: BLAS reads them widened.
+inline constexpr size_t kStreamMaxColumns = 1024;
 
 // The exact path's products out[q * n + i] = A_i . x_q, on the worker pool: for one query by
-// RowsDotVector from kStreamMinBytes on, by SGEMV below; for a batch by SGEMMs on blocks of
-// rows. BLAS reads half-precision rows widened block by block. What the exact path costs
-// without its softmax pass. REQUIRES: out.size() == queries.size() * model.n().
+// RowsDotVector from kStreamMinBytes on (see kStreamMaxColumns), by SGEMV otherwise; for a
+// batch by SGEMMs on blocks of rows. BLAS reads half-precision rows widened block by block.
+// What the exact path costs without its softmax pass. REQUIRES: out.size() == queries.size() *
+// model.n().
 void RawProducts(const Model& model, absl::Span<const Query> queries, absl::Span<float> out);
 
 // The bare BLAS product out[i] = A_i . x by cblas_sgemv, single-threaded on each worker's share
