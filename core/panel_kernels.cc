@@ -168,8 +168,8 @@ ADASOFTMAX_KERNEL void RowDotsBF16(const void* const* rows, size_t count, const 
 
 // Rows from kStreams equal shares of the rows at once, interleaved, so that kStreams sequential
 // streams keep the prefetchers busy. On an Emerald Rapids host, 50257 x 768 (`BM_Products`,
-// alternated) took 1.11-1.38x the bare SGEMV's time a row at a time, 0.71-1.09x so, and
-// 1.36-1.52x with four adjacent rows at once; 8 streams were no better than 4.
+// alternated) took 1.11-1.38x the bare SGEMV's time read a row at a time, 0.71-1.09x read from
+// four shares, 1.36-1.52x read four adjacent rows at a time; eight shares were no better.
 ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, const float* x,
                                         float* out) {
   constexpr size_t kStreams = 4;
