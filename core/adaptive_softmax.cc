@@ -104,6 +104,12 @@ struct QueryState {
     double sum_sq;
   };
   std::vector<ChunkSums> chunk_sums;  // HalfExpOfLowerBounds', then PartitionSums'
+  // The largest of the chunks' maxima: the shift their sums are rescaled to when added.
+  double CommonShift() const {
+    double shift = std::numeric_limits<float>::lowest();
+    for (const ChunkSums& c : chunk_sums) shift = std::max<double>(shift, c.max);
+    return shift;
+  }
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;        // updated through Add while chunks run in parallel
@@ -333,10 +339,8 @@ void BatchSampler::PullChunk(absl::Span<const PullJob> jobs, uint32_t chunk_begi
   auto update_wants = [&](size_t q) {
     const PullJob& job = jobs[q];
     const QueryState& s = *job.state;
-    Demand demand = job.demand;
-    if (demand.target != nullptr) demand.target += chunk_begin;
-    return UpdateWants(demand, &s.level[chunk_begin], &s.estimate[chunk_begin],
-                       &s.variance[chunk_begin], width, want_of(q));
+    return UpdateWants(job.demand.From(chunk_begin), &s.level[chunk_begin],
+                       &s.estimate[chunk_begin], &s.variance[chunk_begin], width, want_of(q));
   };
   std::vector<Reads>& reads = scratch.reads;  // per job
   reads.assign(jobs.size(), Reads{});
@@ -505,11 +509,9 @@ void BatchSampler::Predict(absl::Span<const PullJob> jobs, size_t chunk, uint32_
   if (predicted.empty()) return;
   for (size_t j = 0; j < jobs.size(); ++j) {
     const QueryState& s = *jobs[j].state;
-    Demand demand = jobs[j].demand;
-    if (demand.target != nullptr) demand.target += begin;
     predicted[j * Chunks() + chunk] =
-        PredictedEntries(demand, &s.level[begin], &s.estimate[begin], &s.variance[begin],
-                         s.entries_prefix.data(), end - begin);
+        PredictedEntries(jobs[j].demand.From(begin), &s.level[begin], &s.estimate[begin],
+                         &s.variance[begin], s.entries_prefix.data(), end - begin);
   }
 }
 
@@ -579,14 +581,14 @@ void BatchSampler::HalfExpOfLowerBounds(QueryState& s, size_t chunk, uint32_t be
 // are r_c = exp((max_c - shift) / 2) times its own: its targets take a / r_c and b / r_c^2.
 void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states, ChunkFunction then) {
   struct Terms {
-    double shift = std::numeric_limits<float>::lowest();
+    double shift;
     double a, b;  // of NormalizerTargets, at the common scale
   };
   std::vector<Terms> terms(states.size());
   for (size_t q = 0; q < states.size(); ++q) {
     const QueryState& s = *states[q];
     Terms& t = terms[q];
-    for (const QueryState::ChunkSums& c : s.chunk_sums) t.shift = std::max<double>(t.shift, c.max);
+    t.shift = s.CommonShift();
     double sum_gamma = 0, sum_alpha = 0;
     for (const QueryState::ChunkSums& c : s.chunk_sums) {
       sum_gamma += c.sum * std::exp((c.max - t.shift) / 2);
@@ -626,8 +628,8 @@ std::vector<TopKResult> BatchSampler::Finish(absl::Span<QueryState> states) {
     result.bytes_touched = s.bytes_touched;
     result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
     if (s.stopped || s.fallback) continue;  // an empty result
-    double max = std::numeric_limits<float>::lowest(), sum = 0;
-    for (const QueryState::ChunkSums& c : s.chunk_sums) max = std::max<double>(max, c.max);
+    const double max = s.CommonShift();
+    double sum = 0;
     for (const QueryState::ChunkSums& c : s.chunk_sums) sum += c.sum * std::exp(c.max - max);
     result.log_partition = max + std::log(sum);
     for (uint32_t i : s.winners) {

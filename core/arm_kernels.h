@@ -54,6 +54,13 @@ struct Demand {
   const float* target = nullptr;
   float uniform_target = 0;
   int max_level = 0;  // for a search, the last level (only predictions use it)
+
+  // The same demand of the arms from `first` on, with target indexed from there.
+  Demand From(uint32_t first) const {
+    Demand d = *this;
+    if (d.target != nullptr) d.target += first;
+    return d;
+  }
 };
 inline bool Wants(const Demand& demand, size_t arm, uint8_t level, float estimate,
                   float variance) {
