@@ -110,6 +110,13 @@ struct QueryState {
     for (const ChunkSums& c : chunk_sums) shift = std::max<double>(shift, c.max);
     return shift;
   }
+  // The bytes of the state's per-arm vectors for n arms: sums (a whole kChunk per chunk), then
+  // level; estimate, variance, target and gamma; exact_logit.
+  static size_t Bytes(size_t n) {
+    const size_t chunks = (n + kChunk - 1) / kChunk;
+    return chunks * kChunkSums * sizeof(float) +
+           n * (sizeof(uint8_t) + 4 * sizeof(float) + sizeof(double));
+  }
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;        // updated through Add while chunks run in parallel
@@ -760,11 +767,24 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrFormat("warmup_fraction: is %g but must be in (0, 1]", options.warmup_fraction));
   }
+  if (!(std::isfinite(options.sampling_memory_fraction) && options.sampling_memory_fraction >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sampling_memory_fraction: is %g but must be finite and >= 0",
+                        options.sampling_memory_fraction));
+  }
   return absl::OkStatus();
 }
 
 double AdaptiveSoftmax::SampleCost() const {
   return meter_ != nullptr && options_.sample_cost > 0 ? meter_->Cost() : options_.sample_cost;
+}
+
+size_t AdaptiveSoftmax::SamplingGroupSize() const {
+  const double weight_bytes = static_cast<double>(model_->n()) * static_cast<double>(model_->d()) *
+                              static_cast<double>(ElementBytes(model_->dtype()));
+  const double fit = options_.sampling_memory_fraction * weight_bytes /
+                     static_cast<double>(QueryState::Bytes(model_->n()));
+  return fit >= 1 ? static_cast<size_t>(std::min<double>(fit, SIZE_MAX / 2)) : 1;
 }
 
 AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batch) const {
@@ -813,14 +833,12 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
       predicted += plan.predicted[q];
     }
   }
-  if (!sampled.empty()) {
-    std::vector<Query> subset;
-    absl::Span<const Query> batch = queries;
-    if (sampled.size() < queries.size()) {
-      for (size_t q : sampled) subset.push_back(queries[q]);
-      batch = subset;
-    }
-    // One shared order per batch. Seeded when every query carries the same nonzero seed.
+  const size_t group_size = SamplingGroupSize();
+  for (size_t first = 0; first < sampled.size(); first += group_size) {
+    const absl::Span<const size_t> group = absl::MakeConstSpan(sampled).subspan(first, group_size);
+    std::vector<Query> batch;
+    for (size_t q : group) batch.push_back(queries[q]);
+    // One shared order per group. Seeded when every query carries the same nonzero seed.
     uint64_t seed = batch[0].options.seed;
     for (const Query& q : batch) {
       if (q.options.seed != seed) seed = 0;
@@ -834,13 +852,13 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
     BatchSampler sampler(*model_, order, options);
     std::vector<TopKResult> answers = sampler.Run(batch);
-    sampling_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    sampling_seconds += absl::ToDoubleSeconds(absl::Now() - start);
     for (size_t r = 0; r < answers.size(); ++r) {
       samples += static_cast<double>(answers[r].samples);
-      results[sampled[r]] = std::move(answers[r]);
+      results[group[r]] = std::move(answers[r]);
     }
-    fallbacks = sampler.fallbacks().size();
-    for (size_t r : sampler.fallbacks()) exact.push_back(sampled[r]);
+    fallbacks += sampler.fallbacks().size();
+    for (size_t r : sampler.fallbacks()) exact.push_back(group[r]);
   }
   double fallback_seconds = 0;  // the fallbacks' share of the exact batch
   if (!exact.empty()) {

@@ -241,6 +241,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   if (c.adaptive().has_warmup_fraction()) adaptive.warmup_fraction = c.adaptive().warmup_fraction();
   adaptive.sample_cost =
       c.adaptive().has_sample_cost() ? c.adaptive().sample_cost() : kDefaultSampleCost;
+  if (c.adaptive().has_sampling_memory_fraction()) {
+    adaptive.sampling_memory_fraction = c.adaptive().sampling_memory_fraction();
+  }
   if (absl::Status s = ValidateAdaptiveOptions(adaptive); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("adaptive: ", s.message()));
   }

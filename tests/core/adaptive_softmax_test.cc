@@ -135,9 +135,13 @@ TEST(AdaptiveSoftmaxTest, NormaliserMeetsEpsilonWithTemperatureAndBias) {
   EXPECT_LE(failures, 15);
 }
 
+// Options that sample a whole batch together, whatever its sampling state weighs.
+constexpr AdaptiveOptions kOneGroup = {.sampling_memory_fraction = 1e6};
+
 TEST(AdaptiveSoftmaxTest, BatchSharesOneOrderAndKeepsEachQuerysGuarantee) {
   testing::ModelAndQueries head = HeavyHead();
-  const AdaptiveSoftmax adaptive(head.model);
+  const AdaptiveSoftmax adaptive(head.model, kOneGroup);
+  ASSERT_GE(adaptive.SamplingGroupSize(), 16u);
   std::vector<Query> batch;
   for (size_t q = 0; q < 16; ++q)
     batch.push_back({head.query(q), {.k = static_cast<uint32_t>(1 + q % 3), .seed = 11}});
@@ -164,7 +168,8 @@ TEST(AdaptiveSoftmaxTest, ChunksPulledInParallelGiveTheSameAnswersBitForBit) {
                           .heavy_tailed = true});
   ASSERT_GE(head.model->n() * head.model->d(), kParallelMinEntries);
   for (double sample_cost : {0.0, 3.0}) {
-    const AdaptiveSoftmax adaptive(head.model, {.sample_cost = sample_cost});
+    const AdaptiveSoftmax adaptive(head.model,
+                                   {.sample_cost = sample_cost, .sampling_memory_fraction = 1e6});
     std::vector<Query> batch;
     for (size_t q = 0; q < 8; ++q) batch.push_back({head.query(q), {.k = 2, .seed = 13}});
     const std::vector<TopKResult> results = adaptive.Run(batch);
@@ -182,9 +187,37 @@ TEST(AdaptiveSoftmaxTest, ChunksPulledInParallelGiveTheSameAnswersBitForBit) {
   }
 }
 
+// A batch is sampled in groups of SamplingGroupSize() queries, in order, each group with its
+// own order: every answer is the one its group alone gets.
+TEST(AdaptiveSoftmaxTest, SampledQueriesShareAnOrderInGroupsTheMemoryFractionBounds) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax grouped(head.model, {.sampling_memory_fraction = 1});
+  const size_t size = grouped.SamplingGroupSize();
+  // Each query's state holds at least its sums, 2 x kBins floats an arm.
+  const size_t weight_bytes = head.model->n() * head.model->d() * sizeof(float);
+  EXPECT_LE(size * 2 * kBins * sizeof(float) * head.model->n(), weight_bytes);
+  ASSERT_GE(size, 2u);
+  std::vector<Query> batch;
+  for (size_t q = 0; q < size + 1; ++q) batch.push_back({head.query(q), {.seed = 5}});
+  const std::vector<TopKResult> results = grouped.Run(batch);
+  const std::vector<TopKResult> first = grouped.Run(absl::MakeConstSpan(batch).first(size));
+  for (size_t q = 0; q < size; ++q) EXPECT_TRUE(SameBits(results[q], first[q])) << q;
+  const TopKResult& last = results[size];
+  EXPECT_TRUE(SameBits(last, grouped.Run({&batch[size], 1})[0]));
+  // One group for the whole batch: the last query shares the others' order.
+  EXPECT_FALSE(SameBits(last, AdaptiveSoftmax(head.model, kOneGroup).Run(batch)[size]));
+  // Fraction 0: every query alone.
+  const AdaptiveSoftmax alone(head.model, {.sampling_memory_fraction = 0});
+  EXPECT_EQ(alone.SamplingGroupSize(), 1u);
+  const std::vector<TopKResult> each = alone.Run(batch);
+  for (size_t q = 0; q < batch.size(); ++q) {
+    EXPECT_TRUE(SameBits(each[q], alone.Run({&batch[q], 1})[0])) << q;
+  }
+}
+
 TEST(AdaptiveSoftmaxTest, AStoppedQueryStopsWorkingAndLeavesItsNeighboursAlone) {
   testing::ModelAndQueries head = HeavyHead();
-  const AdaptiveSoftmax adaptive(head.model);
+  const AdaptiveSoftmax adaptive(head.model, kOneGroup);
   std::vector<Query> batch;
   for (size_t q = 0; q < 6; ++q) batch.push_back({head.query(q), {.seed = 3}});
   int polls = 0;
@@ -397,6 +430,10 @@ TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_THAT(ValidateAdaptiveOptions({.warmup_fraction = 1.5}).message(),
               HasSubstr("warmup_fraction"));
   EXPECT_THAT(ValidateAdaptiveOptions({.sample_cost = -1}).message(), HasSubstr("sample_cost"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.sampling_memory_fraction = -0.1}).message(),
+              HasSubstr("sampling_memory_fraction"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.sampling_memory_fraction = INFINITY}).message(),
+              HasSubstr("sampling_memory_fraction"));
 }
 
 }  // namespace

@@ -65,6 +65,7 @@ TEST_F(ModelRepositoryTest, LoadsFilesLabelsAndDefaults) {
   EXPECT_EQ((*m)->batching.max_batch_size, 7u);  // the server-wide setting
   EXPECT_EQ((*m)->audit_fraction, 0.25);
   EXPECT_EQ((*m)->adaptive->options().sample_cost, kDefaultSampleCost);  // the fallback is on
+  EXPECT_EQ((*m)->adaptive->options().sampling_memory_fraction, kDefaultSamplingMemoryFraction);
 }
 
 TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
@@ -73,7 +74,8 @@ TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
              "default_temperature: 2\ndefault_mode: MODE_EXACT\n"
              "batching { max_batch_size: 3 batch_timeout_us: 250 max_queue_size: 9 }\n"
              "audit_fraction: 0\n"
-             "adaptive { normalizer_multiplier: 0.5 warmup_fraction: 0.2 sample_cost: 0 }\n");
+             "adaptive { normalizer_multiplier: 0.5 warmup_fraction: 0.2 sample_cost: 0\n"
+             "           sampling_memory_fraction: 0.5 }\n");
   auto m = Load("m");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->name, "renamed");
@@ -90,6 +92,7 @@ TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
   EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 1.0);
   EXPECT_EQ((*m)->adaptive->options().warmup_fraction, 0.2);
   EXPECT_EQ((*m)->adaptive->options().sample_cost, 0.0);
+  EXPECT_EQ((*m)->adaptive->options().sampling_memory_fraction, 0.5);
 }
 
 TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
@@ -125,6 +128,8 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"weights: \"weights.npy\"\naudit_fraction: 2\n", "audit_fraction"},
       {"weights: \"weights.npy\"\nadaptive { topk_multiplier: -1 }\n", "adaptive"},
       {"weights: \"weights.npy\"\nadaptive { sample_cost: -1 }\n", "sample_cost"},
+      {"weights: \"weights.npy\"\nadaptive { sampling_memory_fraction: -1 }\n",
+       "sampling_memory_fraction"},
       {"weights: \"missing.npy\"\n", "missing.npy"},
       {"weights: \"weights.npy\"\nlabels: \"short.txt\"\n", "labels"},
       {"weights: \"weights.npy\"\ncalibration: \"nope.json\"\n", "nope.json"},
