@@ -2,13 +2,15 @@
 # Reruns the README's server table: closed-loop load (`adasoftmax loadgen`, 32 callers, 15 s
 # each) on the calibrated W1 and W2 heads, held-out queries, audit off, in five settings: exact
 # mode (batched: blocked SGEMM), adaptive batched and unbatched (--max_batch_size 1), each with
-# the default exact fallback and without it (sample_cost 0).
+# the default exact fallback and without it (sample_cost 0). Then each head's memory: a server
+# holding that head alone, its resident memory once ready, then its peak (VmHWM) while it samples
+# every query (no fallback) for 32 callers, 10 s.
 #
 #   deploy/benchmark-server.sh [WORKDIR] [SERVER_BIN_DIR]
 #
 # WORKDIR holds the data and calibrations of deploy/benchmark.sh (run that first; same default).
 # SERVER_BIN_DIR (default: build/bin) lets another build's server run against the same data;
-# the client is always this build's. About 6 minutes on two cores.
+# the client is always this build's. About 7 minutes on two cores.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,8 +22,10 @@ repo="$work/server-models"
 address=127.0.0.1:50151
 mkdir -p "$out" "$repo"
 
-# model name, data folder, held-out offset, extra config
+# repository, model name, data folder, held-out offset, extra config
 model() {
+  local repo=$1
+  shift
   mkdir -p "$repo/$1"
   [ -f "$work/$2/heldout.npy" ] || /usr/bin/python3 -c "
 import numpy as np, sys
@@ -34,10 +38,12 @@ calibration: "$work/$2/calibration.json"
 $4
 EOF
 }
-model w1 heavy768 700 ""
-model w1-sampler heavy768 700 "adaptive { sample_cost: 0 }"
-model w2 heavy4096 300 ""
-model w2-sampler heavy4096 300 "adaptive { sample_cost: 0 }"
+model "$repo" w1 heavy768 700 ""
+model "$repo" w1-sampler heavy768 700 "adaptive { sample_cost: 0 }"
+model "$repo" w2 heavy4096 300 ""
+model "$repo" w2-sampler heavy4096 300 "adaptive { sample_cost: 0 }"
+model "$repo-w1" w1-sampler heavy768 700 "adaptive { sample_cost: 0 }"
+model "$repo-w2" w2-sampler heavy4096 300 "adaptive { sample_cost: 0 }"
 
 server_pid=
 stop_server() {
@@ -49,18 +55,22 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# repository, max batch size, log name: starts the server and waits until it serves
+start_server() {
+  "$server_bin/adasoftmax-server" --model_repository "$1" --address "$address" \
+    --metrics_address 127.0.0.1:0 --audit_fraction 0 --max_batch_size "$2" 2>"$out/$3.log" &
+  server_pid=$!
+  until "$tool" health --target "$address" >/dev/null 2>&1; do
+    kill -0 "$server_pid" 2>/dev/null || { cat "$out/$3.log" >&2; exit 1; }
+    sleep 1
+  done
+}
+
 # batch size, then (model, mode, data folder) triples
 serve_and_load() {
   local batch=$1
   shift
-  "$server_bin/adasoftmax-server" --model_repository "$repo" --address "$address" \
-    --metrics_address 127.0.0.1:0 --audit_fraction 0 --max_batch_size "$batch" \
-    2>"$out/server-b$batch.log" &
-  server_pid=$!
-  until "$tool" health --target "$address" >/dev/null 2>&1; do
-    kill -0 "$server_pid" 2>/dev/null || { cat "$out/server-b$batch.log" >&2; exit 1; }
-    sleep 1
-  done
+  start_server "$repo" "$batch" "server-b$batch"
   while [ $# -gt 0 ]; do
     echo "server benchmark: $1 $2, max batch $batch" >&2
     "$tool" loadgen --target "$address" --model "$1" --mode "$2" \
@@ -70,10 +80,31 @@ serve_and_load() {
   done
   stop_server
 }
+
+# head (w1 or w2), data folder: the peak memory of a server holding that head alone
+peak_memory() {
+  echo "server benchmark: peak memory, $1" >&2
+  start_server "$repo-$1" 32 "server-memory-$1"
+  local ready_kb peak_kb
+  ready_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
+  "$tool" loadgen --target "$address" --model "$1-sampler" \
+    --queries "$work/$2/heldout.npy" --concurrency 32 --duration-s 10 >"$out/memory-$1.json"
+  peak_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$server_pid/status")
+  stop_server
+  /usr/bin/python3 -c "
+import numpy as np, sys
+print('{\"ready_rss_bytes\": %d, \"peak_rss_bytes\": %d, \"weight_bytes\": %d}' % (
+    int(sys.argv[2]) * 1024, int(sys.argv[3]) * 1024,
+    np.load(sys.argv[1], mmap_mode='r').nbytes))" \
+    "$work/$2/weights.npy" "$ready_kb" "$peak_kb" >"$out/memory-$1.bytes.json"
+}
+
 serve_and_load 32 w1 exact heavy768 w1 adaptive heavy768 w1-sampler adaptive heavy768 \
   w2 exact heavy4096 w2 adaptive heavy4096 w2-sampler adaptive heavy4096
 serve_and_load 1 w1 adaptive heavy768 w1-sampler adaptive heavy768 \
   w2 adaptive heavy4096 w2-sampler adaptive heavy4096
+peak_memory w1 heavy768
+peak_memory w2 heavy4096
 
 /usr/bin/python3 - "$out" <<'PY'
 import json, os, sys
@@ -91,4 +122,17 @@ for model in ("w1", "w2"):
         print("| %s | %s | %.1f | %.0f | %.0f | %.3f | %d/%d | %.1f |" % (
             model.upper(), label, r["qps"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
             r["mean_sample_fraction"], r["exact_answers"], r["ok"], r["mean_batch_size"]))
+print()
+print("| model | weights MB | RSS ready MB | peak RSS MB | ready / weights | peak / weights "
+      "| QPS | mean batch |")
+print("|---|---|---|---|---|---|---|---|")
+for model in ("w1", "w2"):
+    with open(os.path.join(out, "memory-%s.bytes.json" % model)) as f:
+        m = json.load(f)
+    with open(os.path.join(out, "memory-%s.json" % model)) as f:
+        r = json.load(f)
+    print("| %s | %.0f | %.0f | %.0f | %.2f | %.2f | %.1f | %.1f |" % (
+        model.upper(), m["weight_bytes"] / 1e6, m["ready_rss_bytes"] / 1e6,
+        m["peak_rss_bytes"] / 1e6, m["ready_rss_bytes"] / m["weight_bytes"],
+        m["peak_rss_bytes"] / m["weight_bytes"], r["qps"], r["mean_batch_size"]))
 PY
