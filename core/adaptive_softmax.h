@@ -87,7 +87,8 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // soon as its upper confidence bound falls below the k-th best of those exact logits; an arm
 // that is never eliminated is computed exactly too, and the winners are the k best exact arms.
 //
-// A batch shares one column order drawn from the weights of all its queries. Arms are processed
+// The sampled queries of a batch are sampled in groups (see SamplingGroupSize); a group shares
+// one column order drawn from the weights of all its queries. Arms are processed
 // in chunks of rows, in parallel on the process's worker threads (see ParallelFor); within a
 // chunk each block of columns is read once for every query that still needs it, and each query
 // keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
