@@ -1,6 +1,7 @@
 #include "core/panel_kernels.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "core/hwy_kernels.h"
@@ -15,7 +16,9 @@ namespace {
 
 // One pass of a sweep over the arms (see ForEachSweepPass), adding kColumns columns to p and
 // p_sq (from partial, or 0 on the first pass), then storing them in partial or, on the last
-// pass, adding them to the masked arms' sums.
+// pass, adding them to the masked arms' sums. Every column is prefetched 1 KB ahead, four cache
+// lines per block of arms, which keeps the loop vectorised: the sampler took 0-7% less time on
+// calibrated W1 and 2-11% on W2 (2 KB ahead was no better; a prefetch per line unvectorised it).
 template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
 [[gnu::always_inline]] inline void SweepPass(const T* const* a, const float* x, size_t arms,
                                              const uint8_t* __restrict mask, bool first,
@@ -28,7 +31,7 @@ template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
     column[c] = a[c];
     xc[c] = x[c];
   }
-  for (size_t r = 0; r < arms; ++r) {
+  auto step = [&](size_t r) __attribute__((always_inline)) {
     float p = kFirstPass ? 0.0f : partial[r], p_sq = kFirstPass ? 0.0f : partial_sq[r];
     if constexpr (kColumns == 4) {
       const float v0 = Widen(column[0][r]) * xc[0], v1 = Widen(column[1][r]) * xc[1],
@@ -50,7 +53,20 @@ template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
       partial[r] = p;
       partial_sq[r] = p_sq;
     }
+  };
+  constexpr size_t kLine = 64 / sizeof(T), kBlock = 4 * kLine, kAheadBytes = 1024;
+  size_t r = 0;
+  for (; r + kBlock <= arms; r += kBlock) {
+    for (size_t c = 0; c < kColumns; ++c) {
+      // An address, not a pointer: it may lie past the column's end, which prefetching ignores.
+      const uintptr_t ahead = reinterpret_cast<uintptr_t>(column[c] + r) + kAheadBytes;
+      for (size_t b = 0; b < kBlock * sizeof(T); b += 64) {
+        __builtin_prefetch(reinterpret_cast<const void*>(ahead + b));
+      }
+    }
+    for (size_t l = 0; l < kBlock; ++l) step(r + l);
   }
+  for (; r < arms; ++r) step(r);
 }
 
 template <typename T>
