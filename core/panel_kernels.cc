@@ -100,7 +100,9 @@ template <typename Acc, size_t kSums, typename T>
 
 // kRows rows' dots with x, interleaved: each row in 8 partial sums (one vector of doubles) over
 // consecutive 8-entry steps, then its tail, whatever kRows is. float16 rows are widened 64
-// entries at a time first, by Highway: GCC widens them one entry at a time.
+// entries at a time first, by Highway: GCC widens them one entry at a time. Each row is
+// prefetched 1 KB ahead, within the row: the exact path's float32 GEMV went from 1.05 to 1.02-1.03
+// of SGEMV's time on 50257 x 768, and the sampler's whole-row reads took W2 0-7% less time.
 template <size_t kRows, typename T>
 [[gnu::always_inline]] inline void InterleavedDots(const T* const* rows, const float* x, size_t d,
                                                    double* out) {
@@ -110,8 +112,15 @@ template <size_t kRows, typename T>
   for (size_t r = 0; r < kRows; ++r) row[r] = rows[r];
   double sums[kRows][kSums] = {};
   float widened[kRows][kBlock];
+  constexpr size_t kAhead = 1024 / sizeof(T);  // entries: each row is prefetched 1 KB ahead
   size_t j = 0;
   for (; j + kBlock <= d; j += kBlock) {
+    if (j + kAhead + kBlock <= d) {
+      for (size_t r = 0; r < kRows; ++r) {
+        for (size_t e = 0; e < kBlock; e += 64 / sizeof(T))
+          __builtin_prefetch(row[r] + j + kAhead + e);
+      }
+    }
     if constexpr (kBlock != kSums) {
       for (size_t r = 0; r < kRows; ++r) Float16WidenTo(row[r] + j, kBlock, widened[r]);
     }
