@@ -88,9 +88,9 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // that is never eliminated is computed exactly too, and the winners are the k best exact arms.
 //
 // The sampled queries of a batch are sampled in groups (see SamplingGroupSize); a group shares
-// one column order drawn from the weights of all its queries. Arms are processed
-// in chunks of rows, in parallel on the process's worker threads (see ParallelFor); within a
-// chunk each block of columns is read once for every query that still needs it, and each query
+// one column order drawn from the weights of all its queries. Arms are processed in chunks of
+// rows, in parallel on the process's worker threads (see ParallelFor); within a chunk each block
+// of columns is read once for every query of the group that still needs it, and each query
 // keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
 // AdaptiveOptions::sample_cost and SkipsSampling), before or during sampling, are answered
 // together by the exact path. Thread-safe.
