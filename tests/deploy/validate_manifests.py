@@ -62,8 +62,11 @@ LABELS = {"adasoftmax_requests_total": {"model", "mode", "code"},
           "adasoftmax_audit_failures_total": {"model"}}
 GRPC_PORT = 50051
 METRICS_PORT = 9464
-# memory = model bytes x LAYOUT_COPIES + OVERHEAD (see the comments in deploy/k8s/*.yaml).
+# memory = model bytes x (LAYOUT_COPIES + SAMPLING_FRACTION x threads) + OVERHEAD (see the
+# comments in deploy/k8s/*.yaml). SAMPLING_FRACTION: what the queries each batch thread samples
+# at once may hold (kDefaultSamplingMemoryFraction, core/adaptive_softmax.h).
 LAYOUT_COPIES = 2
+SAMPLING_FRACTION = 0.05
 OVERHEAD_BYTES = 256 * 2**20
 
 
@@ -330,9 +333,6 @@ def check_k8s(root, docker, model_bytes):
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
 
-    required_mem = None
-    if model_bytes:
-        required_mem = model_bytes * LAYOUT_COPIES + OVERHEAD_BYTES
 
     sidecars = 0
     for dname, dep in deployments.items():
@@ -380,13 +380,17 @@ def check_k8s(root, docker, model_bytes):
         check("memory" in lim, f"{cw}: limits memory")
         for r in set(req) & set(lim):
             check(parse_quantity(req[r]) <= parse_quantity(lim[r]), f"{cw}: {r} request <= limit")
-        if required_mem and "memory" in req:
-            check(parse_quantity(req["memory"]) >= required_mem,
-                  f"{cw}: memory request {req['memory']} >= {required_mem / 2**20:.0f}Mi "
-                  f"(model bytes {model_bytes} x {LAYOUT_COPIES} + {OVERHEAD_BYTES // 2**20}Mi)")
         threads = [a for a in c.get("args", []) if a.startswith("--threads=")]
-        if threads and "cpu" in lim:
-            check(parse_quantity(lim["cpu"]) >= int(threads[0].split("=")[1]), f"{cw}: cpu limit covers --threads")
+        if check(len(threads) == 1, f"{cw}: sets --threads (the default follows the node's cores)"):
+            thread_count = int(threads[0].split("=")[1])
+            if "cpu" in lim:
+                check(parse_quantity(lim["cpu"]) >= thread_count, f"{cw}: cpu limit covers --threads")
+            copies = LAYOUT_COPIES + SAMPLING_FRACTION * thread_count
+            required_mem = model_bytes * copies + OVERHEAD_BYTES
+            if model_bytes and "memory" in req:
+                check(parse_quantity(req["memory"]) >= required_mem,
+                      f"{cw}: memory request {req['memory']} >= {required_mem / 2**20:.0f}Mi "
+                      f"(model bytes {model_bytes} x {copies:g} + {OVERHEAD_BYTES // 2**20}Mi)")
         sc = c.get("securityContext", {})
         check(sc.get("runAsNonRoot") is True, f"{cw}: runAsNonRoot")
         if docker["uid"] is not None:
@@ -448,7 +452,8 @@ def check_k8s(root, docker, model_bytes):
     for f in sorted(set(files.values())):
         text = open(os.path.join(k8s_dir, f), encoding="utf-8").read()
         if "resources:" in text and "adasoftmax" in text and "containers:" in text:
-            check("model bytes x 2 layout copies" in text, f"{f}: states the memory sizing rule")
+            check("model bytes x (2 layout copies + 0.05 x --threads)" in text,
+                  f"{f}: states the memory sizing rule")
 
 
 # ------------------------------------------------------------------------------------------
