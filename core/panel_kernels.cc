@@ -11,6 +11,9 @@
 namespace adasoftmax {
 namespace {
 
+// How far ahead of a sequential read its kernel prefetches (see SweepPass, InterleavedDots).
+constexpr size_t kPrefetchAheadBytes = 1024;
+
 // The kernels' bodies for one element type, inlined into the per-dtype clones below (GCC
 // cannot clone templates by target).
 
@@ -55,12 +58,12 @@ template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
       partial_sq[r] = p_sq;
     }
   };
-  constexpr size_t kLine = 64 / sizeof(T), kBlock = 4 * kLine, kAheadBytes = 1024;
+  constexpr size_t kLine = 64 / sizeof(T), kBlock = 4 * kLine;
   size_t r = 0;
   for (; r + kBlock <= arms; r += kBlock) {
     for (size_t c = 0; c < kColumns; ++c) {
       // An address, not a pointer: it may lie past the column's end, which prefetching ignores.
-      const uintptr_t ahead = reinterpret_cast<uintptr_t>(column[c] + r) + kAheadBytes;
+      const uintptr_t ahead = reinterpret_cast<uintptr_t>(column[c] + r) + kPrefetchAheadBytes;
       for (size_t b = 0; b < kBlock * sizeof(T); b += 64) {
         __builtin_prefetch(reinterpret_cast<const void*>(ahead + b));
       }
@@ -113,7 +116,7 @@ template <size_t kRows, typename T>
   for (size_t r = 0; r < kRows; ++r) row[r] = rows[r];
   double sums[kRows][kSums] = {};
   float widened[kRows][kBlock];
-  constexpr size_t kAhead = 1024 / sizeof(T);  // entries: each row is prefetched 1 KB ahead
+  constexpr size_t kAhead = kPrefetchAheadBytes / sizeof(T);  // entries
   size_t j = 0;
   for (; j + kBlock <= d; j += kBlock) {
     if (j + kAhead + kBlock <= d) {
@@ -209,7 +212,12 @@ ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, co
     InterleavedDots<kStreams>(row, x, d, dots);
     for (size_t s = 0; s < kStreams; ++s) out[s * share + r] = static_cast<float>(dots[s]);
   }
-  for (size_t r = kStreams * share; r < rows; ++r) out[r] = DotOf<float, 32>(m + r * d, x, d);
+  for (size_t r = kStreams * share; r < rows; ++r) {
+    const float* row = m + r * d;
+    double dot;
+    InterleavedDots<1>(&row, x, d, &dot);
+    out[r] = static_cast<float>(dot);
+  }
 }
 
 ADASOFTMAX_KERNEL void WidenToBF16(const void* a, size_t count, float* out) {
