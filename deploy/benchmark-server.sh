@@ -4,13 +4,15 @@
 # five settings: exact mode (batched: blocked SGEMM), adaptive batched and unbatched
 # (--max_batch_size 1), each with the default exact fallback and without it (sample_cost 0).
 # Then each head's memory: a server holding that head alone, its resident memory once ready,
-# then its peak (VmHWM) while it samples every query (no fallback) for 32 callers, 10 s.
+# then its peak (VmHWM) while it samples every query (no fallback) for 32 callers, 10 s; and the
+# same for a server holding a 64-row head of the same width, under the same load: the server's
+# own memory, so that the difference is what the head adds.
 #
 #   deploy/benchmark-server.sh [WORKDIR] [SERVER_BIN_DIR]
 #
 # WORKDIR holds the data and calibrations of deploy/benchmark.sh (run that first; same default).
 # SERVER_BIN_DIR (default: build/bin) lets another build's server run against the same data;
-# the client is always this build's. About 8 minutes on two cores.
+# the client is always this build's. About 5 minutes on two cores.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,6 +46,13 @@ model "$repo" w2 heavy4096 300 ""
 model "$repo" w2-sampler heavy4096 300 "adaptive { sample_cost: 0 }"
 model "$repo-w1" w1-sampler heavy768 700 "adaptive { sample_cost: 0 }"
 model "$repo-w2" w2-sampler heavy4096 300 "adaptive { sample_cost: 0 }"
+for width in 768 4096; do
+  "$tool" synth --n 64 --d "$width" --queries 1 --heavy-tailed --out-dir "$work/tiny$width" \
+    >/dev/null
+  mkdir -p "$repo-tiny$width/tiny"
+  printf 'name: "tiny"\nweights: "%s"\nadaptive { sample_cost: 0 }\n' \
+    "$work/tiny$width/weights.npy" >"$repo-tiny$width/tiny/model.pbtxt"
+done
 
 server_pid=
 stop_server() {
@@ -84,30 +93,42 @@ serve_and_load() {
   stop_server
 }
 
-# head (w1 or w2), data folder: the peak memory of a server holding that head alone
+# repository, model, queries, output name: a server holding that repository alone, its RSS
+# once ready and its peak under 32 callers sampling every query, 10 s: "<ready> <peak>" (kB) in
+# $out/<output name>.rss
+server_memory() {
+  start_server "$1" 32 "server-$4"
+  local ready_kb
+  ready_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
+  "$tool" loadgen --target "$address" --model "$2" --queries "$3" --concurrency 32 \
+    --duration-s 10 >"$out/$4.json"
+  echo "$ready_kb $(awk '/^VmHWM:/ {print $2}' "/proc/$server_pid/status")" >"$out/$4.rss"
+  stop_server
+}
+
+# head (w1 or w2), data folder, width: the memory of a server holding that head alone, and of
+# one holding the tiny head of that width
 peak_memory() {
   echo "server benchmark: peak memory, $1" >&2
-  start_server "$repo-$1" 32 "server-memory-$1"
-  local ready_kb peak_kb
-  ready_kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$server_pid/status")
-  "$tool" loadgen --target "$address" --model "$1-sampler" \
-    --queries "$work/$2/heldout.npy" --concurrency 32 --duration-s 10 >"$out/memory-$1.json"
-  peak_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$server_pid/status")
-  stop_server
+  local queries="$work/$2/heldout.npy"
+  server_memory "$repo-$1" "$1-sampler" "$queries" "memory-$1"
+  server_memory "$repo-tiny$3" tiny "$queries" "memory-$1-server"
   /usr/bin/python3 -c "
-import numpy as np, sys
-print('{\"ready_rss_bytes\": %d, \"peak_rss_bytes\": %d, \"weight_bytes\": %d}' % (
-    int(sys.argv[2]) * 1024, int(sys.argv[3]) * 1024,
-    np.load(sys.argv[1], mmap_mode='r').nbytes))" \
-    "$work/$2/weights.npy" "$ready_kb" "$peak_kb" >"$out/memory-$1.bytes.json"
+import json, numpy as np, sys
+kb = [int(v) * 1024 for v in sys.argv[2:]]
+print(json.dumps({'ready_rss_bytes': kb[0], 'peak_rss_bytes': kb[1],
+                  'server_ready_rss_bytes': kb[2], 'server_peak_rss_bytes': kb[3],
+                  'weight_bytes': np.load(sys.argv[1], mmap_mode='r').nbytes}))" \
+    "$work/$2/weights.npy" $(cat "$out/memory-$1.rss" "$out/memory-$1-server.rss") \
+    >"$out/memory-$1.bytes.json"
 }
 
 serve_and_load 32 w1 exact heavy768 w1 adaptive heavy768 w1-sampler adaptive heavy768 \
   w2 exact heavy4096 w2 adaptive heavy4096 w2-sampler adaptive heavy4096
 serve_and_load 1 w1 adaptive heavy768 w1-sampler adaptive heavy768 \
   w2 adaptive heavy4096 w2-sampler adaptive heavy4096
-peak_memory w1 heavy768
-peak_memory w2 heavy4096
+peak_memory w1 heavy768 768
+peak_memory w2 heavy4096 4096
 
 /usr/bin/python3 - "$out" <<'PY'
 import json, os, sys
@@ -126,7 +147,8 @@ for model in ("w1", "w2"):
             model.upper(), label, r["qps"], r["latency_ms"]["p50"], r["latency_ms"]["p99"],
             r["mean_sample_fraction"], r["exact_answers"], r["ok"], r["mean_batch_size"]))
 print()
-print("| model | weights MB | RSS ready MB | peak RSS MB | ready / weights | peak / weights "
+print("| model | weights MB | RSS ready / peak MB | server alone: ready / peak MB "
+      "| process: ready / peak over weights | the head's share: ready / peak over weights "
       "| QPS | mean batch |")
 print("|---|---|---|---|---|---|---|---|")
 for model in ("w1", "w2"):
@@ -134,8 +156,11 @@ for model in ("w1", "w2"):
         m = json.load(f)
     with open(os.path.join(out, "memory-%s.json" % model)) as f:
         r = json.load(f)
-    print("| %s | %.0f | %.0f | %.0f | %.2f | %.2f | %.1f | %.1f |" % (
-        model.upper(), m["weight_bytes"] / 1e6, m["ready_rss_bytes"] / 1e6,
-        m["peak_rss_bytes"] / 1e6, m["ready_rss_bytes"] / m["weight_bytes"],
-        m["peak_rss_bytes"] / m["weight_bytes"], r["qps"], r["mean_batch_size"]))
+    w = m["weight_bytes"]
+    ready, peak = m["ready_rss_bytes"], m["peak_rss_bytes"]
+    server_ready, server_peak = m["server_ready_rss_bytes"], m["server_peak_rss_bytes"]
+    print("| %s | %.0f | %.0f / %.0f | %.0f / %.0f | %.2f / %.2f | %.2f / %.2f | %.1f | %.1f |" % (
+        model.upper(), w / 1e6, ready / 1e6, peak / 1e6, server_ready / 1e6, server_peak / 1e6,
+        ready / w, peak / w, (ready - server_ready) / w, (peak - server_peak) / w, r["qps"],
+        r["mean_batch_size"]))
 PY
