@@ -371,7 +371,9 @@ int Run(int argc, char** argv) {
   if (mode == "exact") {
     solver = std::make_unique<ExactSoftmax>(in->model);
   } else {
-    solver = std::make_unique<AdaptiveSoftmax>(in->model, in->adaptive, in->meter);
+    auto adaptive = std::make_unique<AdaptiveSoftmax>(in->model, in->adaptive, in->meter);
+    adaptive->PrimeMeter();
+    solver = std::move(adaptive);
   }
   const size_t count = in->queries.rows();
   std::vector<TopKResult> results(count);
@@ -413,6 +415,7 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
                                                 const TopKResult&, double, bool)>& each = {}) {
   const ExactSoftmax exact(in.model);
   const AdaptiveSoftmax adaptive(in.model, in.adaptive, in.meter);
+  adaptive.PrimeMeter();
   for (size_t i = 0; i < warmup && begin + i < end; ++i) {
     double ignored;
     Query q{in.Row(begin + i), in.query, {}};

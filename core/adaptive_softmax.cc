@@ -864,11 +864,9 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   if (!exact.empty()) {
     std::vector<Query> exact_queries;
     for (size_t q : exact) exact_queries.push_back(queries[q]);
-    const absl::Time start = absl::Now();
-    std::vector<TopKResult> answers = ExactSoftmax(model_).Run(exact_queries);
-    const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    double seconds = 0;
+    std::vector<TopKResult> answers = RunExact(exact_queries, seconds);
     const double cost = ExactBatchCost(*model_, exact.size());
-    if (meter_ != nullptr) meter_->AddExact(cost, seconds);
     fallback_seconds =
         seconds * (cost - ExactBatchCost(*model_, exact.size() - fallbacks)) / cost;
     for (size_t r = 0; r < answers.size(); ++r) {
@@ -880,6 +878,26 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     meter_->AddSampled(samples, predicted, sampling_seconds, fallback_seconds);
   }
   return results;
+}
+
+std::vector<TopKResult> AdaptiveSoftmax::RunExact(absl::Span<const Query> queries,
+                                                  double& seconds) const {
+  const absl::Time start = absl::Now();
+  std::vector<TopKResult> answers = ExactSoftmax(model_).Run(queries);
+  seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  if (meter_ != nullptr) meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
+  return answers;
+}
+
+void AdaptiveSoftmax::PrimeMeter() const {
+  if (meter_ == nullptr) return;
+  const std::vector<float> x(model_->d(), 1.0f);
+  const Query query{x, {}, nullptr};
+  ExactSoftmax(model_).Run({&query, 1});  // untimed: the first pass pays for page faults
+  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
+    double seconds;
+    RunExact({&query, 1}, seconds);
+  }
 }
 
 }  // namespace adasoftmax

@@ -36,7 +36,11 @@ class SampleCostMeter {
   // Per entry predicted before sampling, fallbacks included: prices a prediction, whatever its
   // bias, at what sampling it ends up costing.
   double CostOfPredicted() const;
-  // Observations of the sampler so far.
+  // Observations of each side so far.
+  int ExactObservations() const {
+    absl::MutexLock lock(&mu_);
+    return exact_observations_;
+  }
   int SampledObservations() const {
     absl::MutexLock lock(&mu_);
     return sampled_observations_;

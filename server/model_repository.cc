@@ -280,6 +280,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     meter = std::make_shared<SampleCostMeter>(adaptive.sample_cost);
   }
   served->adaptive = std::make_unique<AdaptiveSoftmax>(served->model, adaptive, std::move(meter));
+  served->adaptive->PrimeMeter();
   served->exact = std::make_unique<ExactSoftmax>(served->model);
   return served;
 }

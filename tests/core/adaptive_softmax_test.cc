@@ -421,6 +421,33 @@ TEST(AdaptiveSoftmaxTest, AMeterStillSamplesOneInKProbeEverySkippedQueries) {
   }
 }
 
+TEST(AdaptiveSoftmaxTest, APrimedMeterPricesSamplesOnceTheSamplerWasTimed) {
+  SynthOptions options{.n = 4000, .d = 256, .queries = SampleCostMeter::kWarmup, .seed = 3};
+  options.heavy_tailed = true;
+  const testing::ModelAndQueries heavy = testing::SynthHead(options);
+  // Answers every query; true when all were sampled to the end (none timed the exact path).
+  auto answer_all = [&](const AdaptiveSoftmax& adaptive) {
+    bool sampled = true;
+    for (size_t q = 0; q < heavy.queries.rows(); ++q) {
+      sampled &= !adaptive.Answer({heavy.query(q), {.seed = 5 + q}})->exact;
+    }
+    return sampled;
+  };
+  auto cold = std::make_shared<SampleCostMeter>(1);
+  ASSERT_TRUE(answer_all(AdaptiveSoftmax(heavy.model, {.sample_cost = 1}, cold)));
+  EXPECT_EQ(cold->ExactObservations(), 0);
+  EXPECT_EQ(cold->Cost(), 1);  // still the initial cost
+
+  auto primed = std::make_shared<SampleCostMeter>(1);
+  const AdaptiveSoftmax adaptive(heavy.model, {.sample_cost = 1}, primed);
+  adaptive.PrimeMeter();
+  EXPECT_EQ(primed->ExactObservations(), SampleCostMeter::kWarmup);
+  EXPECT_EQ(primed->SampledObservations(), 0);
+  ASSERT_TRUE(answer_all(adaptive));
+  EXPECT_NE(primed->Cost(), 1);  // measured
+  EXPECT_EQ(adaptive.SampleCost(), primed->Cost());
+}
+
 TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_TRUE(ValidateAdaptiveOptions({}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.topk_multiplier = 0}).message(),
