@@ -16,7 +16,8 @@
 # Needs a Release build (deploy/run.sh build) and about 6.5 GB of disk in WORKDIR. Data comes from
 # `adasoftmax synth` with fixed seeds and every adaptive query uses a fixed seed, so sample counts
 # and PAC results reproduce; latencies are medians of queries interleaved with the exact path.
-# About 40 minutes on two cores, most of it the 128256 x 4096 head and the server runs.
+# About 25 minutes on two cores once the data and calibrations exist (longer on the first run),
+# most of it the 128256 x 4096 head and the server runs.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
