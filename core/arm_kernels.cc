@@ -160,11 +160,14 @@ double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
                         const uint64_t* entries, size_t count) {
   const int max_level = demand.max_level;
   const float cap = static_cast<float>(entries[max_level]);
-  // Per block of kBlock arms: the entries each arm has read, set level by level (a table lookup
-  // does not vectorise), then the needs, in a loop over floats without branches: an unknown need
-  // (infinite variance, target 0) makes the quotient infinite or NaN, which the comparison with
-  // cap turns into cap. Arms at or past max_level (exact ones included) have read cap and need
-  // nothing more. Summed in float per block (each arm needs at most cap), then in double.
+  const uint8_t below = static_cast<uint8_t>(max_level);
+  // Per block of kBlock arms: the entries each arm has read, set level by level over the levels
+  // below max_level that the block holds (a table lookup does not vectorise; after the warm-up,
+  // most arms share its last level), then the needs, in a loop over floats without branches: an
+  // unknown need (infinite variance, target 0) makes the quotient infinite or NaN, which the
+  // comparison with cap turns into cap. Arms at or past max_level (exact ones included) have
+  // read cap and need nothing more. Summed in float per block (each arm needs at most cap), then
+  // in double.
   constexpr size_t kBlock = 1024;
   float read[kBlock];
   auto predict = [&](auto target_of) {
@@ -172,7 +175,14 @@ double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
     for (size_t begin = 0; begin < count; begin += kBlock) {
       const size_t width = std::min(kBlock, count - begin);
       std::fill_n(read, width, cap);
-      for (int l = 0; l < max_level; ++l) {
+      uint8_t lowest = kExactLevel, highest = 0;  // of the levels below max_level
+#pragma omp simd reduction(min : lowest) reduction(max : highest)
+      for (size_t r = 0; r < width; ++r) {
+        const uint8_t l = level[begin + r];
+        lowest = std::min(lowest, l);
+        highest = std::max<uint8_t>(highest, l < below ? l : 0);
+      }
+      for (int l = lowest; l <= highest && l < max_level; ++l) {
         const float entries_l = static_cast<float>(entries[l]);
         for (size_t r = 0; r < width; ++r) read[r] = level[begin + r] == l ? entries_l : read[r];
       }
