@@ -175,7 +175,7 @@ double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
     for (size_t begin = 0; begin < count; begin += kBlock) {
       const size_t width = std::min(kBlock, count - begin);
       std::fill_n(read, width, cap);
-      uint8_t lowest = kExactLevel, highest = 0;  // of the levels below max_level
+      uint8_t lowest = kExactLevel, highest = 0;  // of all levels, of those below max_level
 #pragma omp simd reduction(min : lowest) reduction(max : highest)
       for (size_t r = 0; r < width; ++r) {
         const uint8_t l = level[begin + r];
