@@ -182,7 +182,8 @@ double PredictedEntries(const Demand& demand, const uint8_t* __restrict level,
         lowest = std::min(lowest, l);
         highest = std::max<uint8_t>(highest, l < below ? l : 0);
       }
-      for (int l = lowest; l <= highest && l < max_level; ++l) {
+      const int end = std::min<int>(highest + 1, max_level);
+      for (int l = lowest; l < end; ++l) {
         const float entries_l = static_cast<float>(entries[l]);
         for (size_t r = 0; r < width; ++r) read[r] = level[begin + r] == l ? entries_l : read[r];
       }

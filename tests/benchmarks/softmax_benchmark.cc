@@ -181,15 +181,18 @@ void BM_ChunkBookkeeping(benchmark::State& state) {
 BENCHMARK(BM_ChunkBookkeeping);
 
 // The fallback's prediction over every arm of a 50257-arm head, as the sampler makes it before
-// the search (argument 0) and before the normaliser's pulls (1): arms spread over 8 levels, one
-// in 64 exact, variances 0 to 1 and one in 16 infinite.
+// the search (first argument 0) and before the normaliser's pulls (1), with the arms spread over
+// 8 levels (second argument 0) or, as after the warm-up, all at level 4 (1); one in 64 exact,
+// variances 0 to 1 and one in 16 infinite.
 void BM_PredictedEntries(benchmark::State& state) {
   const size_t n = 50257;
   const std::vector<float> estimate = RandomFloats(n, 19), target = RandomFloats(n, 20);
   std::vector<float> variance = RandomFloats(n, 21), positive_target(n);
   std::vector<uint8_t> level(n);
   for (size_t i = 0; i < n; ++i) {
-    level[i] = i % 64 == 0 ? kExactLevel : static_cast<uint8_t>(i * 7 % 8);
+    level[i] = i % 64 == 0           ? kExactLevel
+               : state.range(1) == 0 ? static_cast<uint8_t>(i * 7 % 8)
+                                     : 4;
     variance[i] = i % 16 == 0 ? INFINITY : variance[i] + 0.5f;
     positive_target[i] = target[i] + 0.5f;
   }
@@ -205,7 +208,7 @@ void BM_PredictedEntries(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * n);
 }
-BENCHMARK(BM_PredictedEntries)->Arg(0)->Arg(1);
+BENCHMARK(BM_PredictedEntries)->Args({0, 0})->Args({0, 1})->Args({1, 0});
 
 // The serial start of every sampled batch: one query's column order over a head of d columns
 // (argument), heavy-tailed as W1 (d = 768) and W2 (d = 4096) are.
