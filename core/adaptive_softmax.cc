@@ -46,12 +46,15 @@ std::vector<uint32_t> BestOf(const std::vector<std::vector<uint32_t>>& lists, co
   return RankBest(std::move(arms), values, count);
 }
 
-// The exact path's cost in float32 entries streamed: n x d x ElementBytes / 4 (a half-precision
-// pass streams twice as fast; the sampler's cost is mostly bookkeeping).
-double ExactPassCost(const Model& model) {
+// The bytes of A in one layout: n x d x ElementBytes.
+double WeightBytes(const Model& model) {
   return static_cast<double>(model.n()) * static_cast<double>(model.d()) *
-         static_cast<double>(ElementBytes(model.dtype())) / sizeof(float);
+         static_cast<double>(ElementBytes(model.dtype()));
 }
+
+// The exact path's cost in float32 entries streamed: WeightBytes / 4 (a half-precision pass
+// streams twice as fast; the sampler's cost is mostly bookkeeping).
+double ExactPassCost(const Model& model) { return WeightBytes(model) / sizeof(float); }
 
 // The cost of `count` queries answered together by the exact path, in the same units: one pass,
 // then kBatchedExactQueryCost x n x d per further query.
@@ -780,9 +783,7 @@ double AdaptiveSoftmax::SampleCost() const {
 }
 
 size_t AdaptiveSoftmax::SamplingGroupSize() const {
-  const double weight_bytes = static_cast<double>(model_->n()) * static_cast<double>(model_->d()) *
-                              static_cast<double>(ElementBytes(model_->dtype()));
-  const double fit = options_.sampling_memory_fraction * weight_bytes /
+  const double fit = options_.sampling_memory_fraction * WeightBytes(*model_) /
                      static_cast<double>(QueryState::Bytes(model_->n()));
   return fit >= 1 ? static_cast<size_t>(std::min<double>(fit, SIZE_MAX / 2)) : 1;
 }

@@ -333,7 +333,6 @@ def check_k8s(root, docker, model_bytes):
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
 
-
     sidecars = 0
     for dname, dep in deployments.items():
         where = f"Deployment/{dname}"
