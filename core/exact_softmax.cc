@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <queue>
+#include <tuple>
 #include <utility>
 
 #include "core/blas.h"
@@ -20,6 +21,40 @@ struct RanksHigher {
                   const std::pair<double, uint32_t>& b) const {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   }
+};
+
+// The k best (logit, index) pairs offered, in a min-heap on rank: the top is the weakest.
+class BestK {
+ public:
+  explicit BestK(uint32_t k) : k_(k) {}
+
+  // Offers an entry; returns the logit below which later entries cannot enter (-inf until k
+  // are held). Out of line, so that the loop that finds the rare entries worth offering keeps
+  // its registers.
+  [[gnu::noinline]] double Offer(double logit, uint32_t index) {
+    const std::pair<double, uint32_t> entry(logit, index);
+    if (heap_.size() < k_) {
+      heap_.push(entry);
+    } else if (RanksHigher()(entry, heap_.top())) {
+      heap_.pop();
+      heap_.push(entry);
+    }
+    return heap_.size() < k_ ? -std::numeric_limits<double>::infinity() : heap_.top().first;
+  }
+
+  size_t size() const { return heap_.size(); }
+  // Removes and returns the weakest.
+  std::pair<double, uint32_t> PopWeakest() {
+    const std::pair<double, uint32_t> weakest = heap_.top();
+    heap_.pop();
+    return weakest;
+  }
+
+ private:
+  uint32_t k_;
+  std::priority_queue<std::pair<double, uint32_t>, std::vector<std::pair<double, uint32_t>>,
+                      RanksHigher>
+      heap_;
 };
 
 // A batch's SGEMMs run on blocks of this many bytes of float32 rows, with at most kGemmQueries
@@ -83,10 +118,8 @@ void OnShares(size_t n, size_t d, Products products) {
 
 TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias,
                        double temperature, uint32_t k) {
-  // Min-heap on rank: the top holds the weakest of the k best so far.
-  std::priority_queue<std::pair<double, uint32_t>, std::vector<std::pair<double, uint32_t>>,
-                      RanksHigher>
-      heap;
+  BestK best(k);
+  double threshold = -std::numeric_limits<double>::infinity();  // best's entry bar
   double max = -std::numeric_limits<double>::infinity();
   double sum = 0;  // sum of exp(mu_i - max)
   // Blocks small enough to stay in L1: logits and top-k first, then the block's exponentials
@@ -97,16 +130,10 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
     const size_t count = std::min(kBlock, raw.size() - begin);
     const double block_max = ScaledLogits(
         raw.data() + begin, bias.empty() ? nullptr : bias.data() + begin, temperature, count, mu);
-    // Most blocks hold nothing that ranks higher than the current k-th best.
-    if (heap.size() < k || block_max >= heap.top().first) {
-      for (size_t j = 0; j < count; ++j) {
-        const std::pair<double, uint32_t> entry(mu[j], static_cast<uint32_t>(begin + j));
-        if (heap.size() < k) {
-          heap.push(entry);
-        } else if (RanksHigher()(entry, heap.top())) {
-          heap.pop();
-          heap.push(entry);
-        }
+    // Most blocks, and most entries of the rest, rank below the current k-th best.
+    for (size_t j = 0; block_max >= threshold && j < count; ++j) {
+      if (mu[j] >= threshold) [[unlikely]] {
+        threshold = best.Offer(mu[j], static_cast<uint32_t>(begin + j));
       }
     }
     if (block_max > max) {
@@ -117,14 +144,12 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
   }
   TopKResult result;
   result.log_partition = max + std::log(sum);
-  result.indices.resize(heap.size());
-  result.logits.resize(heap.size());
-  result.probabilities.resize(heap.size());
-  for (size_t r = heap.size(); r-- > 0;) {
-    result.logits[r] = heap.top().first;
-    result.indices[r] = heap.top().second;
-    result.probabilities[r] = std::exp(heap.top().first - result.log_partition);
-    heap.pop();
+  result.indices.resize(best.size());
+  result.logits.resize(best.size());
+  result.probabilities.resize(best.size());
+  for (size_t r = best.size(); r-- > 0;) {
+    std::tie(result.logits[r], result.indices[r]) = best.PopWeakest();
+    result.probabilities[r] = std::exp(result.logits[r] - result.log_partition);
   }
   result.exact = true;
   return result;

@@ -14,9 +14,18 @@ ADASOFTMAX_KERNEL
 double ScaledLogits(const float* raw, const float* bias, double temperature, size_t count,
                     double* mu) {
   double max = std::numeric_limits<double>::lowest();
+  // Two loops: with the null test inside one, GCC left the loop without a bias scalar.
+  if (bias == nullptr) {
+#pragma omp simd reduction(max : max)
+    for (size_t i = 0; i < count; ++i) {
+      mu[i] = temperature * static_cast<double>(raw[i]);
+      max = mu[i] > max ? mu[i] : max;
+    }
+    return max;
+  }
 #pragma omp simd reduction(max : max)
   for (size_t i = 0; i < count; ++i) {
-    mu[i] = temperature * (static_cast<double>(raw[i]) + (bias ? bias[i] : 0.0f));
+    mu[i] = temperature * (static_cast<double>(raw[i]) + bias[i]);
     max = mu[i] > max ? mu[i] : max;
   }
   return max;
@@ -26,7 +35,7 @@ ADASOFTMAX_KERNEL
 double SumExp(const double* values, size_t count, double shift) {
   double sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (size_t i = 0; i < count; ++i) sum += std::exp(values[i] - shift);
+  for (size_t i = 0; i < count; ++i) sum += std::exp(static_cast<float>(values[i] - shift));
   return sum;
 }
 

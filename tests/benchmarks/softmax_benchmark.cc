@@ -325,12 +325,16 @@ BENCHMARK(BM_ExactBatch)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_SgemmBatch)->RangeMultiplier(2)->Range(2, 32)->Unit(benchmark::kMillisecond);
 
+// The exact path's fused pass: {entries, with a bias (1) or without (0)}. 6625 entries with a
+// bias are the OCR head's; 50257 without, GPT-2's.
 void BM_SoftmaxTopK(benchmark::State& state) {
-  const std::vector<float> raw = RandomFloats(50257, 9);
-  for (auto _ : state) benchmark::DoNotOptimize(SoftmaxTopK(raw, {}, 1.0, 1));
+  const size_t n = static_cast<size_t>(state.range(0));
+  const std::vector<float> raw = RandomFloats(n, 9);
+  const std::vector<float> bias = state.range(1) != 0 ? RandomFloats(n, 10) : std::vector<float>();
+  for (auto _ : state) benchmark::DoNotOptimize(SoftmaxTopK(raw, bias, 1.0, 1));
   state.SetItemsProcessed(state.iterations() * raw.size());
 }
-BENCHMARK(BM_SoftmaxTopK);
+BENCHMARK(BM_SoftmaxTopK)->Args({6625, 1})->Args({50257, 0});
 
 // The normaliser's kernels over a 50257-arm head, as one pass: lower bounds, the two sums of
 // their exponentials and the per-arm variance targets (the sampler runs them per chunk).
