@@ -11,32 +11,24 @@
 namespace adasoftmax {
 
 ADASOFTMAX_KERNEL
-double ScaledLogits(const float* raw, const float* bias, double temperature, size_t count,
-                    double* mu) {
-  double max = std::numeric_limits<double>::lowest();
+float ScaledLogits(const float* raw, const float* bias, float temperature, size_t count,
+                   float* mu) {
+  float max = std::numeric_limits<float>::lowest();
   // Two loops: with the null test inside one, GCC left the loop without a bias scalar.
   if (bias == nullptr) {
 #pragma omp simd reduction(max : max)
     for (size_t i = 0; i < count; ++i) {
-      mu[i] = temperature * static_cast<double>(raw[i]);
+      mu[i] = temperature * raw[i];
       max = mu[i] > max ? mu[i] : max;
     }
     return max;
   }
 #pragma omp simd reduction(max : max)
   for (size_t i = 0; i < count; ++i) {
-    mu[i] = temperature * (static_cast<double>(raw[i]) + bias[i]);
+    mu[i] = temperature * (raw[i] + bias[i]);
     max = mu[i] > max ? mu[i] : max;
   }
   return max;
-}
-
-ADASOFTMAX_KERNEL
-double SumExp(const double* values, size_t count, double shift) {
-  double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (size_t i = 0; i < count; ++i) sum += std::exp(static_cast<float>(values[i] - shift));
-  return sum;
 }
 
 ADASOFTMAX_KERNEL
