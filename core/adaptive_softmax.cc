@@ -64,9 +64,6 @@ double ExactBatchCost(const Model& model, size_t count) {
                                     static_cast<double>(model.n()) * static_cast<double>(model.d());
 }
 
-// Whether the sampler runs a query's chunks of arms on the worker pool.
-bool SampledInParallel(const Model& model) { return model.n() * model.d() >= kParallelMinEntries; }
-
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
   return absl::Uniform<uint64_t>(gen);
@@ -324,7 +321,7 @@ void BatchSampler::ForEachChunk(ChunkFunction body) const {
     const uint32_t begin = static_cast<uint32_t>(chunk * kChunk);
     body(chunk, begin, static_cast<uint32_t>(std::min<size_t>(n_, begin + kChunk)));
   };
-  if (!SampledInParallel(model_)) {
+  if (n_ * d_ < kParallelMinEntries) {
     for (size_t chunk = 0; chunk < Chunks(); ++chunk) run(chunk);
   } else {
     ParallelFor(Chunks(), run);
@@ -782,14 +779,7 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
 }
 
 double AdaptiveSoftmax::SampleCost() const {
-  return meter_ != nullptr && options_.sample_cost > 0 ? meter_->Cost() : FixedSampleCost();
-}
-
-double AdaptiveSoftmax::FixedSampleCost() const {
-  const size_t chunks = (model_->n() + kChunk - 1) / kChunk;
-  const size_t sampler_threads = SampledInParallel(*model_) ? std::min(ParallelWidth(), chunks) : 1;
-  return options_.sample_cost * static_cast<double>(ExactPassThreads(*model_)) /
-         static_cast<double>(sampler_threads);
+  return meter_ != nullptr && options_.sample_cost > 0 ? meter_->Cost() : options_.sample_cost;
 }
 
 size_t AdaptiveSoftmax::SamplingGroupSize() const {
@@ -801,7 +791,7 @@ size_t AdaptiveSoftmax::SamplingGroupSize() const {
 AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batch) const {
   SamplingPlan plan{std::vector<bool>(batch.size(), false), std::vector<double>(batch.size())};
   if (options_.sample_cost == 0) return plan;
-  const double cost = meter_ != nullptr ? meter_->CostOfPredicted() : FixedSampleCost();
+  const double cost = meter_ != nullptr ? meter_->CostOfPredicted() : options_.sample_cost;
   const double pass = ExactPassCost(*model_);
   double sampling_cost = 0;
   size_t skipped = 0;
@@ -859,7 +849,7 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     for (const Query& q : batch) xs.push_back(q.x);
     const absl::Time start = absl::Now();
     // The sampler's chunks run in parallel right after the serial setup: the workers wake now.
-    if (SampledInParallel(*model_)) WakeWorkers();
+    if (model_->n() * model_->d() >= kParallelMinEntries) WakeWorkers();
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
     BatchSampler sampler(*model_, order, options);
     std::vector<TopKResult> answers = sampler.Run(batch);

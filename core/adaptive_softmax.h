@@ -130,13 +130,8 @@ class AdaptiveSoftmax : public TopKSoftmax {
   }
 
   // The price of a sampled entry the exact fallback uses during sampling now: the meter's, else
-  // FixedSampleCost().
+  // options().sample_cost.
   double SampleCost() const;
-  // options().sample_cost prices a sample against an exact pass on as many threads as the
-  // sampler's. Where the exact path splits a query over more threads than the sampler (a head
-  // of one chunk of arms, or too small for the sampler's parallel chunks; see
-  // kExactParallelMinEntries), it is multiplied by their ratio.
-  double FixedSampleCost() const;
 
   // How many of a batch's sampled queries Run samples together: the most whose sampling state
   // fits in options().sampling_memory_fraction x the model's weight bytes, and at least 1.

@@ -57,72 +57,6 @@ class BestK {
       heap_;
 };
 
-// The fused pass over some of a query's entries: the running max of the logits, the sum of
-// their exponentials shifted by it, and the k best. Passes over disjoint entries merge.
-class SoftmaxPass {
- public:
-  explicit SoftmaxPass(uint32_t k) : best_(k) {}
-
-  // Adds entries [first, first + count): raw products raw[0, count), bias (may be null)
-  // aligned with raw.
-  void Add(const float* raw, const float* bias, double temperature, size_t count, size_t first) {
-    // Blocks small enough to stay in L1: logits and top-k first, then the block's exponentials
-    // in one vectorised pass.
-    constexpr size_t kBlock = 1024;
-    float mu[kBlock];
-    for (size_t begin = 0; begin < count; begin += kBlock) {
-      const size_t block = std::min(kBlock, count - begin);
-      const double block_max = ScaledLogits(raw + begin, bias ? bias + begin : nullptr,
-                                            static_cast<float>(temperature), block, mu);
-      // Most blocks, and most entries of the rest, rank below the current k-th best.
-      for (size_t j = 0; block_max >= threshold_ && j < block; ++j) {
-        if (mu[j] >= threshold_) [[unlikely]] {
-          threshold_ = best_.Offer(mu[j], static_cast<uint32_t>(first + begin + j));
-        }
-      }
-      Rescale(block_max);
-      sum_ += SumExp(mu, block, max_);
-    }
-  }
-
-  void Merge(SoftmaxPass& other) {
-    while (other.best_.size() > 0) {
-      const auto [logit, index] = other.best_.PopWeakest();
-      threshold_ = best_.Offer(logit, index);
-    }
-    if (other.sum_ == 0) return;  // it held no entries
-    Rescale(other.max_);
-    sum_ += other.sum_ * std::exp(other.max_ - max_);
-  }
-
-  TopKResult Finish() {
-    TopKResult result;
-    result.log_partition = max_ + std::log(sum_);
-    result.indices.resize(best_.size());
-    result.logits.resize(best_.size());
-    result.probabilities.resize(best_.size());
-    for (size_t r = best_.size(); r-- > 0;) {
-      std::tie(result.logits[r], result.indices[r]) = best_.PopWeakest();
-      result.probabilities[r] = std::exp(result.logits[r] - result.log_partition);
-    }
-    result.exact = true;
-    return result;
-  }
-
- private:
-  // Raises the shift to `max` if it is larger.
-  void Rescale(double max) {
-    if (max <= max_) return;
-    sum_ *= std::exp(max_ - max);
-    max_ = max;
-  }
-
-  BestK best_;
-  double threshold_ = -std::numeric_limits<double>::infinity();  // best_'s entry bar
-  double max_ = -std::numeric_limits<double>::infinity();
-  double sum_ = 0;  // sum of exp(mu_i - max_)
-};
-
 // A batch's SGEMMs run on blocks of this many bytes of float32 rows, with at most kGemmQueries
 // queries per call. One call over all rows made OpenBLAS pack A into a buffer too large for
 // the cache: about two passes over A however small the batch. Blocks that stay in L2 read A
@@ -173,23 +107,56 @@ void SingleThreadedBlas() {
   }();
 }
 
-// The number of consecutive shares of the n rows a pass over A splits into, one per thread.
-size_t Shares(size_t n, size_t d) {
-  return n * d < kExactParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
+// Runs products(begin, end) on `blocks` consecutive shares of the n rows, on the worker pool.
+template <typename Products>
+void OnShares(size_t n, size_t d, Products products) {
+  const size_t blocks = n * d < kParallelMinEntries ? 1 : std::min(ParallelWidth(), n);
+  ParallelFor(blocks, [&](size_t b) { products(n * b / blocks, n * (b + 1) / blocks); });
 }
 
-// Runs body(share, begin, end) for each share [begin, end) of the n rows, on the worker pool.
-template <typename Body>
-void OnShares(size_t n, size_t d, Body body) {
-  const size_t shares = Shares(n, d);
-  ParallelFor(shares, [&](size_t s) { body(s, n * s / shares, n * (s + 1) / shares); });
+}  // namespace
+
+TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias,
+                       double temperature, uint32_t k) {
+  BestK best(k);
+  double threshold = -std::numeric_limits<double>::infinity();  // best's entry bar
+  double max = -std::numeric_limits<double>::infinity();
+  double sum = 0;  // sum of exp(mu_i - max)
+  // Blocks small enough to stay in L1: logits and top-k first, then the block's exponentials
+  // in one vectorised pass.
+  constexpr size_t kBlock = 1024;
+  float mu[kBlock];
+  for (size_t begin = 0; begin < raw.size(); begin += kBlock) {
+    const size_t count = std::min(kBlock, raw.size() - begin);
+    const double block_max =
+        ScaledLogits(raw.data() + begin, bias.empty() ? nullptr : bias.data() + begin,
+                     static_cast<float>(temperature), count, mu);
+    // Most blocks, and most entries of the rest, rank below the current k-th best.
+    for (size_t j = 0; block_max >= threshold && j < count; ++j) {
+      if (mu[j] >= threshold) [[unlikely]] {
+        threshold = best.Offer(mu[j], static_cast<uint32_t>(begin + j));
+      }
+    }
+    if (block_max > max) {
+      sum *= std::exp(max - block_max);
+      max = block_max;
+    }
+    sum += SumExp(mu, count, max);
+  }
+  TopKResult result;
+  result.log_partition = max + std::log(sum);
+  result.indices.resize(best.size());
+  result.logits.resize(best.size());
+  result.probabilities.resize(best.size());
+  for (size_t r = best.size(); r-- > 0;) {
+    std::tie(result.logits[r], result.indices[r]) = best.PopWeakest();
+    result.probabilities[r] = std::exp(result.logits[r] - result.log_partition);
+  }
+  result.exact = true;
+  return result;
 }
 
-// RawProducts, calling then(share, begin, end) on the thread that computed the products of the
-// rows [begin, end), right after them.
-template <typename Then>
-void RawProductsThen(const Model& m, absl::Span<const Query> queries, absl::Span<float> out,
-                     Then then) {
+void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<float> out) {
   SingleThreadedBlas();
   const size_t n = m.n(), d = m.d(), batch = queries.size();
   if (batch == 0) return;
@@ -203,36 +170,19 @@ void RawProductsThen(const Model& m, absl::Span<const Query> queries, absl::Span
     }
   }
   const float* xs = batch == 1 ? queries[0].x.data() : x.data();
-  OnShares(n, d, [&](size_t share, size_t begin, size_t end) {
+  OnShares(n, d, [&](size_t begin, size_t end) {
     if (stream) {
       RowsDotVector(m.dtype(), m.row(begin), end - begin, d, xs, &out[begin]);
     } else {
       BlasProducts(m, xs, batch, begin, end, out.data());
     }
-    then(share, begin, end);
   });
-}
-
-}  // namespace
-
-TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias,
-                       double temperature, uint32_t k) {
-  SoftmaxPass pass(k);
-  pass.Add(raw.data(), bias.empty() ? nullptr : bias.data(), temperature, raw.size(), 0);
-  return pass.Finish();
-}
-
-size_t ExactPassThreads(const Model& model) { return Shares(model.n(), model.d()); }
-
-void RawProducts(const Model& m, absl::Span<const Query> queries, absl::Span<float> out) {
-  RawProductsThen(m, queries, out, [](size_t, size_t, size_t) {});
 }
 
 void SgemvProducts(const Model& m, absl::Span<const float> x, absl::Span<float> out) {
   SingleThreadedBlas();
-  OnShares(m.n(), m.d(), [&](size_t, size_t begin, size_t end) {
-    BlasProducts(m, x.data(), 1, begin, end, out.data());
-  });
+  OnShares(m.n(), m.d(),
+           [&](size_t begin, size_t end) { BlasProducts(m, x.data(), 1, begin, end, out.data()); });
 }
 
 std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const {
@@ -242,28 +192,21 @@ std::vector<TopKResult> ExactSoftmax::Run(absl::Span<const Query> queries) const
   std::vector<TopKResult> results(batch);
   if (batch == 0) return results;
 
-  // passes[s * batch + q]: query q's fused pass over share s of the rows, run by the thread
-  // that computed the share's products, right after them; then each query's passes merge.
-  const size_t shares = Shares(n, m.d());
-  std::vector<SoftmaxPass> passes;
-  passes.reserve(shares * batch);
-  for (size_t s = 0; s < shares; ++s) {
-    for (const Query& q : queries) passes.emplace_back(q.options.k);
-  }
   std::vector<float> logits(n * batch);
-  RawProductsThen(m, queries, absl::MakeSpan(logits), [&](size_t s, size_t begin, size_t end) {
-    const float* bias = m.has_bias() ? &m.bias()[begin] : nullptr;
-    for (size_t q = 0; q < batch; ++q) {
-      passes[s * batch + q].Add(&logits[q * n + begin], bias, queries[q].options.temperature,
-                                end - begin, begin);
-    }
-  });
-  for (size_t q = 0; q < batch; ++q) {
-    for (size_t s = 1; s < shares; ++s) passes[q].Merge(passes[s * batch + q]);
-    TopKResult& r = results[q] = passes[q].Finish();
+  RawProducts(m, queries, absl::MakeSpan(logits));
+  auto answer = [&](size_t q) {
+    TopKResult& r = results[q];
+    r = SoftmaxTopK(absl::MakeConstSpan(&logits[q * n], n), m.bias(),
+                    queries[q].options.temperature, queries[q].options.k);
     r.samples = static_cast<uint64_t>(n) * m.d();
     r.sample_fraction = 1.0;
     r.bytes_touched = r.samples * ElementBytes(m.dtype());
+  };
+  // A batch's fused passes in parallel, unless they take less than waking the workers.
+  if (batch > 1 && n * batch >= kParallelMinEntries / 16) {
+    ParallelFor(batch, answer);
+  } else {
+    for (size_t q = 0; q < batch; ++q) answer(q);
   }
   return results;
 }

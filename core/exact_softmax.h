@@ -34,16 +34,6 @@ inline constexpr size_t kStreamMinBytes = size_t{16} << 20;
 // faster on the other (above). Half-precision rows always stream: BLAS reads them widened.
 inline constexpr size_t kStreamMaxColumns = 1024;
 
-// A pass over A of at least this many entries splits its rows into ParallelWidth() shares on
-// the worker pool; smaller ones stay on the calling thread. 2^17 float32 entries take about
-// 25 us on one thread, more than a spinning worker takes to join, and a late one leaves its
-// share to the caller. The 6625 x 120 OCR head (795,000 entries) answered in XX_OCR.
-inline constexpr size_t kExactParallelMinEntries = size_t{1} << 17;
-
-// The threads the exact path answers one query of `model` on: ParallelWidth() from
-// kExactParallelMinEntries entries on, else 1.
-size_t ExactPassThreads(const Model& model);
-
 // The exact path's products out[q * n + i] = A_i . x_q, on the worker pool: for one query by
 // RowsDotVector from kStreamMinBytes on (see kStreamMaxColumns), by SGEMV otherwise; for a
 // batch by SGEMMs on blocks of rows. BLAS reads half-precision rows widened block by block.

@@ -335,13 +335,10 @@ TEST(AdaptiveSoftmaxTest, EvenlySpreadQueriesSkipSamplingAndGetTheExactAnswer) {
 }
 
 TEST(AdaptiveSoftmaxTest, BatchesCheaperToAnswerExactlyTogetherSkipSampling) {
-  // At a price of 6 each query alone is cheaper to sample than one exact pass, but 16 together
-  // are dearer than one pass plus 15 x kBatchedExactQueryCost; two are not. (The head is
-  // sampled on one thread; see AFixedSampleCostIsScaledByTheExactPathsExtraThreads.)
+  // At this cost each query alone is cheaper to sample than one exact pass, but 16 together
+  // are dearer than one pass plus 15 x kBatchedExactQueryCost; two are not.
   testing::ModelAndQueries head = HeavyHead();
-  const double threads = static_cast<double>(ExactPassThreads(*head.model));
-  const AdaptiveSoftmax adaptive(head.model, {.sample_cost = 6 / threads});
-  ASSERT_EQ(adaptive.FixedSampleCost(), 6);
+  const AdaptiveSoftmax adaptive(head.model, {.sample_cost = 6});
   std::vector<Query> batch;
   for (size_t q = 0; q < 16; ++q) batch.push_back({head.query(q), {.seed = 4}});
   for (const Query& query : batch) EXPECT_FALSE(SkipsAlone(adaptive, query));
@@ -357,24 +354,6 @@ TEST(AdaptiveSoftmaxTest, BatchesCheaperToAnswerExactlyTogetherSkipSampling) {
     EXPECT_EQ(results[q].indices, want[q].indices) << q;
     EXPECT_EQ(results[q].log_partition, want[q].log_partition) << q;
   }
-}
-
-TEST(AdaptiveSoftmaxTest, AFixedSampleCostIsScaledByTheExactPathsExtraThreads) {
-  // The OCR head is one chunk of arms, sampled on the calling thread, while its exact pass
-  // splits over the worker pool.
-  const testing::ModelAndQueries ocr = testing::OcrHead();
-  EXPECT_EQ(ExactPassThreads(*ocr.model), ParallelWidth());
-  EXPECT_EQ(AdaptiveSoftmax(ocr.model, {.sample_cost = 6}).FixedSampleCost(), 6 * ParallelWidth());
-  // Too small to split: both on the calling thread.
-  const testing::ModelAndQueries tiny = testing::SynthHead({.n = 100, .d = 64, .queries = 1});
-  EXPECT_EQ(ExactPassThreads(*tiny.model), 1);
-  EXPECT_EQ(AdaptiveSoftmax(tiny.model, {.sample_cost = 6}).FixedSampleCost(), 6);
-  // Three chunks of arms, sampled in parallel: on at most three threads.
-  const testing::ModelAndQueries wide =
-      testing::SynthHead({.n = 3 * kChunk, .d = 64, .queries = 1});
-  const double threads = static_cast<double>(ParallelWidth());
-  EXPECT_EQ(AdaptiveSoftmax(wide.model, {.sample_cost = 6}).FixedSampleCost(),
-            6 * threads / std::min(threads, 3.0));
 }
 
 TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
