@@ -125,12 +125,11 @@ TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias
   // Blocks small enough to stay in L1: logits and top-k first, then the block's exponentials
   // in one vectorised pass.
   constexpr size_t kBlock = 1024;
-  float mu[kBlock];
+  double mu[kBlock];  // in double: the temperature may take them past float's range
   for (size_t begin = 0; begin < raw.size(); begin += kBlock) {
     const size_t count = std::min(kBlock, raw.size() - begin);
-    const double block_max =
-        ScaledLogits(raw.data() + begin, bias.empty() ? nullptr : bias.data() + begin,
-                     static_cast<float>(temperature), count, mu);
+    const double block_max = ScaledLogits(
+        raw.data() + begin, bias.empty() ? nullptr : bias.data() + begin, temperature, count, mu);
     // Most blocks, and most entries of the rest, rank below the current k-th best.
     for (size_t j = 0; block_max >= threshold && j < count; ++j) {
       if (mu[j] >= threshold) [[unlikely]] {

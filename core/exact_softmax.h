@@ -47,8 +47,8 @@ void RawProducts(const Model& model, absl::Span<const Query> queries, absl::Span
 void SgemvProducts(const Model& model, absl::Span<const float> x, absl::Span<float> out);
 
 // The fused pass: logits mu_i = temperature * (raw_i + bias_i) for the n = raw.size() entries
-// (bias may be empty), in float like the products. Returns the top k by decreasing logit (ties:
-// lower index first) and log Z (float exponentials summed in double), with samples left at 0.
+// (bias may be empty). Returns the top k by decreasing logit (ties: lower index first) and
+// log Z (float exponentials summed in double, see SumExp), with samples left at 0.
 // REQUIRES: 1 <= k <= raw.size().
 TopKResult SoftmaxTopK(absl::Span<const float> raw, absl::Span<const float> bias,
                        double temperature, uint32_t k);

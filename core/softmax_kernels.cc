@@ -3,6 +3,7 @@
 // libmvec. Keep this file to kernels whose inputs are validated finite.
 #include "core/softmax_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -11,24 +12,35 @@
 namespace adasoftmax {
 
 ADASOFTMAX_KERNEL
-float ScaledLogits(const float* raw, const float* bias, float temperature, size_t count,
-                   float* mu) {
-  float max = std::numeric_limits<float>::lowest();
+double ScaledLogits(const float* raw, const float* bias, double temperature, size_t count,
+                    double* mu) {
+  double max = std::numeric_limits<double>::lowest();
   // Two loops: with the null test inside one, GCC left the loop without a bias scalar.
   if (bias == nullptr) {
 #pragma omp simd reduction(max : max)
     for (size_t i = 0; i < count; ++i) {
-      mu[i] = temperature * raw[i];
+      mu[i] = temperature * static_cast<double>(raw[i]);
       max = mu[i] > max ? mu[i] : max;
     }
     return max;
   }
 #pragma omp simd reduction(max : max)
   for (size_t i = 0; i < count; ++i) {
-    mu[i] = temperature * (raw[i] + bias[i]);
+    mu[i] = temperature * (static_cast<double>(raw[i]) + bias[i]);
     max = mu[i] > max ? mu[i] : max;
   }
   return max;
+}
+
+ADASOFTMAX_KERNEL
+double SumExp(const double* values, size_t count, double shift) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (size_t i = 0; i < count; ++i) {
+    // Below -104 the float exponential is 0, and the conversion stays in range.
+    sum += std::exp(static_cast<float>(std::max(values[i] - shift, -104.0)));
+  }
+  return sum;
 }
 
 ADASOFTMAX_KERNEL

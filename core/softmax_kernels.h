@@ -8,15 +8,19 @@
 
 namespace adasoftmax {
 
-// mu[i] = temperature * (raw[i] + bias[i]) (bias may be null) for i < count, in float like
-// the products; returns the largest mu[i].
-float ScaledLogits(const float* raw, const float* bias, float temperature, size_t count, float* mu);
+// mu[i] = temperature * (raw[i] + bias[i]) (bias may be null) for i < count; returns the
+// largest mu[i].
+double ScaledLogits(const float* raw, const float* bias, double temperature, size_t count,
+                    double* mu);
 
-// sum_i exp(values[i] - shift), through glibc's vector expf (libmvec), summed in double. The
-// summation order differs from a scalar loop's, so results may differ from it, and between
-// CPUs, in the last bits.
+// sum_i exp(values[i] - shift) for values[i] <= shift: each exponential in float (relative
+// error about 1e-7, that of float products) through glibc's vector expf (libmvec), summed in
+// double. The summation order differs from a scalar loop's, so results may differ from it, and
+// between CPUs, in the last bits.
+double SumExp(const double* values, size_t count, double shift);
+
+// For float values: sum_i exp(values[i] - shift), and max_i values[i].
 double SumExp(const float* values, size_t count, double shift);
-// max_i values[i].
 float MaxOf(const float* values, size_t count);
 // Replaces values[i] with g_i = exp((values[i] - shift) / 2) and returns sum_i g_i and
 // sum_i g_i^2: one exp per value.

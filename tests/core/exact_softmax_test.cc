@@ -101,6 +101,18 @@ TEST(SoftmaxTopKTest, BreaksTiesByLowerIndexAndHandlesKEqualsN) {
   EXPECT_NEAR(all.log_partition, z, 1e-6);
 }
 
+TEST(SoftmaxTopKTest, TemperaturesPastFloatsRangeKeepFiniteAnswers) {
+  const std::vector<float> raw = {1, 3, 2, -4};
+  const std::vector<float> bias = {0, 0, 0.5f, 0};
+  for (double temperature : {1e38, 1e300}) {
+    const TopKResult top = SoftmaxTopK(raw, bias, temperature, 2);
+    EXPECT_THAT(top.indices, ElementsAre(1, 2)) << temperature;
+    EXPECT_THAT(top.probabilities, ElementsAre(1.0, 0.0)) << temperature;
+    EXPECT_EQ(top.logits[0], 3 * temperature) << temperature;
+    EXPECT_EQ(top.log_partition, 3 * temperature) << temperature;
+  }
+}
+
 TEST(ValidateQueryTest, EachInvalidInputGetsItsOwnError) {
   testing::ModelAndQueries head = testing::OcrHead();
   const Model& model = *head.model;
