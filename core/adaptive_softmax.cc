@@ -64,6 +64,19 @@ double ExactBatchCost(const Model& model, size_t count) {
                                     static_cast<double>(model.n()) * static_cast<double>(model.d());
 }
 
+// Whether the sampler's float estimates resolve a query's logits well enough for its epsilon.
+// A float holds about 24 bits, and an estimate sums many of them: a query is sampled only while
+// temperature x (max_i |b_i| + |x| max_i |A_i|), which bounds its logits, is at most epsilon x
+// 2^19 (where floats are epsilon / 16 apart). Past that the guarantee failed: on the OCR head
+// at epsilon 0.3, held-out PAC success was 99.8% at temperature 1e4, 53% at 1e6, 8% at 1e7.
+bool EstimatesResolve(const Model& model, const Query& query) {
+  double norm_sq = 0;
+  for (float v : query.x) norm_sq += static_cast<double>(v) * v;
+  const double bound = query.options.temperature *
+                       (model.max_abs_bias() + std::sqrt(norm_sq) * model.max_row_norm());
+  return bound <= query.options.epsilon * (1 << 19);
+}
+
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
   return absl::Uniform<uint64_t>(gen);
@@ -826,8 +839,10 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
-    const bool probe = plan.skips[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
-    if (plan.skips[q] && !probe) {
+    const bool resolved = EstimatesResolve(*model_, query);
+    const bool probe =
+        resolved && plan.skips[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
+    if (!resolved || (plan.skips[q] && !probe)) {
       exact.push_back(q);
     } else {
       sampled.push_back(q);

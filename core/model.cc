@@ -1,5 +1,6 @@
 #include "core/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -91,13 +92,18 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
     T* panels = reinterpret_cast<T*>(model->panels_.data());
     for (size_t i = 0; i < n; ++i) {
       const T* row = rows + i * d;
+      double norm_sq = 0;
       for (size_t j = 0; j < d; ++j) {
         panels[((j / kPanelWidth) * n + i) * kPanelWidth + j % kPanelWidth] = row[j];
-        abs_sums[j] += std::fabs(Widen(row[j]));
+        const double w = Widen(row[j]);
+        abs_sums[j] += std::fabs(w);
+        norm_sq += w * w;
       }
+      model->max_row_norm_ = std::max(model->max_row_norm_, std::sqrt(norm_sq));
     }
   });
   model->column_abs_sums_.assign(abs_sums.begin(), abs_sums.end());
+  for (float b : bias) model->max_abs_bias_ = std::max<double>(model->max_abs_bias_, std::fabs(b));
   model->bias_ = std::move(bias);
   return model;
 }

@@ -66,6 +66,10 @@ class Model {
   absl::Span<const float> bias() const { return bias_; }  // empty when there is no bias
   // sum_i |A_ij| for each column j: the "atom" importance of a column.
   absl::Span<const float> column_abs_sums() const { return column_abs_sums_; }
+  // max_i |A_i| (Euclidean) and max_i |b_i| (0 without a bias): with |x|, they bound a query's
+  // logits.
+  double max_row_norm() const { return max_row_norm_; }
+  double max_abs_bias() const { return max_abs_bias_; }
   // Bytes of weight data held in memory, counting both layouts.
   size_t memory_bytes() const;
 
@@ -83,6 +87,8 @@ class Model {
   HugeBuffer<std::byte> panels_;
   std::vector<float> bias_;
   std::vector<float> column_abs_sums_;
+  double max_row_norm_ = 0;
+  double max_abs_bias_ = 0;
 };
 
 }  // namespace adasoftmax

@@ -356,6 +356,21 @@ TEST(AdaptiveSoftmaxTest, BatchesCheaperToAnswerExactlyTogetherSkipSampling) {
   }
 }
 
+TEST(AdaptiveSoftmaxTest, LogitsTooLargeForFloatEstimatesGetTheExactAnswer) {
+  const testing::ModelAndQueries ocr = testing::OcrHead();
+  const AdaptiveSoftmax adaptive(ocr.model, {.sample_cost = 0});  // no fallback for cost
+  const ExactSoftmax exact(ocr.model);
+  for (size_t q = 0; q < 3; ++q) {
+    const Query hot{ocr.query(q), {.temperature = 1e7, .seed = 1}};
+    const TopKResult r = *adaptive.Answer(hot);
+    EXPECT_TRUE(r.exact) << q;
+    const TopKResult want = *exact.Answer(hot);
+    EXPECT_EQ(r.indices, want.indices) << q;
+    EXPECT_EQ(r.log_partition, want.log_partition) << q;
+    EXPECT_FALSE(adaptive.Answer({ocr.query(q), {.seed = 1}})->exact) << q;  // temperature 1
+  }
+}
+
 TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
   testing::ModelAndQueries head = HeavyHead();
   // A meter that has seen dear samples sends every query to the exact path; one that has seen

@@ -75,6 +75,16 @@ TEST(ModelTest, HalfModelsKeepRoundedWeightsInHalfTheMemory) {
   }
 }
 
+TEST(ModelTest, KeepsTheLargestRowNormAndBias) {
+  Matrix m = Matrix::Owned(3, 2, Layout::kRowMajor);
+  const float values[] = {3, 4, -1, 1, 0, -6};  // row norms 5, sqrt(2), 6
+  std::memcpy(m.mutable_data(), values, sizeof(values));
+  const auto model = *Model::Create(std::move(m), {0.5f, -2, 1});
+  EXPECT_DOUBLE_EQ(model->max_row_norm(), 6);
+  EXPECT_DOUBLE_EQ(model->max_abs_bias(), 2);
+  EXPECT_EQ((*Model::Create(Ramp(2, 2), {}))->max_abs_bias(), 0);
+}
+
 TEST(ModelTest, ColumnMajorWeightsAreConvertedToRows) {
   const Matrix a = Ramp(5, 3, Layout::kColMajor);
   absl::StatusOr<std::shared_ptr<const Model>> model =
