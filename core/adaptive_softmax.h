@@ -122,12 +122,13 @@ class AdaptiveSoftmax : public TopKSoftmax {
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
 
-  // Which queries of `batch` Run sends to the exact path before any sampling. Each is priced
-  // alone, at sample_cost x its predicted entries (see kSpreadFraction), and goes when that is
-  // more than one exact pass. Then the rest go too if sampling them all is predicted to cost
-  // more than adding them to the batch's exact queries (see kBatchedExactQueryCost). With a
-  // meter, a predicted entry is priced at meter->CostOfPredicted(). None when
-  // options().sample_cost is 0. REQUIRES: ValidateQuery(q).ok() for every q in batch.
+  // Which queries of `batch` Run sends to the exact path before any sampling for their cost
+  // (besides those whose logits floats cannot resolve; see above). Each is priced alone, at
+  // sample_cost x its predicted entries (see kSpreadFraction), and goes when that is more than one
+  // exact pass. Then the rest go too if sampling them all is predicted to cost more than adding
+  // them to the batch's exact queries (see kBatchedExactQueryCost). With a meter, a predicted entry
+  // is priced at meter->CostOfPredicted(). None when options().sample_cost is 0. REQUIRES:
+  // ValidateQuery(q).ok() for every q in batch.
   std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const {
     return Plan(batch).skips;
   }
