@@ -270,8 +270,9 @@ void BM_Products(benchmark::State& state, bool sgemv) {
 BENCHMARK_CAPTURE(BM_Products, sgemv, true)->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_Products, exact_path, false)->Unit(benchmark::kMillisecond);
 
-// The exact path on a head of the OCR head's shape (6625 x 120, 3 MB, with a bias): in cache,
-// so the fused pass and the split over the threads weigh beside the bare SGEMV.
+// The exact path on a head of the OCR head's shape (6625 x 120, 3 MB, with a bias): in cache
+// and below kParallelMinEntries, so on one thread, where the fused pass weighs beside the bare
+// SGEMV.
 void BM_SmallHead(benchmark::State& state, int path) {
   static const Workload* w = [] {
     SynthData data = *Synthesize({.n = 6625, .d = 120, .queries = 1, .seed = 16});
