@@ -803,13 +803,19 @@ size_t AdaptiveSoftmax::SamplingGroupSize() const {
 }
 
 AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batch) const {
-  SamplingPlan plan{std::vector<bool>(batch.size(), false), std::vector<double>(batch.size())};
+  SamplingPlan plan{std::vector<bool>(batch.size()), std::vector<bool>(batch.size()),
+                    std::vector<double>(batch.size())};
+  size_t skipped = 0;
+  for (size_t q = 0; q < batch.size(); ++q) {
+    plan.unresolved[q] = plan.skips[q] = !EstimatesResolve(*model_, batch[q]);
+    skipped += plan.skips[q];
+  }
   if (options_.sample_cost == 0) return plan;
   const double cost = meter_ != nullptr ? meter_->CostOfPredicted() : options_.sample_cost;
   const double pass = ExactPassCost(*model_);
   double sampling_cost = 0;
-  size_t skipped = 0;
   for (size_t q = 0; q < batch.size(); ++q) {
+    if (plan.unresolved[q]) continue;
     const WeightSpread spread = SpreadOfWeights(*model_, batch[q].x, options_.importance);
     plan.predicted[q] = kSpreadFraction * spread.share * std::min(1.0, options_.topk_multiplier) *
                         static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
@@ -840,10 +846,9 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
-    const bool resolved = EstimatesResolve(*model_, query);
     const bool probe =
-        resolved && plan.skips[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
-    if (!resolved || (plan.skips[q] && !probe)) {
+        plan.skips[q] && !plan.unresolved[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
+    if (plan.skips[q] && !probe) {
       exact.push_back(q);
     } else {
       sampled.push_back(q);

@@ -122,13 +122,13 @@ class AdaptiveSoftmax : public TopKSoftmax {
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
 
-  // Which queries of `batch` Run sends to the exact path before any sampling for their cost
-  // (besides those whose logits floats cannot resolve; see above). Each is priced alone, at
-  // sample_cost x its predicted entries (see kSpreadFraction), and goes when that is more than one
-  // exact pass. Then the rest go too if sampling them all is predicted to cost more than adding
-  // them to the batch's exact queries (see kBatchedExactQueryCost). With a meter, a predicted entry
-  // is priced at meter->CostOfPredicted(). None when options().sample_cost is 0. REQUIRES:
-  // ValidateQuery(q).ok() for every q in batch.
+  // Which queries of `batch` Run sends to the exact path before any sampling: those whose
+  // logits floats cannot resolve (see above), whatever sample_cost; then, unless sample_cost is
+  // 0, each other query priced alone, at sample_cost x its predicted entries (see
+  // kSpreadFraction), goes when that is more than one exact pass, and the rest go too if
+  // sampling them all is predicted to cost more than adding them to the batch's exact queries
+  // (see kBatchedExactQueryCost). With a meter, a predicted entry is priced at
+  // meter->CostOfPredicted(). REQUIRES: ValidateQuery(q).ok() for every q in batch.
   std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const {
     return Plan(batch).skips;
   }
@@ -144,6 +144,7 @@ class AdaptiveSoftmax : public TopKSoftmax {
  private:
   struct SamplingPlan {
     std::vector<bool> skips;
+    std::vector<bool> unresolved;   // skipped for the size of their logits: never probed
     std::vector<double> predicted;  // entries each query is predicted to sample
   };
   SamplingPlan Plan(absl::Span<const Query> batch) const;
