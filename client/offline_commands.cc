@@ -189,22 +189,27 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
     in.adaptive.topk_multiplier = c.topk_multiplier;
     in.adaptive.normalizer_multiplier = c.normalizer_multiplier;
     in.multiplier_mode = "calibrated";
-    // The calibrated parameters are the defaults; overriding them voids the calibration.
-    auto take = [&](const char* name, auto calibrated, auto* value) {
+    // The calibrated parameters are the defaults; overriding them voids the calibration, and a
+    // stricter epsilon or delta is answered exactly (see AdaptiveOptions::min_epsilon).
+    in.adaptive.min_epsilon = c.epsilon;
+    in.adaptive.min_delta = c.delta;
+    auto take = [&](const char* name, auto calibrated, auto* value, bool lower_is_exact) {
       if (!flags.Seen(name)) {
         *value = calibrated;
       } else if (*value != calibrated) {
-        std::fprintf(stderr,
-                     "adasoftmax %s: warning: --%s differs from the value %s was calibrated "
-                     "for (%s); the calibrated failure bound does not apply\n",
-                     flags.command().c_str(), name, f.calibration.c_str(),
-                     absl::StrCat(calibrated).c_str());
+        std::fprintf(
+            stderr,
+            "adasoftmax %s: warning: --%s differs from the value %s was calibrated "
+            "for (%s); %s\n",
+            flags.command().c_str(), name, f.calibration.c_str(), absl::StrCat(calibrated).c_str(),
+            lower_is_exact && *value < calibrated ? "the adaptive path answers exactly"
+                                                  : "the calibrated failure bound does not apply");
       }
     };
-    take("k", c.k, &in.query.k);
-    take("epsilon", c.epsilon, &in.query.epsilon);
-    take("delta", c.delta, &in.query.delta);
-    take("temperature", c.temperature, &in.query.temperature);
+    take("k", c.k, &in.query.k, false);
+    take("epsilon", c.epsilon, &in.query.epsilon, true);
+    take("delta", c.delta, &in.query.delta, true);
+    take("temperature", c.temperature, &in.query.temperature, false);
   }
   ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt};
   if (!f.dtype.empty()) {

@@ -78,6 +78,11 @@ bool EstimatesResolve(const Model& model, const Query& query) {
   return bound <= query.options.epsilon * (1 << 19);
 }
 
+// Whether the multipliers hold at the query's epsilon and delta (see AdaptiveOptions).
+bool WithinGuarantee(const AdaptiveOptions& options, const Query& query) {
+  return query.options.epsilon >= options.min_epsilon && query.options.delta >= options.min_delta;
+}
+
 uint64_t FreshSeed() {
   thread_local absl::BitGen gen;
   return absl::Uniform<uint64_t>(gen);
@@ -776,18 +781,20 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "normalizer_multiplier: is %g but must be finite and > 0", options.normalizer_multiplier));
   }
-  if (!(std::isfinite(options.sample_cost) && options.sample_cost >= 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("sample_cost: is %g but must be finite and >= 0", options.sample_cost));
-  }
   if (!(options.warmup_fraction > 0 && options.warmup_fraction <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("warmup_fraction: is %g but must be in (0, 1]", options.warmup_fraction));
   }
-  if (!(std::isfinite(options.sampling_memory_fraction) && options.sampling_memory_fraction >= 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("sampling_memory_fraction: is %g but must be finite and >= 0",
-                        options.sampling_memory_fraction));
+  const std::pair<const char*, double> non_negative[] = {
+      {"sample_cost", options.sample_cost},
+      {"sampling_memory_fraction", options.sampling_memory_fraction},
+      {"min_epsilon", options.min_epsilon},
+      {"min_delta", options.min_delta}};
+  for (const auto& [name, value] : non_negative) {
+    if (!(std::isfinite(value) && value >= 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s: is %g but must be finite and >= 0", name, value));
+    }
   }
   return absl::OkStatus();
 }
@@ -807,7 +814,8 @@ AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batc
                     std::vector<double>(batch.size())};
   size_t skipped = 0;
   for (size_t q = 0; q < batch.size(); ++q) {
-    plan.unresolved[q] = plan.skips[q] = !EstimatesResolve(*model_, batch[q]);
+    plan.forced[q] = plan.skips[q] =
+        !WithinGuarantee(options_, batch[q]) || !EstimatesResolve(*model_, batch[q]);
     skipped += plan.skips[q];
   }
   if (options_.sample_cost == 0) return plan;
@@ -815,7 +823,7 @@ AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batc
   const double pass = ExactPassCost(*model_);
   double sampling_cost = 0;
   for (size_t q = 0; q < batch.size(); ++q) {
-    if (plan.unresolved[q]) continue;
+    if (plan.forced[q]) continue;
     const WeightSpread spread = SpreadOfWeights(*model_, batch[q].x, options_.importance);
     plan.predicted[q] = kSpreadFraction * spread.share * std::min(1.0, options_.topk_multiplier) *
                         static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
@@ -847,7 +855,7 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     const Query& query = queries[q];
     if (query.stop && query.stop()) continue;  // unanswered
     const bool probe =
-        plan.skips[q] && !plan.unresolved[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
+        plan.skips[q] && !plan.forced[q] && meter_ != nullptr && ++skipped_ % kProbeEvery == 0;
     if (plan.skips[q] && !probe) {
       exact.push_back(q);
     } else {

@@ -49,6 +49,13 @@ struct AdaptiveOptions {
   // together held a 50257 x 768 head's weight bytes again. 0: one query a group.
   // REQUIRES: finite, >= 0. Default: kDefaultSamplingMemoryFraction.
   double sampling_memory_fraction = kDefaultSamplingMemoryFraction;
+  // The smallest epsilon and delta the multipliers are known to hold at, such as those they were
+  // calibrated for: a query asking for a smaller epsilon or delta is answered by the exact path,
+  // whatever sample_cost. Multipliers do not carry over to stricter queries: W1's, calibrated at
+  // epsilon 0.3, held at 0.5 and 0.2 but failed 10% of its held-out queries at 0.1. 0: no bound.
+  // REQUIRES: finite, >= 0. Default: 0.
+  double min_epsilon = 0;
+  double min_delta = 0;
 };
 
 // The sample_cost the CLI and the server use unless told otherwise (the server then measures
@@ -93,10 +100,10 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // of columns is read once for every query of the group that still needs it, and each query
 // keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
 // AdaptiveOptions::sample_cost and SkipsSampling), before or during sampling, are answered
-// together by the exact path; so are, whatever sample_cost, queries whose logits may be too
-// large for the sampler's float estimates to resolve at their epsilon: temperature x (max_i |b_i|
-// + |x| max_i |A_i|) > epsilon x 2^19 (on the OCR head, PAC success fell to 53% at temperature
-// 1e6). Thread-safe.
+// together by the exact path; so are, whatever sample_cost, queries stricter than the options'
+// min_epsilon or min_delta, and queries whose logits may be too large for the sampler's float
+// estimates to resolve at their epsilon: temperature x (max_i |b_i| + |x| max_i |A_i|) >
+// epsilon x 2^19 (on the OCR head, PAC success fell to 53% at temperature 1e6). Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   static constexpr uint64_t kProbeEvery = 100;
@@ -122,8 +129,9 @@ class AdaptiveSoftmax : public TopKSoftmax {
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
 
-  // Which queries of `batch` Run sends to the exact path before any sampling: those whose
-  // logits floats cannot resolve (see above), whatever sample_cost; then, unless sample_cost is
+  // Which queries of `batch` Run sends to the exact path before any sampling: those stricter
+  // than the multipliers hold at and those whose logits floats cannot resolve (see above),
+  // whatever sample_cost; then, unless sample_cost is
   // 0, each other query priced alone, at sample_cost x its predicted entries (see
   // kSpreadFraction), goes when that is more than one exact pass, and the rest go too if
   // sampling them all is predicted to cost more than adding them to the batch's exact queries
@@ -144,7 +152,7 @@ class AdaptiveSoftmax : public TopKSoftmax {
  private:
   struct SamplingPlan {
     std::vector<bool> skips;
-    std::vector<bool> unresolved;   // skipped for the size of their logits: never probed
+    std::vector<bool> forced;       // skipped whatever sample_cost (see Run): never probed
     std::vector<double> predicted;  // entries each query is predicted to sample
   };
   SamplingPlan Plan(absl::Span<const Query> batch) const;

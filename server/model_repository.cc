@@ -226,13 +226,17 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     adaptive.topk_multiplier = cal.topk_multiplier;
     adaptive.normalizer_multiplier = cal.normalizer_multiplier;
     served->calibration_mode = "calibrated";
-    // The multipliers hold for the parameters they were calibrated for: make those the defaults.
+    // The multipliers hold for the parameters they were calibrated for: make those the defaults,
+    // and answer stricter requests exactly.
     served->default_epsilon = cal.epsilon;
     served->default_delta = cal.delta;
     served->default_temperature = cal.temperature;
+    adaptive.min_epsilon = cal.epsilon;
+    adaptive.min_delta = cal.delta;
   }
   if (c.adaptive().has_topk_multiplier() || c.adaptive().has_normalizer_multiplier()) {
     served->calibration_mode = "manual";
+    adaptive.min_epsilon = adaptive.min_delta = 0;
   }
   if (c.adaptive().has_topk_multiplier()) adaptive.topk_multiplier = c.adaptive().topk_multiplier();
   if (c.adaptive().has_normalizer_multiplier()) {

@@ -309,6 +309,29 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
   EXPECT_EQ(j["delta"], 0.05);
   EXPECT_EQ(j["multipliers"][0], printed["topk_multiplier"]);
 
+  // A stricter epsilon than calibrated is answered exactly, whatever the sample cost; a looser
+  // one is sampled, with a warning either way.
+  for (const char* epsilon : {"0.1", "0.5"}) {
+    const Output o =
+        Run(With({"run"}, With(ModelArgs(), {"--calibration", file, "--epsilon", epsilon,
+                                             "--sample-cost", "0", "--seed", "1", "--out", "-"})));
+    ASSERT_EQ(o.code, 0) << o.err;
+    const bool stricter = std::string(epsilon) == "0.1";
+    EXPECT_THAT(o.err, HasSubstr(stricter ? "the adaptive path answers exactly"
+                                          : "the calibrated failure bound does not apply"));
+    size_t exact = 0, lines = 0;
+    for (const std::string& line : Lines(o.out)) {
+      ++lines;
+      exact += Json::parse(line)["exact"].get<bool>();
+    }
+    EXPECT_EQ(lines, 120u);
+    if (stricter) {
+      EXPECT_EQ(exact, lines) << epsilon;
+    } else {
+      EXPECT_LT(exact, lines) << epsilon;
+    }
+  }
+
   // Too few queries for the bound: the error names the count needed.
   const Output few =
       Run(With({"calibrate"}, With(ModelArgs(), {"--delta", "0.01", "--out", Path("never.json")})));

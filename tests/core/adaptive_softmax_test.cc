@@ -371,6 +371,29 @@ TEST(AdaptiveSoftmaxTest, LogitsTooLargeForFloatEstimatesGetTheExactAnswer) {
   }
 }
 
+TEST(AdaptiveSoftmaxTest, QueriesStricterThanTheMultipliersHoldAtGetTheExactAnswer) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax adaptive(head.model,
+                                 {.sample_cost = 0, .min_epsilon = 0.3, .min_delta = 0.01});
+  const ExactSoftmax exact(head.model);
+  for (size_t q = 0; q < 3; ++q) {
+    for (const QueryOptions& strict :
+         {QueryOptions{.epsilon = 0.1, .seed = 1}, QueryOptions{.delta = 0.001, .seed = 1}}) {
+      const Query query{head.query(q), strict};
+      EXPECT_EQ(adaptive.SkipsSampling({&query, 1}), std::vector<bool>{true}) << q;
+      const TopKResult r = *adaptive.Answer(query);
+      EXPECT_TRUE(r.exact) << q;
+      const TopKResult want = *exact.Answer(query);
+      EXPECT_EQ(r.indices, want.indices) << q;
+      EXPECT_EQ(r.log_partition, want.log_partition) << q;
+    }
+    for (const QueryOptions& covered : {QueryOptions{.epsilon = 0.3, .seed = 1},
+                                        QueryOptions{.epsilon = 0.5, .delta = 0.05, .seed = 1}}) {
+      EXPECT_FALSE(adaptive.Answer({head.query(q), covered})->exact) << q;
+    }
+  }
+}
+
 TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
   testing::ModelAndQueries head = HeavyHead();
   // A meter that has seen dear samples sends every query to the exact path; one that has seen
@@ -476,6 +499,8 @@ TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
               HasSubstr("sampling_memory_fraction"));
   EXPECT_THAT(ValidateAdaptiveOptions({.sampling_memory_fraction = INFINITY}).message(),
               HasSubstr("sampling_memory_fraction"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.min_epsilon = -0.3}).message(), HasSubstr("min_epsilon"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.min_delta = NAN}).message(), HasSubstr("min_delta"));
 }
 
 }  // namespace

@@ -112,6 +112,19 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   EXPECT_EQ((*m)->adaptive->options().normalizer_multiplier, 1e-4);
   EXPECT_EQ((*m)->default_epsilon, 0.25);
   EXPECT_EQ((*m)->default_delta, 0.02);
+  // Stricter requests are answered exactly.
+  EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.25);
+  EXPECT_EQ((*m)->adaptive->options().min_delta, 0.02);
+
+  // Manual multipliers replace the calibrated ones, and the bound with them.
+  WriteModel(dir_.Sub("repo/m"), Tiny(),
+             "calibration: \"calibration.json\"\nadaptive { topk_multiplier: 0.5 }\n");
+  m = Load("m");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->calibration_mode, "manual");
+  EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.5);
+  EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.0);
+  EXPECT_EQ((*m)->adaptive->options().min_delta, 0.0);
 }
 
 TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {

@@ -6,8 +6,8 @@
 
 #include <cmath>
 #include <limits>
-#include <regex>
 #include <memory>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "client/grpc_client.h"
+#include "core/calibration.h"
 #include "core/exact_softmax.h"
 #include "core/model.h"
 #include "core/pac.h"
@@ -148,6 +149,28 @@ TEST_F(ServerTest, AnswersMatchTheExactPath) {
     as_result.indices = adaptive->indices;
     as_result.probabilities = adaptive->probabilities;
     EXPECT_TRUE(MeetsPac(as_result, ComputeReference(**model, Row(q), 1.0), 5, 0.1)) << q;
+  }
+}
+
+TEST_F(ServerTest, CalibratedModelAnswersStricterRequestsExactly) {
+  WriteModel(dir_.Sub("repo/calibrated"), SmallModel(),
+             "calibration: \"calibration.json\"\nadaptive { sample_cost: 0 }\n");
+  Calibration cal;
+  cal.epsilon = 0.3;
+  cal.delta = 0.01;
+  cal.calibration_queries = 300;
+  ASSERT_TRUE(WriteCalibration(dir_.Sub("repo/calibrated/calibration.json"), cal).ok());
+  StartAndLoad();
+  for (size_t q = 0; q < 5; ++q) {
+    TopKOptions o;
+    o.seed = 1 + q;
+    for (double epsilon : {0.1, 0.3}) {
+      o.epsilon = epsilon;
+      absl::StatusOr<Result> got = client_->TopKSoftmax("calibrated", Row(q), o);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(got->mode, v1::MODE_ADAPTIVE);
+      EXPECT_EQ(got->exact, epsilon < cal.epsilon) << q << " " << epsilon;
+    }
   }
 }
 
