@@ -59,6 +59,7 @@ struct InputFlags {
   double epsilon = 0.3;
   double delta = 0.01;
   double temperature = 1;
+  bool multiplier_flags = false;  // whether the command takes the two below (calibrate does not)
   std::vector<double> multipliers;
   std::string calibration;
   double sample_cost = kDefaultSampleCost;
@@ -95,9 +96,12 @@ void AddQueryFlags(FlagSet& flags, InputFlags* f) {
 }
 
 void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
+  f->multiplier_flags = true;
   flags
       .AddDoubleList("multipliers", &f->multipliers,
-                     "top-k and normaliser variance multipliers (default: 1,1, theory)")
+                     "top-k and normaliser variance multipliers (default: 1,1, theory, whose "
+                     "queries with epsilon below 0.1 the adaptive path answers exactly; given, "
+                     "every query samples)")
       .Count(2)
       .Min(0, true)
       .Placeholder("T,Z");
@@ -183,6 +187,15 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
     in.adaptive.topk_multiplier = f.multipliers[0];
     in.adaptive.normalizer_multiplier = f.multipliers[1];
     in.multiplier_mode = f.multipliers[0] == 1 && f.multipliers[1] == 1 ? "theory" : "manual";
+  } else if (f.multiplier_flags && f.calibration.empty()) {
+    in.adaptive.min_epsilon = kTheoryMinEpsilon;
+    if (in.query.epsilon < kTheoryMinEpsilon) {
+      std::fprintf(stderr,
+                   "adasoftmax %s: warning: theory mode's guarantee was measured to fail below "
+                   "--epsilon %g; the adaptive path answers exactly (calibrate, or pass "
+                   "--multipliers 1,1 to sample anyway)\n",
+                   flags.command().c_str(), kTheoryMinEpsilon);
+    }
   }
   if (!f.calibration.empty()) {
     ASSIGN_OR_RETURN(const Calibration c, ReadCalibration(f.calibration));

@@ -106,7 +106,9 @@ class Evaluator {
     AdaptiveOptions adaptive = base_;
     adaptive.topk_multiplier = t;
     adaptive.normalizer_multiplier = z;
-    adaptive.sample_cost = 0;  // the sampler itself is calibrated, never the exact fallback
+    // The sampler itself is calibrated: no exact fallback, no bound on epsilon or delta.
+    adaptive.sample_cost = 0;
+    adaptive.min_epsilon = adaptive.min_delta = 0;
     const AdaptiveSoftmax solver(model_, adaptive);
     std::vector<double> fractions(split.size(), 0), bytes(split.size(), 0);
     std::atomic<size_t> failures{0};

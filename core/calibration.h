@@ -111,7 +111,8 @@ std::optional<std::pair<size_t, size_t>> ChooseGridPair(
 // wall-clock time better than samples do: on the 128256 x 4096 head, the pair with the fewest
 // samples (0.137 of A against 0.150) touched 17% more bytes and took 1.5x as long.
 //
-// The exact fallback is off while evaluating (base.sample_cost is ignored).
+// The exact fallback is off while evaluating, and every query is sampled (base.sample_cost,
+// min_epsilon and min_delta are ignored).
 //
 // The bound holds for each pair separately; choosing the cheapest of several qualifying pairs
 // is what the held-out split checks.

@@ -221,6 +221,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
 
   // Adaptive settings: theory constants, then a calibration file, then manual overrides.
   AdaptiveOptions adaptive;
+  adaptive.min_epsilon = kTheoryMinEpsilon;
   if (!c.calibration().empty()) {
     ASSIGN_OR_RETURN(const Calibration cal, ReadCalibration(Resolve(dir, c.calibration())));
     adaptive.topk_multiplier = cal.topk_multiplier;
@@ -243,6 +244,8 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     adaptive.normalizer_multiplier = c.adaptive().normalizer_multiplier();
   }
   if (c.adaptive().has_warmup_fraction()) adaptive.warmup_fraction = c.adaptive().warmup_fraction();
+  if (c.adaptive().has_min_epsilon()) adaptive.min_epsilon = c.adaptive().min_epsilon();
+  if (c.adaptive().has_min_delta()) adaptive.min_delta = c.adaptive().min_delta();
   adaptive.sample_cost =
       c.adaptive().has_sample_cost() ? c.adaptive().sample_cost() : kDefaultSampleCost;
   if (c.adaptive().has_sampling_memory_fraction()) {
@@ -379,11 +382,12 @@ std::string SyntheticCacheDir(const std::string& cache_dir, const std::string& n
 std::string DescribeModel(const ServedModel& m) {
   return absl::StrFormat(
       "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
-      "max_batch_size=%d batch_timeout_us=%d audit_fraction=%g memory=%.1fMB from %s",
+      "min_epsilon=%g min_delta=%g max_batch_size=%d batch_timeout_us=%d audit_fraction=%g "
+      "memory=%.1fMB from %s",
       m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()),
-      m.model->has_bias() ? "yes" : "no",
-      m.labels.empty() ? "no" : "yes", m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive",
-      m.calibration_mode, m.batching.max_batch_size,
+      m.model->has_bias() ? "yes" : "no", m.labels.empty() ? "no" : "yes",
+      m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive", m.calibration_mode,
+      m.adaptive->options().min_epsilon, m.adaptive->options().min_delta, m.batching.max_batch_size,
       absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,
       m.model->memory_bytes() / 1e6, m.source);
 }

@@ -283,6 +283,29 @@ TEST_F(CliTest, BenchFallsBackToExactWhenSamplingCostsTooMuch) {
   EXPECT_EQ(always["pac_success_rate"].get<double>(), 1.0);
 }
 
+TEST_F(CliTest, TheoryModeAnswersSmallEpsilonExactlyUnlessMultipliersAreGiven) {
+  for (const bool given : {false, true}) {
+    std::vector<std::string> args = With(
+        {"run"}, With(ModelArgs(), {"--epsilon", "0.05", "--sample-cost", "0", "--seed", "1"}));
+    if (given) args = With(args, {"--multipliers", "1,1"});
+    const Output o = Run(With(args, {"--out", "-"}));
+    ASSERT_EQ(o.code, 0) << o.err;
+    size_t exact = 0, lines = 0;
+    for (const std::string& line : Lines(o.out)) {
+      ++lines;
+      exact += Json::parse(line)["exact"].get<bool>();
+    }
+    EXPECT_EQ(lines, 120u);
+    if (given) {
+      EXPECT_EQ(o.err, "");
+      EXPECT_LT(exact, lines);
+    } else {
+      EXPECT_THAT(o.err, HasSubstr("theory mode's guarantee was measured to fail"));
+      EXPECT_EQ(exact, lines);
+    }
+  }
+}
+
 TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
   const std::string file = Path("calibration.json");
   const Output o = Run(
