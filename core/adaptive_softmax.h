@@ -137,12 +137,12 @@ class AdaptiveSoftmax : public TopKSoftmax {
 
   // Which queries of `batch` Run sends to the exact path before any sampling: those stricter
   // than the multipliers hold at and those whose logits floats cannot resolve (see above),
-  // whatever sample_cost; then, unless sample_cost is
-  // 0, each other query priced alone, at sample_cost x its predicted entries (see
-  // kSpreadFraction), goes when that is more than one exact pass, and the rest go too if
-  // sampling them all is predicted to cost more than adding them to the batch's exact queries
-  // (see kBatchedExactQueryCost). With a meter, a predicted entry is priced at
-  // meter->CostOfPredicted(). REQUIRES: ValidateQuery(q).ok() for every q in batch.
+  // whatever sample_cost; then, unless sample_cost is 0, each other query priced alone, at
+  // sample_cost x its predicted entries (see kSpreadFraction), goes when that is more than one
+  // exact pass, and the rest go too if sampling them all is predicted to cost more than adding
+  // them to the batch's exact queries (see kBatchedExactQueryCost). With a meter, a predicted
+  // entry is priced at meter->CostOfPredicted(). REQUIRES: ValidateQuery(q).ok() for every q in
+  // batch.
   std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const {
     return Plan(batch).skips;
   }
