@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "core/random.h"
+#include "core/softmax_kernels.h"
 
 namespace adasoftmax {
 namespace {
@@ -96,6 +97,7 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
   const std::vector<double> weight = PanelWeights(model, queries, importance);
   const size_t panels = weight.size();
   std::vector<uint32_t> candidates;
+  candidates.reserve(panels);
   double top_weight = 0;
   for (size_t p = 0; p < panels; ++p) {
     if (weight[p] == 0) continue;
@@ -108,14 +110,22 @@ PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<cons
   // top_weight x 4^-class (class = floor(log4(top_weight / w_j)), at most kBins - 1), arrivals
   // are measured in units of 1 / top_weight.
   PanelOrder order;
-  Rng rng(seed);
+  // E_j = -log(u_j), with u_j the j-th output of the SplitMix64 stream seeded by `seed`:
+  // independent of the weights, and computed in loops that vectorise.
+  std::vector<double> exponential(panels);
+  for (size_t j = 0; j < panels; ++j) {
+    exponential[j] = OpenUniform(SplitMix64(seed + j * kSplitMix64Gamma));
+  }
+  NegativeLogs(exponential.data(), panels);
   std::vector<float> arrival(panels);  // float: half the bits to sort
   std::vector<uint8_t> bin_of(panels);
   for (uint32_t j : candidates) {
-    // floor(log4(r)) = floor(floor(log2(r)) / 2) for r >= 1; ilogb of an overflow is INT_MAX.
-    const int steps = std::ilogb(top_weight / weight[j]) / 2;
+    // floor(log4(r)) = floor(floor(log2(r)) / 2) for r >= 1, where floor(log2(r)) is r's binary
+    // exponent (1024 for an overflow to infinity).
+    const double r = top_weight / weight[j];
+    const int steps = (static_cast<int>(std::bit_cast<uint64_t>(r) >> 52) - 1023) / 2;
     bin_of[j] = static_cast<uint8_t>(std::min(kBins - 1, steps));
-    arrival[j] = static_cast<float>(rng.Exponential() * kPowerOf4[bin_of[j]]);
+    arrival[j] = static_cast<float>(exponential[j] * kPowerOf4[bin_of[j]]);
   }
   SortByAscendingKey(candidates, arrival);  // ties in index order, as candidates are
   const size_t m = candidates.size();

@@ -2,8 +2,9 @@
 #define ADASOFTMAX_CORE_RANDOM_H_
 
 // Internal to adasoftmax_core: reproducible random numbers. Seeded results must not depend on
-// the standard library, so variates are built from std::mt19937_64's raw output (specified
-// exactly by the standard) rather than from the implementation-defined <random> distributions.
+// the standard library, so variates are built from SplitMix64 or std::mt19937_64's raw output
+// (specified exactly by the standard) rather than from the implementation-defined <random>
+// distributions.
 
 #include <algorithm>
 #include <cmath>
@@ -13,12 +14,22 @@
 
 namespace adasoftmax {
 
+// SplitMix64's increment: SplitMix64(seed + i * kSplitMix64Gamma) is the i-th output of the
+// SplitMix64 generator seeded with `seed`.
+inline constexpr uint64_t kSplitMix64Gamma = 0x9e3779b97f4a7c15ULL;
+
 // The SplitMix64 finaliser: derives well-mixed seeds from related ones (seed + index).
 inline uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
+  x += kSplitMix64Gamma;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
+}
+
+// A uniform in the open interval (0, 1) from 64 random bits: -log of it is a standard
+// exponential, positive.
+inline double OpenUniform(uint64_t bits) {
+  return (static_cast<double>(bits >> 11) + 0.5) * 0x1.0p-53;
 }
 
 // Portable variates. Thread-compatible.
@@ -28,11 +39,6 @@ class Rng {
 
   // Uniform in [0, 1).
   double Uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }
-  // Standard exponential (rate 1), from a uniform in the open interval (0, 1): positive.
-  double Exponential() {
-    const double u = (static_cast<double>(engine_() >> 11) + 0.5) * 0x1.0p-53;
-    return -std::log(u);
-  }
   double Uniform(double lo, double hi) { return lo + (hi - lo) * Uniform(); }
 
   // Uniform integer in [0, n). REQUIRES: n > 0.

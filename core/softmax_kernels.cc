@@ -86,4 +86,10 @@ float LowerBounds(const float* estimate, const float* variance, float scale, siz
   return max;
 }
 
+ADASOFTMAX_KERNEL
+void NegativeLogs(double* values, size_t count) {
+#pragma omp simd
+  for (size_t i = 0; i < count; ++i) values[i] = -std::log(values[i]);
+}
+
 }  // namespace adasoftmax

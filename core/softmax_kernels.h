@@ -1,8 +1,8 @@
 #ifndef ADASOFTMAX_CORE_SOFTMAX_KERNELS_H_
 #define ADASOFTMAX_CORE_SOFTMAX_KERNELS_H_
 
-// Vectorised loops over logits and their estimates. Compiled for AVX-512, AVX2 and baseline
-// x86-64 and picked at load time. REQUIRES (all): finite inputs.
+// Vectorised loops over logits, their estimates and the column order's exponentials. Compiled
+// for AVX-512, AVX2 and baseline x86-64 and picked at load time. REQUIRES (all): finite inputs.
 
 #include <cstddef>
 
@@ -34,6 +34,10 @@ HalfExpSums HalfExp(float* values, size_t count, double shift);
 // sqrt(scale * variance[i]); returns the largest lower[i].
 float LowerBounds(const float* estimate, const float* variance, float scale, size_t count,
                   float* lower);
+
+// values[i] = -log(values[i]) through glibc's vector log (libmvec), which may differ from the
+// scalar log in the last bit. REQUIRES: every values[i] in (0, 1].
+void NegativeLogs(double* values, size_t count);
 
 }  // namespace adasoftmax
 
