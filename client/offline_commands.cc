@@ -199,13 +199,10 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
   }
   if (!f.calibration.empty()) {
     ASSIGN_OR_RETURN(const Calibration c, ReadCalibration(f.calibration));
-    in.adaptive.topk_multiplier = c.topk_multiplier;
-    in.adaptive.normalizer_multiplier = c.normalizer_multiplier;
+    ApplyCalibration(c, in.adaptive);
     in.multiplier_mode = "calibrated";
     // The calibrated parameters are the defaults; overriding them voids the calibration, and a
-    // stricter epsilon or delta is answered exactly (see AdaptiveOptions::min_epsilon).
-    in.adaptive.min_epsilon = c.epsilon;
-    in.adaptive.min_delta = c.delta;
+    // stricter epsilon or delta is answered exactly (see ApplyCalibration).
     auto take = [&](const char* name, auto calibrated, auto* value, bool lower_is_exact) {
       if (!flags.Seen(name)) {
         *value = calibrated;

@@ -441,4 +441,11 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
   return c;
 }
 
+void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options) {
+  options.topk_multiplier = calibration.topk_multiplier;
+  options.normalizer_multiplier = calibration.normalizer_multiplier;
+  options.min_epsilon = calibration.epsilon;
+  options.min_delta = calibration.delta;
+}
+
 }  // namespace adasoftmax

@@ -133,6 +133,10 @@ absl::Status WriteCalibration(const std::string& path, const Calibration& calibr
 // values (e.g. non-positive multipliers), NotFound for a missing file.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& path);
 
+// Sets options' multipliers to the calibration's, and its min_epsilon and min_delta to the
+// epsilon and delta they were calibrated for: stricter queries are answered exactly.
+void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options);
+
 }  // namespace adasoftmax
 
 #endif  // ADASOFTMAX_CORE_CALIBRATION_H_

@@ -19,8 +19,9 @@ double ScaledLogits(const float* raw, const float* bias, double temperature, siz
 // between CPUs, in the last bits.
 double SumExp(const double* values, size_t count, double shift);
 
-// For float values: sum_i exp(values[i] - shift), and max_i values[i].
+// The same for float values.
 double SumExp(const float* values, size_t count, double shift);
+// max_i values[i].
 float MaxOf(const float* values, size_t count);
 // Replaces values[i] with g_i = exp((values[i] - shift) / 2) and returns sum_i g_i and
 // sum_i g_i^2: one exp per value.

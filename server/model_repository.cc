@@ -224,16 +224,12 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   adaptive.min_epsilon = kTheoryMinEpsilon;
   if (!c.calibration().empty()) {
     ASSIGN_OR_RETURN(const Calibration cal, ReadCalibration(Resolve(dir, c.calibration())));
-    adaptive.topk_multiplier = cal.topk_multiplier;
-    adaptive.normalizer_multiplier = cal.normalizer_multiplier;
+    ApplyCalibration(cal, adaptive);
     served->calibration_mode = "calibrated";
-    // The multipliers hold for the parameters they were calibrated for: make those the defaults,
-    // and answer stricter requests exactly.
+    // The multipliers hold for the parameters they were calibrated for: make those the defaults.
     served->default_epsilon = cal.epsilon;
     served->default_delta = cal.delta;
     served->default_temperature = cal.temperature;
-    adaptive.min_epsilon = cal.epsilon;
-    adaptive.min_delta = cal.delta;
   }
   if (c.adaptive().has_topk_multiplier() || c.adaptive().has_normalizer_multiplier()) {
     served->calibration_mode = "manual";
