@@ -781,6 +781,10 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "normalizer_multiplier: is %g but must be finite and > 0", options.normalizer_multiplier));
   }
+  if (!(options.max_sharing_loss >= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("max_sharing_loss: is %g but must be >= 1", options.max_sharing_loss));
+  }
   if (!(options.warmup_fraction > 0 && options.warmup_fraction <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrFormat("warmup_fraction: is %g but must be in (0, 1]", options.warmup_fraction));
@@ -841,6 +845,29 @@ AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batc
   return plan;
 }
 
+std::vector<std::vector<size_t>> AdaptiveSoftmax::SamplingGroups(
+    absl::Span<const Query> batch, absl::Span<const size_t> sampled) const {
+  std::vector<std::vector<size_t>> groups;
+  const size_t size = SamplingGroupSize();
+  for (size_t first = 0; first < sampled.size(); first += size) {
+    const absl::Span<const size_t> run = sampled.subspan(first, size);
+    std::vector<absl::Span<const float>> xs;
+    for (size_t q : run) xs.push_back(batch[q].x);
+    const std::vector<double> losses =
+        run.size() > 1 ? SharingLosses(*model_, xs, options_.importance) : std::vector<double>{1};
+    std::vector<size_t> shared;
+    for (size_t r = 0; r < run.size(); ++r) {
+      if (losses[r] <= options_.max_sharing_loss) {
+        shared.push_back(run[r]);
+      } else {
+        groups.push_back({run[r]});
+      }
+    }
+    if (!shared.empty()) groups.push_back(std::move(shared));
+  }
+  return groups;
+}
+
 std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) const {
   std::vector<TopKResult> results(queries.size());
   std::vector<size_t> sampled, exact;  // indices into queries
@@ -863,9 +890,7 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
       predicted += plan.predicted[q];
     }
   }
-  const size_t group_size = SamplingGroupSize();
-  for (size_t first = 0; first < sampled.size(); first += group_size) {
-    const absl::Span<const size_t> group = absl::MakeConstSpan(sampled).subspan(first, group_size);
+  for (const std::vector<size_t>& group : SamplingGroups(queries, sampled)) {
     std::vector<Query> batch;
     for (size_t q : group) batch.push_back(queries[q]);
     // One shared order per group. Seeded when every query carries the same nonzero seed.

@@ -92,6 +92,25 @@ WeightSpread SpreadOfWeights(const Model& model, absl::Span<const float> x,
   return spread;
 }
 
+std::vector<double> SharingLosses(const Model& model,
+                                  absl::Span<const absl::Span<const float>> queries,
+                                  const ImportanceOptions& importance) {
+  const std::vector<double> batch = PanelWeights(model, queries, importance);
+  const double batch_sum = std::accumulate(batch.begin(), batch.end(), 0.0);
+  std::vector<double> losses;
+  for (absl::Span<const float> x : queries) {
+    const std::vector<double> own = PanelWeights(model, absl::MakeConstSpan(&x, 1), importance);
+    double sum = 0, ratio_sum = 0;  // of w_p and of w_p^2 / v_p (v_p > 0 wherever w_p > 0)
+    for (size_t p = 0; p < own.size(); ++p) {
+      if (own[p] == 0) continue;
+      sum += own[p];
+      ratio_sum += own[p] * own[p] / batch[p];
+    }
+    losses.push_back(sum > 0 ? ratio_sum * batch_sum / (sum * sum) : 1.0);
+  }
+  return losses;
+}
+
 PanelOrder PanelOrder::Draw(const Model& model, absl::Span<const absl::Span<const float>> queries,
                             const ImportanceOptions& importance, uint64_t seed) {
   const std::vector<double> weight = PanelWeights(model, queries, importance);

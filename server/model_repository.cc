@@ -247,6 +247,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   if (c.adaptive().has_sampling_memory_fraction()) {
     adaptive.sampling_memory_fraction = c.adaptive().sampling_memory_fraction();
   }
+  if (c.adaptive().has_max_sharing_loss()) {
+    adaptive.max_sharing_loss = c.adaptive().max_sharing_loss();
+  }
   if (absl::Status s = ValidateAdaptiveOptions(adaptive); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("adaptive: ", s.message()));
   }

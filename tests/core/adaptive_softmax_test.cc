@@ -135,8 +135,10 @@ TEST(AdaptiveSoftmaxTest, NormaliserMeetsEpsilonWithTemperatureAndBias) {
   EXPECT_LE(failures, 15);
 }
 
-// Options that sample a whole batch together, whatever its sampling state weighs.
-constexpr AdaptiveOptions kOneGroup = {.sampling_memory_fraction = 1e6};
+// Options that sample a whole batch together, whatever its sampling state weighs and whatever
+// sharing costs.
+constexpr AdaptiveOptions kOneGroup = {.sampling_memory_fraction = 1e6,
+                                       .max_sharing_loss = INFINITY};
 
 TEST(AdaptiveSoftmaxTest, BatchSharesOneOrderAndKeepsEachQuerysGuarantee) {
   testing::ModelAndQueries head = HeavyHead();
@@ -168,8 +170,9 @@ TEST(AdaptiveSoftmaxTest, ChunksPulledInParallelGiveTheSameAnswersBitForBit) {
                           .heavy_tailed = true});
   ASSERT_GE(head.model->n() * head.model->d(), kParallelMinEntries);
   for (double sample_cost : {0.0, 3.0}) {
-    const AdaptiveSoftmax adaptive(head.model,
-                                   {.sample_cost = sample_cost, .sampling_memory_fraction = 1e6});
+    const AdaptiveSoftmax adaptive(head.model, {.sample_cost = sample_cost,
+                                                .sampling_memory_fraction = 1e6,
+                                                .max_sharing_loss = INFINITY});
     std::vector<Query> batch;
     for (size_t q = 0; q < 8; ++q) batch.push_back({head.query(q), {.k = 2, .seed = 13}});
     const std::vector<TopKResult> results = adaptive.Run(batch);
@@ -191,7 +194,8 @@ TEST(AdaptiveSoftmaxTest, ChunksPulledInParallelGiveTheSameAnswersBitForBit) {
 // own order: every answer is the one its group alone gets.
 TEST(AdaptiveSoftmaxTest, SampledQueriesShareAnOrderInGroupsTheMemoryFractionBounds) {
   testing::ModelAndQueries head = HeavyHead();
-  const AdaptiveSoftmax grouped(head.model, {.sampling_memory_fraction = 1});
+  const AdaptiveSoftmax grouped(head.model,
+                                {.sampling_memory_fraction = 1, .max_sharing_loss = INFINITY});
   const size_t size = grouped.SamplingGroupSize();
   // Each query's state holds at least its sums, 2 x kBins floats an arm.
   const size_t weight_bytes = head.model->n() * head.model->d() * sizeof(float);
@@ -211,6 +215,43 @@ TEST(AdaptiveSoftmaxTest, SampledQueriesShareAnOrderInGroupsTheMemoryFractionBou
   EXPECT_EQ(alone.SamplingGroupSize(), 1u);
   const std::vector<TopKResult> each = alone.Run(batch);
   for (size_t q = 0; q < batch.size(); ++q) {
+    EXPECT_TRUE(SameBits(each[q], alone.Run({&batch[q], 1})[0])) << q;
+  }
+}
+
+// Six proportional queries on the first half of the columns and one on the other half: the
+// batch's weights cost each of the six a sharing loss of 7/6, and the seventh 7.
+TEST(AdaptiveSoftmaxTest, QueriesThatSharingWouldCostTooMuchAreSampledAlone) {
+  testing::ModelAndQueries head = HeavyHead();
+  const size_t d = head.model->d();
+  std::vector<std::vector<float>> xs;
+  for (int c = 1; c <= 6; ++c) {
+    std::vector<float> x(head.query(0).begin(), head.query(0).end());
+    for (size_t j = 0; j < d; ++j) x[j] = j < d / 2 ? c * x[j] : 0.0f;
+    xs.push_back(std::move(x));
+  }
+  std::vector<float> other(head.query(1).begin(), head.query(1).end());
+  std::fill(other.begin(), other.begin() + d / 2, 0.0f);
+  xs.push_back(std::move(other));
+  std::vector<Query> batch;
+  for (const std::vector<float>& x : xs) batch.push_back({x, {.seed = 7}});
+  const absl::Span<const Query> six = absl::MakeConstSpan(batch).first(6);
+
+  const AdaptiveSoftmax adaptive(head.model, {.sampling_memory_fraction = 1e6});
+  ASSERT_EQ(adaptive.options().max_sharing_loss, kDefaultMaxSharingLoss);
+  const std::vector<TopKResult> results = adaptive.Run(batch);
+  EXPECT_TRUE(SameBits(results[6], adaptive.Run({&batch[6], 1})[0]));
+  const std::vector<TopKResult> together = adaptive.Run(six);
+  for (size_t q = 0; q < 6; ++q) EXPECT_TRUE(SameBits(results[q], together[q])) << q;
+
+  // Unbounded, the seventh's columns enter the six's order.
+  const std::vector<TopKResult> all = AdaptiveSoftmax(head.model, kOneGroup).Run(batch);
+  EXPECT_FALSE(SameBits(all[0], together[0]));
+  // Bounded at 7/6 less a little, each query goes alone.
+  const AdaptiveSoftmax alone(head.model,
+                              {.sampling_memory_fraction = 1e6, .max_sharing_loss = 1.16});
+  const std::vector<TopKResult> each = alone.Run(batch);
+  for (size_t q = 0; q < 6; ++q) {
     EXPECT_TRUE(SameBits(each[q], alone.Run({&batch[q], 1})[0])) << q;
   }
 }
@@ -495,6 +536,11 @@ TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_THAT(ValidateAdaptiveOptions({.warmup_fraction = 1.5}).message(),
               HasSubstr("warmup_fraction"));
   EXPECT_THAT(ValidateAdaptiveOptions({.sample_cost = -1}).message(), HasSubstr("sample_cost"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.max_sharing_loss = 0.99}).message(),
+              HasSubstr("max_sharing_loss"));
+  EXPECT_THAT(ValidateAdaptiveOptions({.max_sharing_loss = NAN}).message(),
+              HasSubstr("max_sharing_loss"));
+  EXPECT_TRUE(ValidateAdaptiveOptions({.max_sharing_loss = INFINITY}).ok());
   EXPECT_THAT(ValidateAdaptiveOptions({.sampling_memory_fraction = -0.1}).message(),
               HasSubstr("sampling_memory_fraction"));
   EXPECT_THAT(ValidateAdaptiveOptions({.sampling_memory_fraction = INFINITY}).message(),

@@ -3,12 +3,14 @@
 #include <cmath>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/core/test_models.h"
 
 namespace adasoftmax {
 namespace {
 
+using ::testing::ElementsAre;
 using testing::SynthHead;
 
 // A small head whose columns differ in scale, so importance weights matter.
@@ -48,6 +50,33 @@ TEST(PanelOrderTest, SpreadOfWeightsMeasuresHowEvenlyTheyCoverTheColumns) {
   s = spread({0, 0, 0, 5});
   EXPECT_EQ(s.panels, 0u);
   EXPECT_EQ(s.share, 0.0);
+}
+
+TEST(PanelOrderTest, SharingLossesMeasureWhatTheBatchsWeightsCostEachQuery) {
+  // Column j of A has absolute sum j + 1 (the atom weight); column 3 is all zero.
+  Matrix a = Matrix::Owned(1, 4, Layout::kRowMajor);
+  for (size_t j = 0; j < 3; ++j) a.mutable_data()[j] = static_cast<float>(j + 1);
+  const std::shared_ptr<const Model> model = *Model::Create(std::move(a), {});
+  auto losses = [&](std::vector<std::vector<float>> xs, ImportanceOptions importance = {}) {
+    std::vector<absl::Span<const float>> spans(xs.begin(), xs.end());
+    return SharingLosses(*model, spans, importance);
+  };
+  const auto one = ::testing::DoubleNear(1, 1e-12);
+  // Proportional queries, and queries differing only on the zero column, lose nothing.
+  EXPECT_THAT(losses({{1, -2, 0.5, 0}, {-2, 4, 1, 9}}), ElementsAre(one, one));
+  EXPECT_THAT(losses({{1, 2, 3, 4}}), ElementsAre(one));
+  // Weights |x_j| / |x|_1 x (j + 1): w = (1, 0, 0) and (0, 1, 1.5); the batch's v = (1, 1, 1.5).
+  // The first: (1 / 1) x 3.5 / 1^2; the second: (1 + 1.5^2 / 1.5) x 3.5 / 2.5^2.
+  std::vector<double> l = losses({{1, 0, 0, 0}, {0, 1, 1, 0}});
+  EXPECT_DOUBLE_EQ(l[0], 3.5);
+  EXPECT_DOUBLE_EQ(l[1], 1.4);
+  // Without query weights, columns weigh the number of queries reading them: v = (1, 2, 2) x
+  // atom; the second, w = (0, 2, 3): (4 / 4 + 9 / 6) x 11 / 25.
+  l = losses({{0, 5, 5, 0}, {0, 1, 1, 0}, {7, 0, 0, 0}}, {.query = false});
+  EXPECT_DOUBLE_EQ(l[0], 2.5 * 11 / 25);
+  EXPECT_DOUBLE_EQ(l[2], 11.0);
+  // An all-zero query costs nothing and weighs nothing.
+  EXPECT_THAT(losses({{0, 0, 0, 0}, {1, 1, 1, 0}}), ElementsAre(1.0, one));
 }
 
 TEST(PanelOrderTest, IsAPermutationOfTheNonzeroColumnsWithGrowingPrefixes) {

@@ -66,6 +66,7 @@ TEST_F(ModelRepositoryTest, LoadsFilesLabelsAndDefaults) {
   EXPECT_EQ((*m)->audit_fraction, 0.25);
   EXPECT_EQ((*m)->adaptive->options().sample_cost, kDefaultSampleCost);  // the fallback is on
   EXPECT_EQ((*m)->adaptive->options().sampling_memory_fraction, kDefaultSamplingMemoryFraction);
+  EXPECT_EQ((*m)->adaptive->options().max_sharing_loss, kDefaultMaxSharingLoss);
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, kTheoryMinEpsilon);
   EXPECT_EQ((*m)->adaptive->options().min_delta, 0.0);
 }
@@ -77,7 +78,7 @@ TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
              "batching { max_batch_size: 3 batch_timeout_us: 250 max_queue_size: 9 }\n"
              "audit_fraction: 0\n"
              "adaptive { normalizer_multiplier: 0.5 warmup_fraction: 0.2 sample_cost: 0\n"
-             "           sampling_memory_fraction: 0.5 min_delta: 0.001 }\n");
+             "           sampling_memory_fraction: 0.5 max_sharing_loss: inf min_delta: 0.001 }\n");
   auto m = Load("m");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->name, "renamed");
@@ -95,6 +96,7 @@ TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
   EXPECT_EQ((*m)->adaptive->options().warmup_fraction, 0.2);
   EXPECT_EQ((*m)->adaptive->options().sample_cost, 0.0);
   EXPECT_EQ((*m)->adaptive->options().sampling_memory_fraction, 0.5);
+  EXPECT_EQ((*m)->adaptive->options().max_sharing_loss, INFINITY);
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.0);  // manual multipliers: no bound
   EXPECT_EQ((*m)->adaptive->options().min_delta, 0.001);
 }
@@ -148,6 +150,7 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"weights: \"weights.npy\"\nadaptive { min_epsilon: -0.1 }\n", "min_epsilon"},
       {"weights: \"weights.npy\"\nadaptive { sampling_memory_fraction: -1 }\n",
        "sampling_memory_fraction"},
+      {"weights: \"weights.npy\"\nadaptive { max_sharing_loss: 0.5 }\n", "max_sharing_loss"},
       {"weights: \"missing.npy\"\n", "missing.npy"},
       {"weights: \"weights.npy\"\nlabels: \"short.txt\"\n", "labels"},
       {"weights: \"weights.npy\"\ncalibration: \"nope.json\"\n", "nope.json"},
