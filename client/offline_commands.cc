@@ -61,6 +61,7 @@ struct InputFlags {
   double temperature = 1;
   bool multiplier_flags = false;  // whether the command takes the two below (calibrate does not)
   std::vector<double> multipliers;
+  double lognormal_correction = 0;
   std::string calibration;
   double sample_cost = kDefaultSampleCost;
   bool measure_sample_cost = false;
@@ -95,6 +96,16 @@ void AddQueryFlags(FlagSet& flags, InputFlags* f) {
   flags.AddDouble("temperature", &f->temperature, "multiplies the logits").Min(0, true);
 }
 
+void AddCorrectionFlag(FlagSet& flags, InputFlags* f) {
+  flags
+      .AddDouble("lognormal-correction", &f->lognormal_correction,
+                 "the partition function sums exp(estimate - C x variance / 2) over the arms; "
+                 "0: the paper's estimator")
+      .Min(0)
+      .Max(1)
+      .Placeholder("C");
+}
+
 void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
   f->multiplier_flags = true;
   flags
@@ -105,6 +116,7 @@ void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
       .Count(2)
       .Min(0, true)
       .Placeholder("T,Z");
+  AddCorrectionFlag(flags, f);
   flags
       .AddString("calibration", &f->calibration,
                  "calibration file (from `adasoftmax calibrate`) giving the multipliers; its "
@@ -158,8 +170,11 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {
 
 // Checks flag combinations that need no file; returns an exit code on a usage error.
 std::optional<int> CheckMultiplierFlags(const FlagSet& flags) {
-  if (flags.Seen("multipliers") && flags.Seen("calibration")) {
-    return flags.UsageError("--multipliers and --calibration are mutually exclusive");
+  for (const char* manual : {"multipliers", "lognormal-correction"}) {
+    if (flags.Seen(manual) && flags.Seen("calibration")) {
+      return flags.UsageError(
+          absl::StrCat("--", manual, " and --calibration are mutually exclusive"));
+    }
   }
   return std::nullopt;
 }
@@ -180,6 +195,7 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f) {
   in.query.delta = f.delta;
   in.query.temperature = f.temperature;
   in.adaptive.sample_cost = f.sample_cost;
+  in.adaptive.lognormal_correction = f.lognormal_correction;
   if (f.measure_sample_cost && f.sample_cost > 0) {
     in.meter = std::make_shared<SampleCostMeter>(f.sample_cost);
   }
@@ -521,6 +537,7 @@ int Bench(int argc, char** argv) {
   j["temperature"] = in->query.temperature;
   j["mode"] = in->multiplier_mode;
   j["multipliers"] = {in->adaptive.topk_multiplier, in->adaptive.normalizer_multiplier};
+  j["lognormal_correction"] = in->adaptive.lognormal_correction;
   j["queries"] = count;
   j["queries_offset"] = offset;
   j["exact_median_ms"] = exact_median;
@@ -585,6 +602,7 @@ int Calibrate(int argc, char** argv) {
       "(for run/bench --calibration) and prints it.");
   AddModelFlags(flags, &f);
   AddQueryFlags(flags, &f);
+  AddCorrectionFlag(flags, &f);
   flags.AddDouble("holdout-fraction", &options.holdout_fraction, "share of queries held out")
       .Min(0, true)
       .Max(1, true);

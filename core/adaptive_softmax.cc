@@ -117,7 +117,8 @@ struct QueryState {
   std::vector<std::vector<uint32_t>> exact_arms;  // per chunk, its arms at kExactLevel
   double radius_scale = 0;    // confidence radius = sqrt(radius_scale * variance)
   std::vector<float> target;  // per-arm variance target of the normaliser
-  std::vector<float> gamma;   // HalfExpOfLowerBounds', for SetNormalizerTargets
+  std::vector<float> gamma;   // HalfExpOfLowerBounds', for SetNormalizerTargets; then
+                              // PartitionSums' corrected estimates
   // Per chunk, the parts of reductions over all arms (see KeepCandidates).
   std::vector<std::vector<uint32_t>> best_arms;
   struct ChunkSums {
@@ -263,7 +264,8 @@ class BatchSampler {
   // The normaliser's per-arm targets of each query, from its HalfExpOfLowerBounds; runs `then`
   // on each chunk once its targets are set.
   void SetNormalizerTargets(absl::Span<QueryState* const> states, ChunkFunction then);
-  // The largest estimate of the chunk, and the sum of exponentials of its estimates below it.
+  // The largest estimate of the chunk, and the sum of exponentials of its estimates below it,
+  // each less options_.lognormal_correction x its variance / 2.
   void PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
   // The result of each query of the batch, in order, from its PartitionSums when it was
   // answered (neither stopped nor sent to the exact path).
@@ -644,8 +646,14 @@ void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states, Ch
 
 void BatchSampler::PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const {
   QueryState::ChunkSums& c = s.chunk_sums[chunk];
-  c.max = MaxOf(&s.estimate[begin], end - begin);
-  c.sum = SumExp(&s.estimate[begin], end - begin, c.max);
+  const float* terms = &s.estimate[begin];  // of the sum of exponentials
+  if (options_.lognormal_correction > 0) {
+    const float half = static_cast<float>(options_.lognormal_correction / 2);
+    for (uint32_t i = begin; i < end; ++i) s.gamma[i] = s.estimate[i] - half * s.variance[i];
+    terms = &s.gamma[begin];
+  }
+  c.max = MaxOf(terms, end - begin);
+  c.sum = SumExp(terms, end - begin, c.max);
 }
 
 std::vector<TopKResult> BatchSampler::Finish(absl::Span<QueryState> states) {
@@ -780,6 +788,10 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options) {
   if (!positive(options.normalizer_multiplier)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "normalizer_multiplier: is %g but must be finite and > 0", options.normalizer_multiplier));
+  }
+  if (!(options.lognormal_correction >= 0 && options.lognormal_correction <= 1)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "lognormal_correction: is %g but must be in [0, 1]", options.lognormal_correction));
   }
   if (!(options.max_sharing_loss >= 1)) {
     return absl::InvalidArgumentError(

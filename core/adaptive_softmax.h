@@ -37,6 +37,14 @@ struct AdaptiveOptions {
   // The warm-up reads at most this fraction of the query's nonzero columns (at least the
   // first 16). REQUIRES: in (0, 1]. Default: 0.1.
   double warmup_fraction = 0.1;
+  // The partition function sums exp(estimate_i - lognormal_correction x variance_i / 2) over
+  // the arms: with an about normal error, exp(estimate_i) overestimates exp(logit_i) by a factor
+  // exp(variance_i / 2) on average, which 1 removes. But the arms the search stopped pulling
+  // early are those whose estimates fell low, so 1 overcorrects and 0 (the paper's estimator)
+  // leaves Z high where many arms stay at the warm-up (calibrated W2 at epsilon 0.3 and top-k
+  // multiplier 0.3: log Z 0.33 high at the median, 0.02 low with 0.5). A calibration holds for
+  // the correction it was made with. REQUIRES: in [0, 1]. Default: 0.
+  double lognormal_correction = 0;
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
   // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one float32

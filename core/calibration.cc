@@ -320,6 +320,7 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   Calibration c;
   c.topk_multiplier = topk[ti];
   c.normalizer_multiplier = normalizer[zi];
+  c.lognormal_correction = base.lognormal_correction;
   c.k = query_options.k;
   c.epsilon = query_options.epsilon;
   c.delta = delta;
@@ -342,6 +343,7 @@ absl::Status WriteCalibration(const std::string& path, const Calibration& c) {
   nlohmann::ordered_json j;
   j["topk_multiplier"] = c.topk_multiplier;
   j["normalizer_multiplier"] = c.normalizer_multiplier;
+  j["lognormal_correction"] = c.lognormal_correction;
   j["k"] = c.k;
   j["epsilon"] = c.epsilon;
   j["delta"] = c.delta;
@@ -414,6 +416,9 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
   Calibration c;
   RETURN_IF_ERROR(number("topk_multiplier", 0, true, kInf, true, &c.topk_multiplier));
   RETURN_IF_ERROR(number("normalizer_multiplier", 0, true, kInf, true, &c.normalizer_multiplier));
+  if (j.contains("lognormal_correction")) {  // absent from files written before it existed
+    RETURN_IF_ERROR(number("lognormal_correction", 0, false, 1, false, &c.lognormal_correction));
+  }
   uint64_t k = 0;
   RETURN_IF_ERROR(count("k", 1, &k));
   if (k > std::numeric_limits<uint32_t>::max()) return bad("k", "is too large");
@@ -444,6 +449,7 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
 void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options) {
   options.topk_multiplier = calibration.topk_multiplier;
   options.normalizer_multiplier = calibration.normalizer_multiplier;
+  options.lognormal_correction = calibration.lognormal_correction;
   options.min_epsilon = calibration.epsilon;
   options.min_delta = calibration.delta;
 }

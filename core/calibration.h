@@ -60,6 +60,8 @@ struct CalibrationOptions {
 struct Calibration {
   double topk_multiplier = 1;
   double normalizer_multiplier = 1;
+  // The AdaptiveOptions::lognormal_correction they were calibrated with.
+  double lognormal_correction = 0;
   // The query parameters the multipliers were calibrated for.
   uint32_t k = 1;
   double epsilon = 0.3;
@@ -96,8 +98,8 @@ std::optional<std::pair<size_t, size_t>> ChooseGridPair(
 // Chooses the multipliers for `model` and the queries' parameters (k, epsilon, delta,
 // temperature from `query_options`; its seed is ignored in favour of options.seed).
 // `queries` holds one query per row (d columns); the first N - round(holdout_fraction * N) rows
-// calibrate, the rest are held out. The other fields of `base` (warm-up fraction, importance)
-// are kept.
+// calibrate, the rest are held out. The other fields of `base` (warm-up fraction, importance,
+// lognormal_correction, which the result records) are kept.
 //
 // Every query is answered alone (a batch of 1) and checked with MeetsPac against its exact
 // double-precision reference (ComputeReference, computed once per query: memory 8 n bytes per
@@ -133,8 +135,9 @@ absl::Status WriteCalibration(const std::string& path, const Calibration& calibr
 // values (e.g. non-positive multipliers), NotFound for a missing file.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& path);
 
-// Sets options' multipliers to the calibration's, and its min_epsilon and min_delta to the
-// epsilon and delta they were calibrated for: stricter queries are answered exactly.
+// Sets options' multipliers and lognormal_correction to the calibration's, and its min_epsilon
+// and min_delta to the epsilon and delta they were calibrated for: stricter queries are answered
+// exactly.
 void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options);
 
 }  // namespace adasoftmax

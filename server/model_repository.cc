@@ -234,6 +234,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   if (c.adaptive().has_topk_multiplier() || c.adaptive().has_normalizer_multiplier()) {
     served->calibration_mode = "manual";
     adaptive.min_epsilon = adaptive.min_delta = 0;
+    adaptive.lognormal_correction = 0;
   }
   if (c.adaptive().has_topk_multiplier()) adaptive.topk_multiplier = c.adaptive().topk_multiplier();
   if (c.adaptive().has_normalizer_multiplier()) {
@@ -246,6 +247,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
       c.adaptive().has_sample_cost() ? c.adaptive().sample_cost() : kDefaultSampleCost;
   if (c.adaptive().has_sampling_memory_fraction()) {
     adaptive.sampling_memory_fraction = c.adaptive().sampling_memory_fraction();
+  }
+  if (c.adaptive().has_lognormal_correction()) {
+    adaptive.lognormal_correction = c.adaptive().lognormal_correction();
   }
   if (c.adaptive().has_max_sharing_loss()) {
     adaptive.max_sharing_loss = c.adaptive().max_sharing_loss();

@@ -318,6 +318,7 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
   EXPECT_LE(printed["failure_bound"].get<double>(), 0.05);
   EXPECT_EQ(printed["calibration_queries"], 84);
   EXPECT_EQ(printed["holdout_queries"], 36);
+  EXPECT_EQ(printed["lognormal_correction"], 0);
 
   // run takes k, epsilon, delta from the file and says nothing when they are not overridden.
   const Output run = Run(With({"run"}, With(ModelArgs(), {"--calibration", file, "--seed", "1",
@@ -351,6 +352,35 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
       EXPECT_LT(ExactAnswers(o.out), 120u);
     }
   }
+
+  // A correction calibrated with is recorded, and runs take it from the file: the same samples
+  // estimate a smaller partition function.
+  const std::string corrected = Path("corrected.json");
+  ASSERT_EQ(
+      Run(With({"calibrate"},
+               With(ModelArgs(), {"--delta", "0.05", "--lognormal-correction", "0.5", "--topk-grid",
+                                  "1", "--normalizer-grid", "1", "--out", corrected})))
+          .code,
+      0);
+  EXPECT_EQ(Json::parse(ReadFile(corrected))["lognormal_correction"], 0.5);
+  auto first_answer = [&](std::vector<std::string> args) {
+    const Output o =
+        Run(With({"run"}, With(ModelArgs(),
+                               With(args, {"--sample-cost", "0", "--seed", "1", "--out", "-"}))));
+    EXPECT_EQ(o.code, 0) << o.err;
+    return Json::parse(Lines(o.out).at(0));
+  };
+  const Json with = first_answer({"--calibration", corrected});
+  const Json without = first_answer({"--multipliers", "1,1", "--delta", "0.05"});
+  EXPECT_EQ(with["samples"], without["samples"]);
+  EXPECT_LT(with["log_partition"].get<double>(), without["log_partition"].get<double>());
+  EXPECT_EQ(first_answer({"--multipliers", "1,1", "--delta", "0.05", "--lognormal-correction",
+                          "0.5"})["log_partition"],
+            with["log_partition"]);
+  ExpectOneLineError(
+      Run(With({"run"}, With(ModelArgs(), {"--lognormal-correction", "0.5", "--calibration",
+                                           corrected, "--out", "x"}))),
+      2, "mutually exclusive");
 
   // Too few queries for the bound: the error names the count needed.
   const Output few =

@@ -135,6 +135,32 @@ TEST(AdaptiveSoftmaxTest, NormaliserMeetsEpsilonWithTemperatureAndBias) {
   EXPECT_LE(failures, 15);
 }
 
+// The correction changes what the samples estimate Z to, not the samples: each arm's term
+// exp(estimate) becomes exp(estimate - c variance / 2), so log Z falls, by at most c / 2 times
+// the largest variance of an arm not computed exactly, and not at all when every arm is exact.
+TEST(AdaptiveSoftmaxTest, LognormalCorrectionLowersTheEstimatedPartitionOnly) {
+  testing::ModelAndQueries head = HeavyHead();
+  const AdaptiveSoftmax plain(head.model);
+  const AdaptiveSoftmax corrected(head.model, {.lognormal_correction = 0.5});
+  int lower = 0;
+  for (size_t q = 0; q < 10; ++q) {
+    const Query query{head.query(q), {.k = 2, .seed = 5 + q}};
+    const TopKResult a = *plain.Answer(query), b = *corrected.Answer(query);
+    EXPECT_EQ(a.samples, b.samples);
+    EXPECT_EQ(a.indices, b.indices);
+    EXPECT_EQ(a.logits, b.logits);
+    EXPECT_LE(b.log_partition, a.log_partition);
+    lower += b.log_partition < a.log_partition - 1e-6;
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_NEAR(std::log(b.probabilities[i]), b.logits[i] - b.log_partition, 1e-9);
+    }
+  }
+  EXPECT_EQ(lower, 10);
+  const uint32_t n = static_cast<uint32_t>(head.model->n());
+  const Query all{head.query(0), {.k = n, .seed = 5}};
+  EXPECT_EQ(plain.Answer(all)->log_partition, corrected.Answer(all)->log_partition);
+}
+
 // Options that sample a whole batch together, whatever its sampling state weighs and whatever
 // sharing costs.
 constexpr AdaptiveOptions kOneGroup = {.sampling_memory_fraction = 1e6,
@@ -536,6 +562,10 @@ TEST(AdaptiveOptionsTest, InvalidOptionsAreRejected) {
   EXPECT_THAT(ValidateAdaptiveOptions({.warmup_fraction = 1.5}).message(),
               HasSubstr("warmup_fraction"));
   EXPECT_THAT(ValidateAdaptiveOptions({.sample_cost = -1}).message(), HasSubstr("sample_cost"));
+  for (double c : {-0.1, 1.5, double(NAN)}) {
+    EXPECT_THAT(ValidateAdaptiveOptions({.lognormal_correction = c}).message(),
+                HasSubstr("lognormal_correction"));
+  }
   EXPECT_THAT(ValidateAdaptiveOptions({.max_sharing_loss = 0.99}).message(),
               HasSubstr("max_sharing_loss"));
   EXPECT_THAT(ValidateAdaptiveOptions({.max_sharing_loss = NAN}).message(),

@@ -63,6 +63,7 @@ Calibration Sample() {
   Calibration c;
   c.topk_multiplier = 0.03;
   c.normalizer_multiplier = 1e-4;
+  c.lognormal_correction = 0.25;
   c.k = 3;
   c.epsilon = 0.2;
   c.delta = 0.05;
@@ -87,6 +88,7 @@ TEST(CalibrationFileTest, RoundTrip) {
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->topk_multiplier, c.topk_multiplier);
   EXPECT_EQ(read->normalizer_multiplier, c.normalizer_multiplier);
+  EXPECT_EQ(read->lognormal_correction, c.lognormal_correction);
   EXPECT_EQ(read->k, c.k);
   EXPECT_EQ(read->epsilon, c.epsilon);
   EXPECT_EQ(read->delta, c.delta);
@@ -100,6 +102,28 @@ TEST(CalibrationFileTest, RoundTrip) {
   EXPECT_EQ(read->holdout_failures, c.holdout_failures);
   EXPECT_EQ(read->holdout_failure_rate, c.holdout_failure_rate);
   EXPECT_EQ(read->holdout_mean_sample_fraction, c.holdout_mean_sample_fraction);
+  std::remove(path.c_str());
+}
+
+// Files written before the correction existed were calibrated without it.
+TEST(CalibrationFileTest, AMissingCorrectionIsNone) {
+  const std::string path = TempPath("old.json");
+  ASSERT_TRUE(WriteCalibration(path, Sample()).ok());
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  const size_t at = text.find("\"lognormal_correction\"");
+  ASSERT_NE(at, std::string::npos);
+  text.erase(at, text.find('\n', at) + 1 - at);
+  WriteFile(path, text);
+  const absl::StatusOr<Calibration> read = ReadCalibration(path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->lognormal_correction, 0.0);
+  AdaptiveOptions options{.lognormal_correction = 0.7};
+  ApplyCalibration(*read, options);
+  EXPECT_EQ(options.lognormal_correction, 0.0);
+  ApplyCalibration(Sample(), options);
+  EXPECT_EQ(options.lognormal_correction, 0.25);
   std::remove(path.c_str());
 }
 
@@ -153,6 +177,10 @@ TEST(CalibrationFileTest, BadFiles) {
   {
     const absl::Status s = ReadWith("normalizer_multiplier", "-1e-3");
     EXPECT_THAT(s.message(), HasSubstr("normalizer_multiplier: is -0.001"));
+  }
+  {
+    const absl::Status s = ReadWith("lognormal_correction", "1.5");
+    EXPECT_THAT(s.message(), HasSubstr("lognormal_correction: is 1.5"));
   }
   {
     const absl::Status s = ReadWith("k", "1.5");
@@ -283,6 +311,7 @@ TEST_F(CalibrateTest, ChoosesMultipliersWithinTheBound) {
   EXPECT_DOUBLE_EQ(c->holdout_failure_rate, c->holdout_failures / 120.0);
   EXPECT_EQ(c->delta, 0.05);
   EXPECT_EQ(c->k, 1u);
+  EXPECT_EQ(c->lognormal_correction, 0.0);
 
   // Reproducible, whatever the thread count; every query samples, whatever the base's bounds.
   options.threads = 1;

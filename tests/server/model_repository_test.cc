@@ -78,7 +78,8 @@ TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
              "batching { max_batch_size: 3 batch_timeout_us: 250 max_queue_size: 9 }\n"
              "audit_fraction: 0\n"
              "adaptive { normalizer_multiplier: 0.5 warmup_fraction: 0.2 sample_cost: 0\n"
-             "           sampling_memory_fraction: 0.5 max_sharing_loss: inf min_delta: 0.001 }\n");
+             "           sampling_memory_fraction: 0.5 max_sharing_loss: inf min_delta: 0.001\n"
+             "           lognormal_correction: 0.4 }\n");
   auto m = Load("m");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->name, "renamed");
@@ -97,6 +98,7 @@ TEST_F(ModelRepositoryTest, ConfigOverridesDefaults) {
   EXPECT_EQ((*m)->adaptive->options().sample_cost, 0.0);
   EXPECT_EQ((*m)->adaptive->options().sampling_memory_fraction, 0.5);
   EXPECT_EQ((*m)->adaptive->options().max_sharing_loss, INFINITY);
+  EXPECT_EQ((*m)->adaptive->options().lognormal_correction, 0.4);
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.0);  // manual multipliers: no bound
   EXPECT_EQ((*m)->adaptive->options().min_delta, 0.001);
 }
@@ -107,6 +109,7 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   cal.normalizer_multiplier = 1e-4;
   cal.epsilon = 0.25;
   cal.delta = 0.02;
+  cal.lognormal_correction = 0.3;
   cal.calibration_queries = 500;
   cal.holdout_queries = 200;
   WriteModel(dir_.Sub("repo/m"), Tiny(), "calibration: \"calibration.json\"\n");
@@ -116,13 +119,14 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   EXPECT_EQ((*m)->calibration_mode, "calibrated");
   EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.03);
   EXPECT_EQ((*m)->adaptive->options().normalizer_multiplier, 1e-4);
+  EXPECT_EQ((*m)->adaptive->options().lognormal_correction, 0.3);
   EXPECT_EQ((*m)->default_epsilon, 0.25);
   EXPECT_EQ((*m)->default_delta, 0.02);
   // Stricter requests are answered exactly.
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.25);
   EXPECT_EQ((*m)->adaptive->options().min_delta, 0.02);
 
-  // Manual multipliers replace the calibrated ones, and the bound with them.
+  // Manual multipliers replace the calibrated ones, and the bound and correction with them.
   WriteModel(dir_.Sub("repo/m"), Tiny(),
              "calibration: \"calibration.json\"\nadaptive { topk_multiplier: 0.5 }\n");
   m = Load("m");
@@ -131,6 +135,7 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.5);
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.0);
   EXPECT_EQ((*m)->adaptive->options().min_delta, 0.0);
+  EXPECT_EQ((*m)->adaptive->options().lognormal_correction, 0.0);
 }
 
 TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
@@ -151,6 +156,7 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"weights: \"weights.npy\"\nadaptive { sampling_memory_fraction: -1 }\n",
        "sampling_memory_fraction"},
       {"weights: \"weights.npy\"\nadaptive { max_sharing_loss: 0.5 }\n", "max_sharing_loss"},
+      {"weights: \"weights.npy\"\nadaptive { lognormal_correction: 2 }\n", "lognormal_correction"},
       {"weights: \"missing.npy\"\n", "missing.npy"},
       {"weights: \"weights.npy\"\nlabels: \"short.txt\"\n", "labels"},
       {"weights: \"weights.npy\"\ncalibration: \"nope.json\"\n", "nope.json"},
