@@ -119,8 +119,8 @@ void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
   AddCorrectionFlag(flags, f);
   flags
       .AddString("calibration", &f->calibration,
-                 "calibration file (from `adasoftmax calibrate`) giving the multipliers; its "
-                 "k, epsilon, delta and temperature are the defaults")
+                 "calibration file (from `adasoftmax calibrate`) giving the multipliers and the "
+                 "lognormal correction; its k, epsilon, delta and temperature are the defaults")
       .Placeholder("PATH");
 }
 
