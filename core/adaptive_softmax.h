@@ -41,9 +41,10 @@ struct AdaptiveOptions {
   // the arms: with an about normal error, exp(estimate_i) overestimates exp(logit_i) by a factor
   // exp(variance_i / 2) on average, which 1 removes. But the arms the search stopped pulling
   // early are those whose estimates fell low, so 1 overcorrects and 0 (the paper's estimator)
-  // leaves Z high where many arms stay at the warm-up (calibrated W2 at epsilon 0.3 and top-k
-  // multiplier 0.3: log Z 0.33 high at the median, 0.02 low with 0.5). A calibration holds for
-  // the correction it was made with. REQUIRES: in [0, 1]. Default: 0.
+  // leaves Z high where many arms stay at the warm-up (W2 at epsilon 0.3, multipliers 0.3 and 5:
+  // log Z 0.33 high at the median, 0.08 with 0.3, 0.02 low with 0.5). A calibration holds for
+  // the correction it was made with; with 0.3 the README's W1-W3 calibrated to multipliers that
+  // read 11-28% fewer entries. REQUIRES: in [0, 1]. Default: 0.
   double lognormal_correction = 0;
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
@@ -122,15 +123,15 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 //
 // The sampled queries of a batch are sampled in groups (see SamplingGroupSize and
 // AdaptiveOptions::max_sharing_loss); a group shares one column order drawn from the weights
-// of all its queries. Arms are processed in chunks of
-// rows, in parallel on the process's worker threads (see ParallelFor); within a chunk each block
-// of columns is read once for every query of the group that still needs it, and each query
-// keeps its own arms, targets and stopping rules. Queries sent to the exact path (see
-// AdaptiveOptions::sample_cost and SkipsSampling), before or during sampling, are answered
-// together by the exact path; so are, whatever sample_cost, queries stricter than the options'
-// min_epsilon or min_delta, and queries whose logits may be too large for the sampler's float
-// estimates to resolve at their epsilon: temperature x (max_i |b_i| + |x| max_i |A_i|) >
-// epsilon x 2^19 (on the OCR head, PAC success fell to 53% at temperature 1e6). Thread-safe.
+// of all its queries. Arms are processed in chunks of rows, in parallel on the process's worker
+// threads (see ParallelFor); within a chunk each block of columns is read once for every query
+// of the group that still needs it, and each query keeps its own arms, targets and stopping
+// rules. Queries sent to the exact path (see AdaptiveOptions::sample_cost and SkipsSampling),
+// before or during sampling, are answered together by the exact path; so are, whatever sample_cost,
+// queries stricter than the options' min_epsilon or min_delta, and queries whose logits may be too
+// large for the sampler's float estimates to resolve at their epsilon: temperature x (max_i |b_i| +
+// |x| max_i |A_i|) > epsilon x 2^19 (on the OCR head, PAC success fell to 53% at temperature 1e6).
+// Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:
   static constexpr uint64_t kProbeEvery = 100;

@@ -71,7 +71,7 @@ TEST(PanelOrderTest, SharingLossesMeasureWhatTheBatchsWeightsCostEachQuery) {
   EXPECT_DOUBLE_EQ(l[0], 3.5);
   EXPECT_DOUBLE_EQ(l[1], 1.4);
   // Without query weights, columns weigh the number of queries reading them: v = (1, 2, 2) x
-  // atom; the second, w = (0, 2, 3): (4 / 4 + 9 / 6) x 11 / 25.
+  // atom; the first, w = (0, 2, 3): (4 / 4 + 9 / 6) x 11 / 25.
   l = losses({{0, 5, 5, 0}, {0, 1, 1, 0}, {7, 0, 0, 0}}, {.query = false});
   EXPECT_DOUBLE_EQ(l[0], 2.5 * 11 / 25);
   EXPECT_DOUBLE_EQ(l[2], 11.0);
