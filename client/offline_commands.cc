@@ -96,16 +96,6 @@ void AddQueryFlags(FlagSet& flags, InputFlags* f) {
   flags.AddDouble("temperature", &f->temperature, "multiplies the logits").Min(0, true);
 }
 
-void AddCorrectionFlag(FlagSet& flags, InputFlags* f) {
-  flags
-      .AddDouble("lognormal-correction", &f->lognormal_correction,
-                 "the partition function sums exp(estimate - C x variance / 2) over the arms; "
-                 "0: the paper's estimator")
-      .Min(0)
-      .Max(1)
-      .Placeholder("C");
-}
-
 void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
   f->multiplier_flags = true;
   flags
@@ -116,7 +106,13 @@ void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
       .Count(2)
       .Min(0, true)
       .Placeholder("T,Z");
-  AddCorrectionFlag(flags, f);
+  flags
+      .AddDouble("lognormal-correction", &f->lognormal_correction,
+                 "the partition function sums exp(estimate - C x variance / 2) over the arms; "
+                 "0: the paper's estimator")
+      .Min(0)
+      .Max(1)
+      .Placeholder("C");
   flags
       .AddString("calibration", &f->calibration,
                  "calibration file (from `adasoftmax calibrate`) giving the multipliers and the "
@@ -594,15 +590,14 @@ int Calibrate(int argc, char** argv) {
   std::string out_path;
   FlagSet flags(
       "calibrate", "--weights PATH --queries PATH --out PATH [flags]",
-      "Evaluates every pair of the grids and chooses the variance multipliers that touch the\n"
-      "fewest bytes of A among pairs whose Clopper-Pearson upper bound on the PAC failure rate\n"
-      "over the calibration queries is at most --delta, as is the bound of their four grid\n"
-      "neighbours (else the cheapest qualifying pair). Reports their failure rate on the\n"
-      "held-out queries (the last --holdout-fraction of the rows). Writes the calibration file\n"
-      "(for run/bench --calibration) and prints it.");
+      "Evaluates every point of the grids and chooses the variance multipliers and lognormal\n"
+      "correction that touch the fewest bytes of A among points whose Clopper-Pearson upper\n"
+      "bound on the PAC failure rate over the calibration queries is at most --delta, as is the\n"
+      "bound of their grid neighbours (else the cheapest qualifying point). Reports their\n"
+      "failure rate on the held-out queries (the last --holdout-fraction of the rows). Writes\n"
+      "the calibration file (for run/bench --calibration) and prints it.");
   AddModelFlags(flags, &f);
   AddQueryFlags(flags, &f);
-  AddCorrectionFlag(flags, &f);
   flags.AddDouble("holdout-fraction", &options.holdout_fraction, "share of queries held out")
       .Min(0, true)
       .Max(1, true);
@@ -614,6 +609,11 @@ int Calibrate(int argc, char** argv) {
       .AddDoubleList("normalizer-grid", &options.normalizer_grid,
                      "candidate normaliser multipliers")
       .Min(0, true);
+  flags
+      .AddDoubleList("correction-grid", &options.correction_grid,
+                     "candidate lognormal corrections (see run --lognormal-correction)")
+      .Min(0)
+      .Max(1);
   flags.AddUint64("seed", &options.seed, "seed the per-query seeds derive from").Placeholder("S");
   flags.AddUint64("threads", &threads, "queries evaluated in parallel").Min(1);
   flags.AddString("out", &out_path, "calibration file to write (JSON)")

@@ -133,6 +133,13 @@ struct QueryState {
     for (const ChunkSums& c : chunk_sums) shift = std::max<double>(shift, c.max);
     return shift;
   }
+  // The log of the chunks' sums added: PartitionSums' log partition.
+  double LogOfSums() const {
+    const double shift = CommonShift();
+    double sum = 0;
+    for (const ChunkSums& c : chunk_sums) sum += c.sum * std::exp(c.max - shift);
+    return shift + std::log(sum);
+  }
   // The bytes of the state's per-arm vectors for n arms: sums (a whole kChunk per chunk), then
   // level; estimate, variance, target and gamma; exact_logit.
   static size_t Bytes(size_t n) {
@@ -162,13 +169,24 @@ struct PullJob {
 
 class BatchSampler {
  public:
-  BatchSampler(const Model& model, const PanelOrder& order, const AdaptiveOptions& options)
-      : model_(model), order_(order), options_(options), n_(model.n()), d_(model.d()) {}
+  // Run also computes the log partition each of `corrections` gives in place of
+  // options.lognormal_correction (see log_partitions()).
+  BatchSampler(const Model& model, const PanelOrder& order, const AdaptiveOptions& options,
+               absl::Span<const double> corrections = {})
+      : model_(model),
+        order_(order),
+        options_(options),
+        corrections_(corrections),
+        n_(model.n()),
+        d_(model.d()) {}
 
   // Results of queries that fell back to the exact path are empty; see fallbacks().
   std::vector<TopKResult> Run(absl::Span<const Query> queries);
   // Indices, in the last Run's batch, of the queries that fell back.
   const std::vector<size_t>& fallbacks() const { return fallbacks_; }
+  // Per query of the last Run's batch, the log partition with each of the corrections, from
+  // the same samples; empty for a query not answered (stopped or fallen back).
+  const std::vector<std::vector<double>>& log_partitions() const { return log_partitions_; }
 
  private:
   // Sets up the query's state; its arms' state (unless it fell back) is left to InitArms, which
@@ -264,9 +282,10 @@ class BatchSampler {
   // The normaliser's per-arm targets of each query, from its HalfExpOfLowerBounds; runs `then`
   // on each chunk once its targets are set.
   void SetNormalizerTargets(absl::Span<QueryState* const> states, ChunkFunction then);
-  // The largest estimate of the chunk, and the sum of exponentials of its estimates below it,
-  // each less options_.lognormal_correction x its variance / 2.
-  void PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const;
+  // The largest of arms [begin, end)'s estimates, each less correction x its variance / 2, and
+  // the sum of their exponentials below it (sum_sq unset). s.gamma is its scratch.
+  QueryState::ChunkSums PartitionSums(QueryState& s, double correction, uint32_t begin,
+                                      uint32_t end) const;
   // The result of each query of the batch, in order, from its PartitionSums when it was
   // answered (neither stopped nor sent to the exact path).
   std::vector<TopKResult> Finish(absl::Span<QueryState> states);
@@ -274,9 +293,11 @@ class BatchSampler {
   const Model& model_;
   const PanelOrder& order_;
   const AdaptiveOptions& options_;
+  const absl::Span<const double> corrections_;
   const size_t n_;
   const size_t d_;
   std::vector<size_t> fallbacks_;
+  std::vector<std::vector<double>> log_partitions_;
 };
 
 void BatchSampler::InitState(const Query& query, QueryState& s) {
@@ -644,31 +665,35 @@ void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states, Ch
   });
 }
 
-void BatchSampler::PartitionSums(QueryState& s, size_t chunk, uint32_t begin, uint32_t end) const {
-  QueryState::ChunkSums& c = s.chunk_sums[chunk];
+QueryState::ChunkSums BatchSampler::PartitionSums(QueryState& s, double correction, uint32_t begin,
+                                                  uint32_t end) const {
   const float* terms = &s.estimate[begin];  // of the sum of exponentials
-  if (options_.lognormal_correction > 0) {
-    const float half = static_cast<float>(options_.lognormal_correction / 2);
+  if (correction > 0) {
+    const float half = static_cast<float>(correction / 2);
     for (uint32_t i = begin; i < end; ++i) s.gamma[i] = s.estimate[i] - half * s.variance[i];
     terms = &s.gamma[begin];
   }
-  c.max = MaxOf(terms, end - begin);
-  c.sum = SumExp(terms, end - begin, c.max);
+  const float max = MaxOf(terms, end - begin);
+  return {.max = max, .sum = SumExp(terms, end - begin, max), .sum_sq = 0};
 }
 
 std::vector<TopKResult> BatchSampler::Finish(absl::Span<QueryState> states) {
   std::vector<TopKResult> results(states.size());
+  log_partitions_.assign(states.size(), {});
   for (size_t q = 0; q < states.size(); ++q) {
-    const QueryState& s = states[q];
+    QueryState& s = states[q];
     TopKResult& result = results[q];
     result.samples = s.samples;
     result.bytes_touched = s.bytes_touched;
     result.sample_fraction = static_cast<double>(s.samples) / (static_cast<double>(n_) * d_);
     if (s.stopped || s.fallback) continue;  // an empty result
-    const double max = s.CommonShift();
-    double sum = 0;
-    for (const QueryState::ChunkSums& c : s.chunk_sums) sum += c.sum * std::exp(c.max - max);
-    result.log_partition = max + std::log(sum);
+    result.log_partition = s.LogOfSums();
+    for (double correction : corrections_) {
+      ForEachChunk([&](size_t chunk, uint32_t begin, uint32_t end) {
+        s.chunk_sums[chunk] = PartitionSums(s, correction, begin, end);
+      });
+      log_partitions_[q].push_back(s.LogOfSums());
+    }
     for (uint32_t i : s.winners) {
       result.indices.push_back(i);
       result.logits.push_back(s.exact_logit[i]);
@@ -766,7 +791,10 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
   });
   DropFallbacks(jobs, predicted);
   auto partition_sums = [&](size_t chunk, uint32_t begin, uint32_t end) {
-    for (const PullJob& job : jobs) PartitionSums(*job.state, chunk, begin, end);
+    for (const PullJob& job : jobs) {
+      QueryState& s = *job.state;
+      s.chunk_sums[chunk] = PartitionSums(s, options_.lognormal_correction, begin, end);
+    }
   };
   PullUntil(jobs, {.then = partition_sums});
 
@@ -881,7 +909,15 @@ std::vector<std::vector<size_t>> AdaptiveSoftmax::SamplingGroups(
 }
 
 std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) const {
+  std::vector<std::vector<double>> log_partitions;
+  return RunWithCorrections(queries, {}, log_partitions);
+}
+
+std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
+    absl::Span<const Query> queries, absl::Span<const double> corrections,
+    std::vector<std::vector<double>>& log_partitions) const {
   std::vector<TopKResult> results(queries.size());
+  log_partitions.assign(queries.size(), {});
   std::vector<size_t> sampled, exact;  // indices into queries
   AdaptiveOptions options = options_;
   options.sample_cost = SampleCost();
@@ -917,12 +953,13 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
     // The sampler's chunks run in parallel right after the serial setup: the workers wake now.
     if (model_->n() * model_->d() >= kParallelMinEntries) WakeWorkers();
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
-    BatchSampler sampler(*model_, order, options);
+    BatchSampler sampler(*model_, order, options, corrections);
     std::vector<TopKResult> answers = sampler.Run(batch);
     sampling_seconds += absl::ToDoubleSeconds(absl::Now() - start);
     for (size_t r = 0; r < answers.size(); ++r) {
       samples += static_cast<double>(answers[r].samples);
       results[group[r]] = std::move(answers[r]);
+      log_partitions[group[r]] = sampler.log_partitions()[r];
     }
     fallbacks += sampler.fallbacks().size();
     for (size_t r : sampler.fallbacks()) exact.push_back(group[r]);
@@ -938,6 +975,7 @@ std::vector<TopKResult> AdaptiveSoftmax::Run(absl::Span<const Query> queries) co
         seconds * (cost - ExactBatchCost(*model_, exact.size() - fallbacks)) / cost;
     for (size_t r = 0; r < answers.size(); ++r) {
       answers[r].bytes_touched += results[exact[r]].bytes_touched;  // what sampling touched first
+      log_partitions[exact[r]].assign(corrections.size(), answers[r].log_partition);
       results[exact[r]] = std::move(answers[r]);
     }
   }

@@ -147,6 +147,15 @@ class AdaptiveSoftmax : public TopKSoftmax {
 
   std::vector<TopKResult> Run(absl::Span<const Query> queries) const override;
 
+  // Run's answers, and in log_partitions[q][l] the log partition queries[q] gets with
+  // lognormal_correction corrections[l] in place of options().lognormal_correction. The
+  // correction moves nothing but the partition function, so calibration scores several from one
+  // sampling run. A query answered exactly gets its exact log partition for each; one stopped,
+  // none. REQUIRES: as Run's; every correction in [0, 1].
+  std::vector<TopKResult> RunWithCorrections(
+      absl::Span<const Query> queries, absl::Span<const double> corrections,
+      std::vector<std::vector<double>>& log_partitions) const;
+
   // With a meter, times SampleCostMeter::kWarmup exact passes over a placeholder query (after
   // one untimed) and reports them to it. Otherwise the exact path is timed only when queries
   // skip sampling or fall back, and until it was timed kWarmup times the meter prices samples at

@@ -74,12 +74,25 @@ struct Split {
   size_t size() const { return end - begin; }
 };
 
+// One multiplier pair's evaluation, with each of the corrections.
 struct Evaluation {
-  size_t failures = 0;
-  bool complete = false;  // false when stopped early for exceeding max_failures
+  std::vector<size_t> failures;  // per correction
+  bool complete = false;         // false when stopped early, every correction over max_failures
   double mean_sample_fraction = 0;
   double mean_bytes_touched = 0;
+  bool Qualifies(size_t l, size_t max_failures) const {
+    return complete && failures[l] <= max_failures;
+  }
 };
+
+// `result` with the log partition `log_partition`.
+TopKResult WithLogPartition(TopKResult result, double log_partition) {
+  result.log_partition = log_partition;
+  for (size_t r = 0; r < result.logits.size(); ++r) {
+    result.probabilities[r] = std::exp(result.logits[r] - log_partition);
+  }
+  return result;
+}
 
 // The state shared by every evaluation of one Calibrate call.
 class Evaluator {
@@ -100,9 +113,10 @@ class Evaluator {
     });
   }
 
-  // Answers the queries of `split` with the multipliers (t, z); stops once failures exceed
-  // max_failures.
-  Evaluation Evaluate(double t, double z, Split split, size_t max_failures) const {
+  // Answers the queries of `split` with the multipliers (t, z), checked with each of the
+  // corrections; stops once every correction's failures exceed max_failures.
+  Evaluation Evaluate(double t, double z, absl::Span<const double> corrections, Split split,
+                      size_t max_failures) const {
     AdaptiveOptions adaptive = base_;
     adaptive.topk_multiplier = t;
     adaptive.normalizer_multiplier = z;
@@ -111,24 +125,32 @@ class Evaluator {
     adaptive.min_epsilon = adaptive.min_delta = 0;
     const AdaptiveSoftmax solver(model_, adaptive);
     std::vector<double> fractions(split.size(), 0), bytes(split.size(), 0);
-    std::atomic<size_t> failures{0};
+    std::vector<std::atomic<size_t>> failures(corrections.size());
+    std::atomic<size_t> over{0};  // corrections whose failures exceed max_failures
     std::atomic<size_t> done{0};
     ParallelFor(split.size(), options_.threads, [&](size_t i) {
       const size_t r = split.begin + i;
       Query q{Row(r), query_, {}};
       q.options.seed = QuerySeed(options_.seed, r);
-      const TopKResult result = std::move(solver.Run(absl::MakeConstSpan(&q, 1)).front());
+      std::vector<std::vector<double>> log_partitions;
+      const TopKResult result = std::move(
+          solver.RunWithCorrections(absl::MakeConstSpan(&q, 1), corrections, log_partitions)
+              .front());
       fractions[i] = result.sample_fraction;
       bytes[i] = static_cast<double>(result.bytes_touched);
       done.fetch_add(1);
-      if (!MeetsPac(result, references_[r], query_.k, query_.epsilon)) {
-        return failures.fetch_add(1) + 1 <= max_failures;
+      for (size_t l = 0; l < corrections.size(); ++l) {
+        const TopKResult corrected = WithLogPartition(result, log_partitions.front()[l]);
+        if (!MeetsPac(corrected, references_[r], query_.k, query_.epsilon) &&
+            failures[l].fetch_add(1) == max_failures) {
+          over.fetch_add(1);
+        }
       }
-      return true;
+      return over.load() < corrections.size();
     });
     Evaluation e;
-    e.failures = failures.load();
-    e.complete = done.load() == split.size() && e.failures <= max_failures;
+    for (const std::atomic<size_t>& f : failures) e.failures.push_back(f.load());
+    e.complete = done.load() == split.size();
     if (e.complete && split.size() > 0) {
       // Summed in row order, so the means are reproducible.
       e.mean_sample_fraction = std::accumulate(fractions.begin(), fractions.end(), 0.0) /
@@ -156,6 +178,17 @@ absl::Status ValidateGrid(const char* name, const std::vector<double>& grid) {
     if (!(std::isfinite(v) && v > 0)) {
       return absl::InvalidArgumentError(
           absl::StrFormat("%s: holds %g but every entry must be finite and > 0", name, v));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateCorrectionGrid(const std::vector<double>& grid) {
+  if (grid.empty()) return absl::InvalidArgumentError("correction_grid: is empty");
+  for (double v : grid) {
+    if (!(v >= 0 && v <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("correction_grid: holds %g but every entry must be in [0, 1]", v));
     }
   }
   return absl::OkStatus();
@@ -206,23 +239,40 @@ size_t MinimumTrials(double rate, double confidence) {
   return static_cast<size_t>(std::ceil(std::log1p(-confidence) / std::log1p(-rate) - 1e-9));
 }
 
-std::optional<std::pair<size_t, size_t>> ChooseGridPair(
-    const std::vector<std::vector<GridPair>>& grid) {
-  auto qualifies = [&](size_t i, size_t j) { return grid[i][j].qualifies; };
-  auto interior = [&](size_t i, size_t j) {
-    return i > 0 && i + 1 < grid.size() && j > 0 && j + 1 < grid[i].size() && qualifies(i - 1, j) &&
-           qualifies(i + 1, j) && qualifies(i, j - 1) && qualifies(i, j + 1);
+std::optional<GridIndex> ChooseGridPoint(const CalibrationGrid& grid) {
+  auto at = [&](const GridIndex& p) -> const GridPoint& { return grid[p[0]][p[1]][p[2]]; };
+  const GridIndex size = {grid.size(), grid[0].size(), grid[0][0].size()};
+  auto inside = [&](const GridIndex& p) {
+    for (size_t axis = 0; axis < 3; ++axis) {
+      if (size[axis] == 1) continue;
+      if (p[axis] == 0 || p[axis] + 1 == size[axis]) return false;
+      GridIndex below = p, above = p;
+      --below[axis];
+      ++above[axis];
+      if (!at(below).qualifies || !at(above).qualifies) return false;
+    }
+    return true;
   };
-  std::optional<std::pair<size_t, size_t>> best;
-  bool best_interior = false;
-  for (size_t i = 0; i < grid.size(); ++i) {
-    for (size_t j = 0; j < grid[i].size(); ++j) {
-      if (!qualifies(i, j)) continue;
-      const bool inside = interior(i, j);
-      const bool cheaper = !best || grid[i][j].cost < grid[best->first][best->second].cost;
-      if ((inside && !best_interior) || (inside == best_interior && cheaper)) {
-        best = {i, j};
-        best_interior = inside;
+  // Whether a qualifying point beats `best`: margin first, then cost, then failures.
+  std::optional<GridIndex> best;
+  bool best_inside = false;
+  auto better = [&](const GridIndex& p, bool p_inside) {
+    if (!best) return true;
+    if (p_inside != best_inside) return p_inside;
+    const GridPoint &a = at(p), &b = at(*best);
+    if (a.cost != b.cost) return a.cost < b.cost;
+    return a.failures < b.failures;
+  };
+  GridIndex p;
+  for (p[0] = 0; p[0] < size[0]; ++p[0]) {
+    for (p[1] = 0; p[1] < size[1]; ++p[1]) {
+      for (p[2] = 0; p[2] < size[2]; ++p[2]) {
+        if (!at(p).qualifies) continue;
+        const bool p_inside = inside(p);
+        if (better(p, p_inside)) {
+          best = p;
+          best_inside = p_inside;
+        }
       }
     }
   }
@@ -244,6 +294,7 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   }
   RETURN_IF_ERROR(ValidateGrid("topk_grid", options.topk_grid));
   RETURN_IF_ERROR(ValidateGrid("normalizer_grid", options.normalizer_grid));
+  RETURN_IF_ERROR(ValidateCorrectionGrid(options.correction_grid));
   if (options.threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("threads: is %d but must be >= 1", options.threads));
@@ -295,46 +346,51 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
 
   const std::vector<double> topk = SortedUnique(options.topk_grid);
   const std::vector<double> normalizer = SortedUnique(options.normalizer_grid);
-  std::vector<std::vector<GridPair>> grid(topk.size(), std::vector<GridPair>(normalizer.size()));
+  const std::vector<double> corrections = SortedUnique(options.correction_grid);
+  CalibrationGrid grid(topk.size(), std::vector<std::vector<GridPoint>>(normalizer.size()));
   std::vector<std::vector<Evaluation>> evaluations(grid.size());
   for (size_t i = 0; i < topk.size(); ++i) {
     for (size_t j = 0; j < normalizer.size(); ++j) {
-      const Evaluation e = evaluator.Evaluate(topk[i], normalizer[j], calibration, max_failures);
-      grid[i][j] = {e.complete, e.mean_bytes_touched};
+      const Evaluation e =
+          evaluator.Evaluate(topk[i], normalizer[j], corrections, calibration, max_failures);
+      for (size_t l = 0; l < corrections.size(); ++l) {
+        grid[i][j].push_back({e.Qualifies(l, max_failures), e.mean_bytes_touched, e.failures[l]});
+      }
       evaluations[i].push_back(e);
     }
   }
-  const std::optional<std::pair<size_t, size_t>> chosen = ChooseGridPair(grid);
+  const std::optional<GridIndex> chosen = ChooseGridPoint(grid);
   if (!chosen) {
     return absl::FailedPreconditionError(absl::StrFormat(
-        "no multiplier pair qualifies: each of the %d evaluated pairs had more than %d PAC "
-        "failures among %d calibration queries, the most that keeps the Clopper-Pearson bound "
-        "at or below delta = %g; try larger multipliers or more queries (0 failures needs at "
-        "least %d calibration queries; a pair whose true failure rate is near delta needs "
-        "many more)",
+        "no multiplier pair qualifies with any correction: each of the %d evaluated pairs had "
+        "more than %d PAC failures among %d calibration queries, the most that keeps the "
+        "Clopper-Pearson bound at or below delta = %g; try larger multipliers or more queries "
+        "(0 failures needs at least %d calibration queries; a pair whose true failure rate is "
+        "near delta needs many more)",
         topk.size() * normalizer.size(), max_failures, calibration.size(), delta, needed));
   }
-  const auto [ti, zi] = *chosen;
+  const auto [ti, zi, ci] = *chosen;
   const Evaluation& best_eval = evaluations[ti][zi];
 
   Calibration c;
   c.topk_multiplier = topk[ti];
   c.normalizer_multiplier = normalizer[zi];
-  c.lognormal_correction = base.lognormal_correction;
+  c.lognormal_correction = corrections[ci];
   c.k = query_options.k;
   c.epsilon = query_options.epsilon;
   c.delta = delta;
   c.temperature = query_options.temperature;
   c.confidence = options.confidence;
   c.calibration_queries = calibration.size();
-  c.calibration_failures = best_eval.failures;
-  c.failure_bound = ClopperPearsonUpper(best_eval.failures, calibration.size(), options.confidence);
+  c.calibration_failures = best_eval.failures[ci];
+  c.failure_bound =
+      ClopperPearsonUpper(c.calibration_failures, calibration.size(), options.confidence);
   c.calibration_mean_sample_fraction = best_eval.mean_sample_fraction;
-  const Evaluation held =
-      evaluator.Evaluate(topk[ti], normalizer[zi], holdout, std::numeric_limits<size_t>::max());
+  const Evaluation held = evaluator.Evaluate(topk[ti], normalizer[zi], {corrections[ci]}, holdout,
+                                             std::numeric_limits<size_t>::max());
   c.holdout_queries = holdout.size();
-  c.holdout_failures = held.failures;
-  c.holdout_failure_rate = static_cast<double>(held.failures) / holdout.size();
+  c.holdout_failures = held.failures.front();
+  c.holdout_failure_rate = static_cast<double>(c.holdout_failures) / holdout.size();
   c.holdout_mean_sample_fraction = held.mean_sample_fraction;
   return c;
 }

@@ -1,12 +1,13 @@
 #ifndef ADASOFTMAX_CORE_CALIBRATION_H_
 #define ADASOFTMAX_CORE_CALIBRATION_H_
 
-// Calibration of the adaptive path's variance multipliers ("Learn then Test", Angelopoulos et
-// al. 2021): pick cheap multipliers whose Clopper-Pearson upper confidence bound on the PAC
-// failure rate, measured on calibration queries, is at most delta, as is their neighbours' on
-// the grid (ChooseGridPair); then report the failure rate of that choice on held-out queries
-// that played no part in the choice.
+// Calibration of the adaptive path's variance multipliers and lognormal correction ("Learn then
+// Test", Angelopoulos et al. 2021): pick cheap ones whose Clopper-Pearson upper confidence bound
+// on the PAC failure rate, measured on calibration queries, is at most delta, as is their
+// neighbours' on the grid (ChooseGridPoint); then report the failure rate of that choice on
+// held-out queries that played no part in the choice.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -47,6 +48,10 @@ struct CalibrationOptions {
   // finite and > 0.
   std::vector<double> topk_grid = {1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 0.5, 0.7, 1, 2, 3};
   std::vector<double> normalizer_grid = {1e-5, 1e-4, 1e-3, 0.01, 0.1, 1, 2, 3, 5, 10};
+  // Candidate AdaptiveOptions::lognormal_correction values. The correction moves only the
+  // partition function, so each multiplier pair's sampling run scores all of them. REQUIRES:
+  // non-empty, every entry in [0, 1].
+  std::vector<double> correction_grid = {0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1};
   // Query q (row index) runs with a nonzero seed derived from (seed, q), the same at every grid
   // point (common random numbers), so calibration is reproducible and comparisons between grid
   // points are not blurred by sampling noise. Default: 1.
@@ -60,7 +65,7 @@ struct CalibrationOptions {
 struct Calibration {
   double topk_multiplier = 1;
   double normalizer_multiplier = 1;
-  // The AdaptiveOptions::lognormal_correction they were calibrated with.
+  // The AdaptiveOptions::lognormal_correction chosen with them.
   double lognormal_correction = 0;
   // The query parameters the multipliers were calibrated for.
   uint32_t k = 1;
@@ -68,8 +73,8 @@ struct Calibration {
   double delta = 0.01;
   double temperature = 1;
   double confidence = 0.95;
-  // Calibration split: size, PAC failures of the chosen multipliers, their Clopper-Pearson
-  // upper bound (<= delta) and mean samples / (n * d).
+  // Calibration split: size, PAC failures of the chosen multipliers and correction, their
+  // Clopper-Pearson upper bound (<= delta) and mean samples / (n * d).
   uint64_t calibration_queries = 0;
   uint64_t calibration_failures = 0;
   double failure_bound = 0;
@@ -81,46 +86,53 @@ struct Calibration {
   double holdout_mean_sample_fraction = 0;
 };
 
-// One evaluated pair of the calibration grid.
-struct GridPair {
+// One evaluated point of the calibration grid.
+struct GridPoint {
   bool qualifies = false;  // its failure bound is at most delta
   double cost = 0;         // mean bytes of A touched per query (TopKResult::bytes_touched)
+  size_t failures = 0;     // PAC failures among the calibration queries
 };
 
-// The pair Calibrate picks from grid[i][j] (top-k multiplier i, normaliser multiplier j, both
-// ascending): the qualifying pair of least cost among those inside the grid whose four
-// neighbours (i +/- 1 at j, j +/- 1 at i) all qualify too; when no qualifying pair has that
-// margin, the cheapest qualifying pair. Ties go to the first in (i, j) order. None when no
-// pair qualifies.
-std::optional<std::pair<size_t, size_t>> ChooseGridPair(
-    const std::vector<std::vector<GridPair>>& grid);
+// Points indexed [top-k multiplier i][normaliser multiplier j][correction l], each ascending.
+// Rectangular, every dimension non-empty.
+using CalibrationGrid = std::vector<std::vector<std::vector<GridPoint>>>;
+using GridIndex = std::array<size_t, 3>;
 
-// Chooses the multipliers for `model` and the queries' parameters (k, epsilon, delta,
-// temperature from `query_options`; its seed is ignored in favour of options.seed).
-// `queries` holds one query per row (d columns); the first N - round(holdout_fraction * N) rows
-// calibrate, the rest are held out. The other fields of `base` (warm-up fraction, importance,
-// lognormal_correction, which the result records) are kept.
+// The point Calibrate picks: the qualifying point of least cost among those with a margin, whose
+// two neighbours along each axis of more than one value (i +/- 1, j +/- 1, l +/- 1) qualify too;
+// when no qualifying point has that margin, the cheapest qualifying point. Ties (a pair's
+// corrections cost the same) go to fewer failures, then to the first in (i, j, l) order. None
+// when no point qualifies.
+std::optional<GridIndex> ChooseGridPoint(const CalibrationGrid& grid);
+
+// Chooses the multipliers and lognormal correction for `model` and the queries' parameters (k,
+// epsilon, delta, temperature from `query_options`; its seed is ignored in favour of
+// options.seed). `queries` holds one query per row (d columns); the first N -
+// round(holdout_fraction * N) rows calibrate, the rest are held out. The other fields of `base`
+// (warm-up fraction, importance) are kept; its lognormal_correction is ignored.
 //
 // Every query is answered alone (a batch of 1) and checked with MeetsPac against its exact
 // double-precision reference (ComputeReference, computed once per query: memory 8 n bytes per
-// query). A grid pair qualifies when ClopperPearsonUpper(failures, calibration queries,
-// confidence) <= delta; an evaluation stops as soon as its failures exceed what the bound
-// allows. Every pair of the grid is evaluated: failures are not monotone in the multipliers
-// (on a GPT-2-sized head, a top-k multiplier of 0.5 passes with normaliser multiplier 3 and
-// fails with 5, and 0.3 passes with 0.001 and fails with 3), and neither are samples. The
-// choice is ChooseGridPair's: a qualifying pair beside a failing one may have passed by luck,
-// next to a cliff in the failure rate. Its cost is the bytes the kernels touch, which tracks
-// wall-clock time better than samples do: on the 128256 x 4096 head, the pair with the fewest
-// samples (0.137 of A against 0.150) touched 17% more bytes and took 1.5x as long.
+// query), once per correction, from one sampling run per multiplier pair (see
+// AdaptiveSoftmax::RunWithCorrections). A grid point qualifies when
+// ClopperPearsonUpper(failures, calibration queries, confidence) <= delta; a pair's evaluation
+// stops as soon as every correction's failures exceed what the bound allows. Every pair of the
+// grid is evaluated: failures are not monotone in the multipliers (on a GPT-2-sized head, a
+// top-k multiplier of 0.5 passes with normaliser multiplier 3 and fails with 5, and 0.3 passes
+// with 0.001 and fails with 3), and neither are samples. The choice is ChooseGridPoint's: a
+// qualifying point beside a failing one may have passed by luck, next to a cliff in the failure
+// rate. Its cost is the bytes the kernels touch, which tracks wall-clock time better than
+// samples do: on the 128256 x 4096 head, the pair with the fewest samples (0.137 of A against
+// 0.150) touched 17% more bytes and took 1.5x as long.
 //
 // The exact fallback is off while evaluating, and every query is sampled (base.sample_cost,
 // min_epsilon and min_delta are ignored).
 //
-// The bound holds for each pair separately; choosing the cheapest of several qualifying pairs
+// The bound holds for each point separately; choosing the cheapest of several qualifying points
 // is what the held-out split checks.
 //
 // Errors: InvalidArgument naming the field for bad options or queries; FailedPrecondition when
-// the calibration split is too small for any pair to qualify, or when none does, with the
+// the calibration split is too small for any point to qualify, or when none does, with the
 // number of calibration queries needed at least.
 absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const Matrix& queries,
                                       const QueryOptions& query_options,

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -318,7 +319,11 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
   EXPECT_LE(printed["failure_bound"].get<double>(), 0.05);
   EXPECT_EQ(printed["calibration_queries"], 84);
   EXPECT_EQ(printed["holdout_queries"], 36);
-  EXPECT_EQ(printed["lognormal_correction"], 0);
+  // One of the default grid's corrections: 0, 0.1, ..., 1.
+  const double correction = printed["lognormal_correction"].get<double>();
+  EXPECT_GE(correction, 0);
+  EXPECT_LE(correction, 1);
+  EXPECT_NEAR(correction * 10, std::round(correction * 10), 1e-9);
 
   // run takes k, epsilon, delta from the file and says nothing when they are not overridden.
   const Output run = Run(With({"run"}, With(ModelArgs(), {"--calibration", file, "--seed", "1",
@@ -353,13 +358,13 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
     }
   }
 
-  // A correction calibrated with is recorded, and runs take it from the file: the same samples
+  // The correction chosen is recorded, and runs take it from the file: the same samples
   // estimate a smaller partition function.
   const std::string corrected = Path("corrected.json");
   ASSERT_EQ(
       Run(With({"calibrate"},
-               With(ModelArgs(), {"--delta", "0.05", "--lognormal-correction", "0.5", "--topk-grid",
-                                  "1", "--normalizer-grid", "1", "--out", corrected})))
+               With(ModelArgs(), {"--delta", "0.05", "--correction-grid", "0.5", "--topk-grid", "1",
+                                  "--normalizer-grid", "1", "--out", corrected})))
           .code,
       0);
   EXPECT_EQ(Json::parse(ReadFile(corrected))["lognormal_correction"], 0.5);
@@ -381,6 +386,9 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
       Run(With({"run"}, With(ModelArgs(), {"--lognormal-correction", "0.5", "--calibration",
                                            corrected, "--out", "x"}))),
       2, "mutually exclusive");
+  ExpectOneLineError(Run(With({"calibrate"}, With(ModelArgs(), {"--correction-grid", "0,1.5",
+                                                                "--out", Path("never.json")}))),
+                     2, "correction-grid");
 
   // Too few queries for the bound: the error names the count needed.
   const Output few =

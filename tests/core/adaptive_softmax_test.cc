@@ -161,6 +161,34 @@ TEST(AdaptiveSoftmaxTest, LognormalCorrectionLowersTheEstimatedPartitionOnly) {
   EXPECT_EQ(plain.Answer(all)->log_partition, corrected.Answer(all)->log_partition);
 }
 
+// One sampling run scores several corrections: each log partition is the one a run with that
+// correction gives, bit for bit; queries answered exactly get their exact one for each.
+TEST(AdaptiveSoftmaxTest, RunWithCorrectionsGivesEachCorrectionsPartition) {
+  testing::ModelAndQueries head = HeavyHead();
+  const std::vector<double> corrections = {0, 0.3, 1};
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 4; ++q) batch.push_back({head.query(q), {.seed = 3 + q}});
+  batch.push_back({head.query(4), {.epsilon = 0.01, .seed = 9}});  // below min_epsilon: exact
+  const AdaptiveSoftmax adaptive(head.model, {.lognormal_correction = 0.5, .min_epsilon = 0.1});
+  std::vector<std::vector<double>> log_partitions;
+  const std::vector<TopKResult> results =
+      adaptive.RunWithCorrections(batch, corrections, log_partitions);
+  ASSERT_EQ(log_partitions.size(), batch.size());
+  EXPECT_EQ(results[0].log_partition, adaptive.Run(batch)[0].log_partition);
+  for (size_t l = 0; l < corrections.size(); ++l) {
+    const AdaptiveSoftmax alone(head.model,
+                                {.lognormal_correction = corrections[l], .min_epsilon = 0.1});
+    const std::vector<TopKResult> expected = alone.Run(batch);
+    for (size_t q = 0; q < batch.size(); ++q) {
+      ASSERT_EQ(log_partitions[q].size(), corrections.size());
+      EXPECT_EQ(log_partitions[q][l], expected[q].log_partition) << q << " " << l;
+      EXPECT_EQ(results[q].samples, expected[q].samples);
+    }
+  }
+  EXPECT_TRUE(results[4].exact);
+  EXPECT_LT(log_partitions[0][2], log_partitions[0][0]);
+}
+
 // Options that sample a whole batch together, whatever its sampling state weighs and whatever
 // sharing costs.
 constexpr AdaptiveOptions kOneGroup = {.sampling_memory_fraction = 1e6,

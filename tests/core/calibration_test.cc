@@ -202,48 +202,68 @@ TEST(CalibrationFileTest, BadFiles) {
   std::remove(path.c_str());
 }
 
-// A grid from rows of costs, one row per top-k multiplier; a negative cost marks a pair that
-// fails.
-std::vector<std::vector<GridPair>> Grid(const std::vector<std::vector<double>>& costs) {
-  std::vector<std::vector<GridPair>> grid;
+// A grid of one correction from rows of costs, one row per top-k multiplier; a negative cost
+// marks a point that fails.
+CalibrationGrid Grid(const std::vector<std::vector<double>>& costs) {
+  CalibrationGrid grid;
   for (const std::vector<double>& row : costs) {
     grid.emplace_back();
-    for (double cost : row) grid.back().push_back({cost >= 0, cost});
+    for (double cost : row) grid.back().push_back({{cost >= 0, cost, 0}});
   }
   return grid;
 }
 
-TEST(ChooseGridPairTest, PrefersACheapPairWhoseNeighboursQualify) {
+TEST(ChooseGridPointTest, PrefersACheapPairWhoseNeighboursQualify) {
   // (1, 1) is the cheapest, but (0, 1) beside it fails; (3, 3) is cheaper still but at the
   // grid's edge. (2, 2) is the cheapest with four qualifying neighbours.
-  EXPECT_EQ(ChooseGridPair(Grid({{0.9, -1, 0.9, 0.9},
-                                 {0.8, 0.1, 0.7, 0.8},
-                                 {0.8, 0.6, 0.5, 0.4},
-                                 {0.9, 0.8, 0.3, 0.2}})),
-            std::make_pair(size_t{2}, size_t{2}));
+  EXPECT_EQ(
+      ChooseGridPoint(Grid(
+          {{0.9, -1, 0.9, 0.9}, {0.8, 0.1, 0.7, 0.8}, {0.8, 0.6, 0.5, 0.4}, {0.9, 0.8, 0.3, 0.2}})),
+      (GridIndex{2, 2, 0}));
   // Without (2, 2)'s margin ((2, 3) fails), the cheapest pair with one is (2, 1).
-  EXPECT_EQ(ChooseGridPair(Grid({{0.9, -1, 0.9, 0.9},
-                                 {0.8, 0.1, 0.7, 0.8},
-                                 {0.8, 0.6, 0.5, -1},
-                                 {0.9, 0.8, 0.3, 0.2}})),
-            std::make_pair(size_t{2}, size_t{1}));
+  EXPECT_EQ(
+      ChooseGridPoint(Grid(
+          {{0.9, -1, 0.9, 0.9}, {0.8, 0.1, 0.7, 0.8}, {0.8, 0.6, 0.5, -1}, {0.9, 0.8, 0.3, 0.2}})),
+      (GridIndex{2, 1, 0}));
 }
 
-TEST(ChooseGridPairTest, FallsBackToTheCheapestQualifyingPair) {
+TEST(ChooseGridPointTest, FallsBackToTheCheapestQualifyingPair) {
   // Every qualifying pair has a failing neighbour or lies on the grid's edge.
-  EXPECT_EQ(ChooseGridPair(Grid({{0.9, 0.8, 0.9}, {0.7, -1, 0.3}, {0.9, 0.8, 0.4}})),
-            std::make_pair(size_t{1}, size_t{2}));
-  EXPECT_EQ(ChooseGridPair(Grid({{0.5}})), std::make_pair(size_t{0}, size_t{0}));
+  EXPECT_EQ(ChooseGridPoint(Grid({{0.9, 0.8, 0.9}, {0.7, -1, 0.3}, {0.9, 0.8, 0.4}})),
+            (GridIndex{1, 2, 0}));
+  EXPECT_EQ(ChooseGridPoint(Grid({{0.5}})), (GridIndex{0, 0, 0}));
 }
 
-TEST(ChooseGridPairTest, NoneWhenNothingQualifiesAndTiesGoFirst) {
-  EXPECT_EQ(ChooseGridPair(Grid({{-1, -1}, {-1, -1}})), std::nullopt);
-  EXPECT_EQ(ChooseGridPair(Grid({{0.5, 0.5}, {0.5, 0.5}})), std::make_pair(size_t{0}, size_t{0}));
-  EXPECT_EQ(ChooseGridPair(Grid({{0.5, 0.5, 0.5, 0.5},
-                                 {0.5, 0.5, 0.5, 0.5},
-                                 {0.5, 0.5, 0.5, 0.5},
-                                 {0.5, 0.5, 0.5, 0.5}})),
-            std::make_pair(size_t{1}, size_t{1}));
+TEST(ChooseGridPointTest, NoneWhenNothingQualifiesAndTiesGoFirst) {
+  EXPECT_EQ(ChooseGridPoint(Grid({{-1, -1}, {-1, -1}})), std::nullopt);
+  EXPECT_EQ(ChooseGridPoint(Grid({{0.5, 0.5}, {0.5, 0.5}})), (GridIndex{0, 0, 0}));
+  EXPECT_EQ(ChooseGridPoint(Grid({{0.5, 0.5, 0.5, 0.5},
+                                  {0.5, 0.5, 0.5, 0.5},
+                                  {0.5, 0.5, 0.5, 0.5},
+                                  {0.5, 0.5, 0.5, 0.5}})),
+            (GridIndex{1, 1, 0}));
+  // An axis of one value asks for no neighbours.
+  EXPECT_EQ(ChooseGridPoint(Grid({{0.5, 0.4, 0.5}})), (GridIndex{0, 1, 0}));
+}
+
+TEST(ChooseGridPointTest, CorrectionsNeedAMarginThenFewFailures) {
+  // 3 x 3 pairs, 4 corrections, every point qualifying; the middle pair is the cheapest.
+  CalibrationGrid grid(3, std::vector<std::vector<GridPoint>>(3));
+  for (size_t i = 0; i < 3; ++i) {
+    for (size_t j = 0; j < 3; ++j) {
+      const double cost = i == 1 && j == 1 ? 0.1 : 0.5;
+      for (size_t failures : {0, 2, 1, 0}) grid[i][j].push_back({true, cost, failures});
+    }
+  }
+  // Corrections 1 and 2 have a margin; of those, 2 failed less. 0 and 3 failed less still but
+  // lie on the axis' edge.
+  EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 2}));
+  // Correction 3 fails for the middle pair: 2 has no margin left, 1 has.
+  grid[1][1][3].qualifies = false;
+  EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 1}));
+  // A margin is lost when a neighbouring pair fails at that correction.
+  grid[0][1][1].qualifies = false;
+  EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 0}));
 }
 
 class CalibrateTest : public ::testing::Test {
@@ -311,16 +331,18 @@ TEST_F(CalibrateTest, ChoosesMultipliersWithinTheBound) {
   EXPECT_DOUBLE_EQ(c->holdout_failure_rate, c->holdout_failures / 120.0);
   EXPECT_EQ(c->delta, 0.05);
   EXPECT_EQ(c->k, 1u);
-  EXPECT_EQ(c->lognormal_correction, 0.0);
+  EXPECT_THAT(options.correction_grid, ::testing::Contains(c->lognormal_correction));
 
-  // Reproducible, whatever the thread count; every query samples, whatever the base's bounds.
+  // Reproducible, whatever the thread count; every query samples, whatever the base's bounds;
+  // the base's correction plays no part.
   options.threads = 1;
-  const absl::StatusOr<Calibration> again =
-      Calibrate(*model_, *queries_, Options(),
-                AdaptiveOptions{.min_epsilon = 0.9, .min_delta = 0.5}, options);
+  const absl::StatusOr<Calibration> again = Calibrate(
+      *model_, *queries_, Options(),
+      AdaptiveOptions{.lognormal_correction = 0.9, .min_epsilon = 0.9, .min_delta = 0.5}, options);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->topk_multiplier, c->topk_multiplier);
   EXPECT_EQ(again->normalizer_multiplier, c->normalizer_multiplier);
+  EXPECT_EQ(again->lognormal_correction, c->lognormal_correction);
   EXPECT_EQ(again->calibration_failures, c->calibration_failures);
   EXPECT_EQ(again->calibration_mean_sample_fraction, c->calibration_mean_sample_fraction);
   EXPECT_EQ(again->holdout_failures, c->holdout_failures);
@@ -353,6 +375,13 @@ TEST_F(CalibrateTest, InvalidOptionsNameTheField) {
   options.normalizer_grid = {};
   EXPECT_THAT(Calibrate(*model_, few, Options(), {}, options).status().message(),
               HasSubstr("normalizer_grid"));
+  options = CalibrationOptions{};
+  options.correction_grid = {0, 1.5};
+  EXPECT_THAT(Calibrate(*model_, few, Options(), {}, options).status().message(),
+              HasSubstr("correction_grid: holds 1.5"));
+  options.correction_grid = {};
+  EXPECT_THAT(Calibrate(*model_, few, Options(), {}, options).status().message(),
+              HasSubstr("correction_grid: is empty"));
   const Matrix one = FirstRows(1);
   const absl::Status s = Calibrate(*model_, one, Options(), {}, CalibrationOptions{}).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
