@@ -39,13 +39,12 @@ synth heavy4096 --n 32000 --d 4096 --queries 500 --seed 13 --heavy-tailed
 synth heavy128k --n 128256 --d 4096 --queries 500 --seed 14 --heavy-tailed
 
 # Make-style: a calibration holds for the sampler that made it, so it is redone when the tool
-# was rebuilt after it. Calibrated with the partition function's lognormal correction 0.3 (see
-# core/adaptive_softmax.h): on W1-W3 it let cheaper multipliers qualify (W1 0.084 of A held
-# out against 0.100 without).
+# was rebuilt after it. It chooses the multipliers and the partition function's lognormal
+# correction (see core/calibration.h).
 calibrate() {  # name, held-out fraction
   [ "$work/$1/calibration.json" -nt "$tool" ] || "$tool" calibrate --weights "$work/$1/weights.npy" \
     --queries "$work/$1/queries.npy" "${common[@]}" --holdout-fraction "$2" \
-    --threads "$(nproc)" --lognormal-correction 0.3 --out "$work/$1/calibration.json" >/dev/null
+    --threads "$(nproc)" --out "$work/$1/calibration.json" >/dev/null
 }
 # Half-precision copies of a head's weights: float16 .npy and bfloat16 .safetensors (rounded to
 # nearest even), so that models load in their stored dtype.
