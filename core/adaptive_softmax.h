@@ -42,9 +42,9 @@ struct AdaptiveOptions {
   // exp(variance_i / 2) on average, which 1 removes. But the arms the search stopped pulling
   // early are those whose estimates fell low, so 1 overcorrects and 0 (the paper's estimator)
   // leaves Z high where many arms stay at the warm-up (W2 at epsilon 0.3, multipliers 0.3 and 5:
-  // log Z 0.33 high at the median, 0.08 with 0.3, 0.02 low with 0.5). A calibration holds for
-  // the correction it was made with; with 0.3 the README's W1-W3 calibrated to multipliers that
-  // read 11-28% fewer entries. REQUIRES: in [0, 1]. Default: 0.
+  // log Z 0.33 high at the median, 0.08 with 0.3, 0.02 low with 0.5). Calibrate chooses it
+  // with the multipliers (see CalibrationOptions::correction_grid). REQUIRES: in [0, 1].
+  // Default: 0.
   double lognormal_correction = 0;
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;

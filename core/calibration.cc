@@ -77,12 +77,11 @@ struct Split {
 // One multiplier pair's evaluation, with each of the corrections.
 struct Evaluation {
   std::vector<size_t> failures;  // per correction
-  bool complete = false;         // false when stopped early, every correction over max_failures
+  bool complete = false;         // false when stopped early, every correction over the limit
   double mean_sample_fraction = 0;
   double mean_bytes_touched = 0;
-  bool Qualifies(size_t l, size_t max_failures) const {
-    return complete && failures[l] <= max_failures;
-  }
+  std::vector<double> mean_log_partition_error;  // per correction, absolute
+  bool AtMost(size_t l, size_t limit) const { return complete && failures[l] <= limit; }
 };
 
 // `result` with the log partition `log_partition`.
@@ -114,9 +113,9 @@ class Evaluator {
   }
 
   // Answers the queries of `split` with the multipliers (t, z), checked with each of the
-  // corrections; stops once every correction's failures exceed max_failures.
+  // corrections; stops once every correction's failures exceed `limit`.
   Evaluation Evaluate(double t, double z, absl::Span<const double> corrections, Split split,
-                      size_t max_failures) const {
+                      size_t limit) const {
     AdaptiveOptions adaptive = base_;
     adaptive.topk_multiplier = t;
     adaptive.normalizer_multiplier = z;
@@ -124,9 +123,11 @@ class Evaluator {
     adaptive.sample_cost = 0;
     adaptive.min_epsilon = adaptive.min_delta = 0;
     const AdaptiveSoftmax solver(model_, adaptive);
+    const size_t count = corrections.size();
     std::vector<double> fractions(split.size(), 0), bytes(split.size(), 0);
-    std::vector<std::atomic<size_t>> failures(corrections.size());
-    std::atomic<size_t> over{0};  // corrections whose failures exceed max_failures
+    std::vector<double> errors(split.size() * count, 0);  // [i * count + l]
+    std::vector<std::atomic<size_t>> failures(count);
+    std::atomic<size_t> over{0};  // corrections whose failures exceed the limit
     std::atomic<size_t> done{0};
     ParallelFor(split.size(), options_.threads, [&](size_t i) {
       const size_t r = split.begin + i;
@@ -139,14 +140,16 @@ class Evaluator {
       fractions[i] = result.sample_fraction;
       bytes[i] = static_cast<double>(result.bytes_touched);
       done.fetch_add(1);
-      for (size_t l = 0; l < corrections.size(); ++l) {
-        const TopKResult corrected = WithLogPartition(result, log_partitions.front()[l]);
+      for (size_t l = 0; l < count; ++l) {
+        const double log_partition = log_partitions.front()[l];
+        errors[i * count + l] = std::fabs(log_partition - references_[r].log_partition);
+        const TopKResult corrected = WithLogPartition(result, log_partition);
         if (!MeetsPac(corrected, references_[r], query_.k, query_.epsilon) &&
-            failures[l].fetch_add(1) == max_failures) {
+            failures[l].fetch_add(1) == limit) {
           over.fetch_add(1);
         }
       }
-      return over.load() < corrections.size();
+      return over.load() < count;
     });
     Evaluation e;
     for (const std::atomic<size_t>& f : failures) e.failures.push_back(f.load());
@@ -157,6 +160,13 @@ class Evaluator {
                                static_cast<double>(split.size());
       e.mean_bytes_touched =
           std::accumulate(bytes.begin(), bytes.end(), 0.0) / static_cast<double>(split.size());
+      e.mean_log_partition_error.assign(count, 0);
+      for (size_t i = 0; i < split.size(); ++i) {
+        for (size_t l = 0; l < count; ++l) {
+          e.mean_log_partition_error[l] +=
+              errors[i * count + l] / static_cast<double>(split.size());
+        }
+      }
     }
     return e;
   }
@@ -249,11 +259,11 @@ std::optional<GridIndex> ChooseGridPoint(const CalibrationGrid& grid) {
       GridIndex below = p, above = p;
       --below[axis];
       ++above[axis];
-      if (!at(below).qualifies || !at(above).qualifies) return false;
+      if (!at(below).within_delta || !at(above).within_delta) return false;
     }
     return true;
   };
-  // Whether a qualifying point beats `best`: margin first, then cost, then failures.
+  // Whether a qualifying point beats `best`: margin first, then cost, failures, error.
   std::optional<GridIndex> best;
   bool best_inside = false;
   auto better = [&](const GridIndex& p, bool p_inside) {
@@ -261,7 +271,8 @@ std::optional<GridIndex> ChooseGridPoint(const CalibrationGrid& grid) {
     if (p_inside != best_inside) return p_inside;
     const GridPoint &a = at(p), &b = at(*best);
     if (a.cost != b.cost) return a.cost < b.cost;
-    return a.failures < b.failures;
+    if (a.failures != b.failures) return a.failures < b.failures;
+    return a.error < b.error;
   };
   GridIndex p;
   for (p[0] = 0; p[0] < size[0]; ++p[0]) {
@@ -340,6 +351,9 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
          ClopperPearsonUpper(max_failures + 1, calibration.size(), options.confidence) <= delta) {
     ++max_failures;
   }
+  // The most failures of a point within delta, which gives a neighbour its margin.
+  const size_t max_within_delta =
+      std::max(max_failures, static_cast<size_t>(delta * static_cast<double>(calibration.size())));
 
   Evaluator evaluator(model, rows, query_options, base, options);
   evaluator.ComputeReferences();
@@ -352,9 +366,13 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   for (size_t i = 0; i < topk.size(); ++i) {
     for (size_t j = 0; j < normalizer.size(); ++j) {
       const Evaluation e =
-          evaluator.Evaluate(topk[i], normalizer[j], corrections, calibration, max_failures);
+          evaluator.Evaluate(topk[i], normalizer[j], corrections, calibration, max_within_delta);
       for (size_t l = 0; l < corrections.size(); ++l) {
-        grid[i][j].push_back({e.Qualifies(l, max_failures), e.mean_bytes_touched, e.failures[l]});
+        grid[i][j].push_back({.qualifies = e.AtMost(l, max_failures),
+                              .within_delta = e.AtMost(l, max_within_delta),
+                              .cost = e.mean_bytes_touched,
+                              .failures = e.failures[l],
+                              .error = e.complete ? e.mean_log_partition_error[l] : 0});
       }
       evaluations[i].push_back(e);
     }

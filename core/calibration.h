@@ -88,9 +88,11 @@ struct Calibration {
 
 // One evaluated point of the calibration grid.
 struct GridPoint {
-  bool qualifies = false;  // its failure bound is at most delta
-  double cost = 0;         // mean bytes of A touched per query (TopKResult::bytes_touched)
-  size_t failures = 0;     // PAC failures among the calibration queries
+  bool qualifies = false;     // its failure bound is at most delta
+  bool within_delta = false;  // its failure rate is: a qualifying point's is
+  double cost = 0;            // mean bytes of A touched per query (TopKResult::bytes_touched)
+  size_t failures = 0;        // PAC failures among the calibration queries
+  double error = 0;           // their mean absolute error of the log partition
 };
 
 // Points indexed [top-k multiplier i][normaliser multiplier j][correction l], each ascending.
@@ -99,10 +101,12 @@ using CalibrationGrid = std::vector<std::vector<std::vector<GridPoint>>>;
 using GridIndex = std::array<size_t, 3>;
 
 // The point Calibrate picks: the qualifying point of least cost among those with a margin, whose
-// two neighbours along each axis of more than one value (i +/- 1, j +/- 1, l +/- 1) qualify too;
-// when no qualifying point has that margin, the cheapest qualifying point. Ties (a pair's
-// corrections cost the same) go to fewer failures, then to the first in (i, j, l) order. None
-// when no point qualifies.
+// two neighbours along each axis of more than one value (i +/- 1, j +/- 1, l +/- 1) are within
+// delta; when no qualifying point has that margin, the cheapest qualifying point. A neighbour
+// far above delta marks a cliff in the failure rate that the point may have passed by luck; one
+// within delta need not have the queries to bound its rate. Ties (a pair's corrections cost the
+// same) go to fewer failures, then to the smaller error, then to the first in (i, j, l) order.
+// None when no point qualifies.
 std::optional<GridIndex> ChooseGridPoint(const CalibrationGrid& grid);
 
 // Chooses the multipliers and lognormal correction for `model` and the queries' parameters (k,

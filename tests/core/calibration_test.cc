@@ -203,12 +203,12 @@ TEST(CalibrationFileTest, BadFiles) {
 }
 
 // A grid of one correction from rows of costs, one row per top-k multiplier; a negative cost
-// marks a point that fails.
+// marks a point that fails far above delta.
 CalibrationGrid Grid(const std::vector<std::vector<double>>& costs) {
   CalibrationGrid grid;
   for (const std::vector<double>& row : costs) {
     grid.emplace_back();
-    for (double cost : row) grid.back().push_back({{cost >= 0, cost, 0}});
+    for (double cost : row) grid.back().push_back({{cost >= 0, cost >= 0, cost, 0}});
   }
   return grid;
 }
@@ -216,10 +216,12 @@ CalibrationGrid Grid(const std::vector<std::vector<double>>& costs) {
 TEST(ChooseGridPointTest, PrefersACheapPairWhoseNeighboursQualify) {
   // (1, 1) is the cheapest, but (0, 1) beside it fails; (3, 3) is cheaper still but at the
   // grid's edge. (2, 2) is the cheapest with four qualifying neighbours.
-  EXPECT_EQ(
-      ChooseGridPoint(Grid(
-          {{0.9, -1, 0.9, 0.9}, {0.8, 0.1, 0.7, 0.8}, {0.8, 0.6, 0.5, 0.4}, {0.9, 0.8, 0.3, 0.2}})),
-      (GridIndex{2, 2, 0}));
+  CalibrationGrid grid =
+      Grid({{0.9, -1, 0.9, 0.9}, {0.8, 0.1, 0.7, 0.8}, {0.8, 0.6, 0.5, 0.4}, {0.9, 0.8, 0.3, 0.2}});
+  EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{2, 2, 0}));
+  // A neighbour within delta gives a margin without qualifying itself.
+  grid[0][1][0].within_delta = true;
+  EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 0}));
   // Without (2, 2)'s margin ((2, 3) fails), the cheapest pair with one is (2, 1).
   EXPECT_EQ(
       ChooseGridPoint(Grid(
@@ -252,18 +254,25 @@ TEST(ChooseGridPointTest, CorrectionsNeedAMarginThenFewFailures) {
   for (size_t i = 0; i < 3; ++i) {
     for (size_t j = 0; j < 3; ++j) {
       const double cost = i == 1 && j == 1 ? 0.1 : 0.5;
-      for (size_t failures : {0, 2, 1, 0}) grid[i][j].push_back({true, cost, failures});
+      for (size_t failures : {0, 2, 1, 0}) grid[i][j].push_back({true, true, cost, failures});
     }
   }
   // Corrections 1 and 2 have a margin; of those, 2 failed less. 0 and 3 failed less still but
   // lie on the axis' edge.
   EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 2}));
   // Correction 3 fails for the middle pair: 2 has no margin left, 1 has.
-  grid[1][1][3].qualifies = false;
+  grid[1][1][3] = {false, false, 0.1, 9};
   EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 1}));
   // A margin is lost when a neighbouring pair fails at that correction.
-  grid[0][1][1].qualifies = false;
+  grid[0][1][1] = {false, false, 0.5, 9};
   EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{1, 1, 0}));
+}
+
+TEST(ChooseGridPointTest, EqualFailuresGoToTheSmallerError) {
+  // One pair, four corrections: 1 and 2 have a margin and fail as often; 2 estimates better.
+  CalibrationGrid grid(1, std::vector<std::vector<GridPoint>>(1));
+  for (double error : {0.1, 0.3, 0.2, 0.05}) grid[0][0].push_back({true, true, 0.5, 0, error});
+  EXPECT_EQ(ChooseGridPoint(grid), (GridIndex{0, 0, 2}));
 }
 
 class CalibrateTest : public ::testing::Test {
