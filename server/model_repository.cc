@@ -383,14 +383,17 @@ std::string SyntheticCacheDir(const std::string& cache_dir, const std::string& n
 }
 
 std::string DescribeModel(const ServedModel& m) {
+  const AdaptiveOptions& o = m.adaptive->options();
   return absl::StrFormat(
       "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
-      "min_epsilon=%g min_delta=%g max_batch_size=%d batch_timeout_us=%d audit_fraction=%g "
+      "multipliers=%g,%g lognormal_correction=%g min_epsilon=%g min_delta=%g "
+      "max_sharing_loss=%g max_batch_size=%d batch_timeout_us=%d audit_fraction=%g "
       "memory=%.1fMB from %s",
       m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()),
       m.model->has_bias() ? "yes" : "no", m.labels.empty() ? "no" : "yes",
       m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive", m.calibration_mode,
-      m.adaptive->options().min_epsilon, m.adaptive->options().min_delta, m.batching.max_batch_size,
+      o.topk_multiplier, o.normalizer_multiplier, o.lognormal_correction, o.min_epsilon,
+      o.min_delta, o.max_sharing_loss, m.batching.max_batch_size,
       absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,
       m.model->memory_bytes() / 1e6, m.source);
 }

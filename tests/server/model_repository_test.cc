@@ -125,6 +125,10 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   // Stricter requests are answered exactly.
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.25);
   EXPECT_EQ((*m)->adaptive->options().min_delta, 0.02);
+  // The start-up log line says what the model samples with.
+  EXPECT_THAT(DescribeModel(**m),
+              HasSubstr("calibration=calibrated multipliers=0.03,0.0001 lognormal_correction=0.3 "
+                        "min_epsilon=0.25 min_delta=0.02 max_sharing_loss=1.2 "));
 
   // Manual multipliers replace the calibrated ones, and the bound and correction with them.
   WriteModel(dir_.Sub("repo/m"), Tiny(),
