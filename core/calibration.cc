@@ -373,6 +373,10 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
                               .cost = e.mean_bytes_touched,
                               .failures = e.failures[l],
                               .error = e.complete ? e.mean_log_partition_error[l] : 0});
+        if (options.on_point) {
+          options.on_point({topk[i], normalizer[j], corrections[l], e.complete, grid[i][j].back(),
+                            e.mean_sample_fraction});
+        }
       }
       evaluations[i].push_back(e);
     }

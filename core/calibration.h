@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,8 @@ double ClopperPearsonUpper(size_t failures, size_t trials, double confidence);
 // ceil(log(1 - confidence) / log(1 - rate)). REQUIRES: 0 < rate, confidence < 1.
 size_t MinimumTrials(double rate, double confidence);
 
+struct EvaluatedPoint;
+
 struct CalibrationOptions {
   // Share of the queries held out for verification: the last round(holdout_fraction * N)
   // queries. REQUIRES: in (0, 1), and both splits non-empty. Default: 0.3.
@@ -59,6 +62,9 @@ struct CalibrationOptions {
   // Worker threads evaluating queries in parallel; results do not depend on it.
   // REQUIRES: >= 1. Default: 1.
   int threads = 1;
+  // Called on the calling thread with each point of the grid once evaluated, in (i, j, l)
+  // order: the landscape the choice was made on, and progress. Default: none.
+  std::function<void(const EvaluatedPoint&)> on_point;
 };
 
 // The result of Calibrate, and the contents of a calibration file.
@@ -99,6 +105,19 @@ struct GridPoint {
 // Rectangular, every dimension non-empty.
 using CalibrationGrid = std::vector<std::vector<std::vector<GridPoint>>>;
 using GridIndex = std::array<size_t, 3>;
+
+// A point of the grid with its coordinates, as reported to CalibrationOptions::on_point.
+struct EvaluatedPoint {
+  double topk_multiplier = 0;
+  double normalizer_multiplier = 0;
+  double lognormal_correction = 0;
+  // False when the pair's evaluation stopped early, every correction's failures over the limit
+  // of a point within delta; its failures then count those up to the stop, and its cost,
+  // error and mean_sample_fraction are 0.
+  bool complete = false;
+  GridPoint point;
+  double mean_sample_fraction = 0;
+};
 
 // The point Calibrate picks: the qualifying point of least cost among those with a margin, whose
 // two neighbours along each axis of more than one value (i +/- 1, j +/- 1, l +/- 1) are within

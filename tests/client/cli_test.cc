@@ -390,6 +390,35 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
                                                                 "--out", Path("never.json")}))),
                      2, "correction-grid");
 
+  // --grid-out: a line per evaluated point, in grid order; the chosen one qualified.
+  const std::string grid = Path("grid.jsonl");
+  const Output landscape = Run(
+      With({"calibrate"}, With(ModelArgs(), {"--delta", "0.05", "--topk-grid", "1,0.5",
+                                             "--normalizer-grid", "1", "--correction-grid", "0.5,0",
+                                             "--out", Path("small.json"), "--grid-out", grid})));
+  ASSERT_EQ(landscape.code, 0) << landscape.err;
+  const Json chosen = Json::parse(landscape.out);
+  const std::vector<std::string> points = Lines(ReadFile(grid));
+  ASSERT_EQ(points.size(), 4u);
+  int matches = 0;
+  for (size_t p = 0; p < points.size(); ++p) {
+    const Json j = Json::parse(points[p]);
+    EXPECT_EQ(j["topk_multiplier"], p < 2 ? 0.5 : 1.0);
+    EXPECT_EQ(j["lognormal_correction"], p % 2 == 0 ? 0.0 : 0.5);
+    EXPECT_EQ(j["normalizer_multiplier"], 1.0);
+    if (j["topk_multiplier"] == chosen["topk_multiplier"] &&
+        j["lognormal_correction"] == chosen["lognormal_correction"]) {
+      ++matches;
+      EXPECT_TRUE(j["qualifies"].get<bool>());
+      EXPECT_EQ(j["failures"], chosen["calibration_failures"]);
+      EXPECT_EQ(j["mean_sample_fraction"], chosen["calibration_mean_sample_fraction"]);
+    }
+  }
+  EXPECT_EQ(matches, 1);
+  ExpectOneLineError(Run(With({"calibrate"}, With(ModelArgs(), {"--out", Path("never.json"),
+                                                                "--grid-out", "/nonexistent/g"}))),
+                     1, "/nonexistent/g: cannot open for writing");
+
   // Too few queries for the bound: the error names the count needed.
   const Output few =
       Run(With({"calibrate"}, With(ModelArgs(), {"--delta", "0.01", "--out", Path("never.json")})));
