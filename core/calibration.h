@@ -3,9 +3,9 @@
 
 // Calibration of the adaptive path's variance multipliers and lognormal correction ("Learn then
 // Test", Angelopoulos et al. 2021): pick cheap ones whose Clopper-Pearson upper confidence bound
-// on the PAC failure rate, measured on calibration queries, is at most delta, as is their
-// neighbours' on the grid (ChooseGridPoint); then report the failure rate of that choice on
-// held-out queries that played no part in the choice.
+// on the PAC failure rate, measured on calibration queries, is at most delta, and whose
+// neighbours on the grid failed at most a delta share of them (ChooseGridPoint); then report
+// the failure rate of that choice on held-out queries that played no part in the choice.
 
 #include <array>
 #include <cstddef>
@@ -98,7 +98,7 @@ struct GridPoint {
   bool within_delta = false;  // its failure rate is: a qualifying point's is
   double cost = 0;            // mean bytes of A touched per query (TopKResult::bytes_touched)
   size_t failures = 0;        // PAC failures among the calibration queries
-  double error = 0;           // their mean absolute error of the log partition
+  double error = 0;           // mean absolute error of the log partition over them
 };
 
 // Points indexed [top-k multiplier i][normaliser multiplier j][correction l], each ascending.
