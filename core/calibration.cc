@@ -180,25 +180,16 @@ class Evaluator {
   std::vector<ReferenceAnswer> references_;
 };
 
-absl::Status ValidateGrid(const char* name, const std::vector<double>& grid) {
+// OK when `grid` is non-empty and every entry is `valid`, which `requirement` states.
+absl::Status ValidateGrid(const char* name, const std::vector<double>& grid,
+                          bool (*valid)(double), const char* requirement) {
   if (grid.empty()) {
     return absl::InvalidArgumentError(absl::StrFormat("%s: is empty", name));
   }
   for (double v : grid) {
-    if (!(std::isfinite(v) && v > 0)) {
+    if (!valid(v)) {
       return absl::InvalidArgumentError(
-          absl::StrFormat("%s: holds %g but every entry must be finite and > 0", name, v));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ValidateCorrectionGrid(const std::vector<double>& grid) {
-  if (grid.empty()) return absl::InvalidArgumentError("correction_grid: is empty");
-  for (double v : grid) {
-    if (!(v >= 0 && v <= 1)) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("correction_grid: holds %g but every entry must be in [0, 1]", v));
+          absl::StrFormat("%s: holds %g but every entry must be %s", name, v, requirement));
     }
   }
   return absl::OkStatus();
@@ -303,9 +294,13 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
     return absl::InvalidArgumentError(
         absl::StrFormat("confidence: is %g but must be in (0, 1)", options.confidence));
   }
-  RETURN_IF_ERROR(ValidateGrid("topk_grid", options.topk_grid));
-  RETURN_IF_ERROR(ValidateGrid("normalizer_grid", options.normalizer_grid));
-  RETURN_IF_ERROR(ValidateCorrectionGrid(options.correction_grid));
+  auto multiplier = [](double v) { return std::isfinite(v) && v > 0; };
+  RETURN_IF_ERROR(ValidateGrid("topk_grid", options.topk_grid, multiplier, "finite and > 0"));
+  RETURN_IF_ERROR(
+      ValidateGrid("normalizer_grid", options.normalizer_grid, multiplier, "finite and > 0"));
+  RETURN_IF_ERROR(ValidateGrid(
+      "correction_grid", options.correction_grid, [](double v) { return v >= 0 && v <= 1; },
+      "in [0, 1]"));
   if (options.threads < 1) {
     return absl::InvalidArgumentError(
         absl::StrFormat("threads: is %d but must be >= 1", options.threads));
