@@ -527,7 +527,7 @@ void WarmUpOnPlaceholder(const Inputs& in, DType dtype, bool bias, size_t querie
   placeholder.query = in.query;
   placeholder.adaptive = in.adaptive;
   Interleaved(placeholder, 0, valid, /*warmup=*/0, seed);
-  placeholder.adaptive.sample_cost = 0;  // the head is small enough to skip sampling
+  placeholder.adaptive.sample_cost = 0;  // with the fallback, so small a head is not sampled
   Interleaved(placeholder, 0, valid, /*warmup=*/0, seed);
 }
 
@@ -552,7 +552,8 @@ int Bench(int argc, char** argv) {
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
   absl::StatusOr<Inputs> in = LoadInputs(flags, f, [&](const Inputs& loaded) {
     const absl::StatusOr<DType> dtype = ParseDType(f.dtype);
-    WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32), !f.bias.empty(), 3, f.seed);
+    WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32), !f.bias.empty(), /*queries=*/3,
+                        f.seed);
   });
   if (!in.ok()) return flags.Error(in.status());
   const size_t rows = in->queries.rows();
@@ -615,8 +616,8 @@ int Bench(int argc, char** argv) {
   j["peak_rss_bytes"] = peak_rss;
   j["peak_rss_over_weight_bytes"] = peak_rss / weight_bytes;
   // What the model and the run added: the peak less what the process held before loading the
-  // model, once it ran the same on a placeholder head (libraries, thread buffers, the sampler's
-  // per-thread scratch: shared by every model a server holds; the queries).
+  // model, once it ran its first queries on a placeholder head (see WarmUpOnPlaceholder), and
+  // that held the queries.
   const double model_peak_rss = peak_rss - in->resident_before_model;
   j["model_peak_rss_bytes"] = model_peak_rss;
   j["model_peak_rss_over_weight_bytes"] = model_peak_rss / weight_bytes;
