@@ -63,6 +63,7 @@ struct InputFlags {
   bool multiplier_flags = false;  // whether the command takes the two below (calibrate does not)
   std::vector<double> multipliers;
   double lognormal_correction = 0;
+  double warmup_fraction = AdaptiveOptions{}.warmup_fraction;
   std::string calibration;
   double sample_cost = kDefaultSampleCost;
   bool measure_sample_cost = false;
@@ -97,8 +98,18 @@ void AddQueryFlags(FlagSet& flags, InputFlags* f) {
   flags.AddDouble("temperature", &f->temperature, "multiplies the logits").Min(0, true);
 }
 
+void AddWarmupFlag(FlagSet& flags, InputFlags* f) {
+  flags
+      .AddDouble("warmup-fraction", &f->warmup_fraction,
+                 "the warm-up reads at most this fraction of a query's columns for every class")
+      .Min(0, true)
+      .Max(1)
+      .Placeholder("F");
+}
+
 void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
   f->multiplier_flags = true;
+  AddWarmupFlag(flags, f);
   flags
       .AddDoubleList("multipliers", &f->multipliers,
                      "top-k and normaliser variance multipliers (default: 1,1, theory, whose "
@@ -116,8 +127,9 @@ void AddMultiplierFlags(FlagSet& flags, InputFlags* f) {
       .Placeholder("C");
   flags
       .AddString("calibration", &f->calibration,
-                 "calibration file (from `adasoftmax calibrate`) giving the multipliers and the "
-                 "lognormal correction; its k, epsilon, delta and temperature are the defaults")
+                 "calibration file (from `adasoftmax calibrate`) giving the multipliers, the "
+                 "lognormal correction and the warm-up fraction; its k, epsilon, delta and "
+                 "temperature are the defaults")
       .Placeholder("PATH");
 }
 
@@ -167,7 +179,7 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {
 
 // Checks flag combinations that need no file; returns an exit code on a usage error.
 std::optional<int> CheckMultiplierFlags(const FlagSet& flags) {
-  for (const char* manual : {"multipliers", "lognormal-correction"}) {
+  for (const char* manual : {"multipliers", "lognormal-correction", "warmup-fraction"}) {
     if (flags.Seen(manual) && flags.Seen("calibration")) {
       return flags.UsageError(
           absl::StrCat("--", manual, " and --calibration are mutually exclusive"));
@@ -196,6 +208,7 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f,
   in.query.temperature = f.temperature;
   in.adaptive.sample_cost = f.sample_cost;
   in.adaptive.lognormal_correction = f.lognormal_correction;
+  in.adaptive.warmup_fraction = f.warmup_fraction;
   if (f.measure_sample_cost && f.sample_cost > 0) {
     in.meter = std::make_shared<SampleCostMeter>(f.sample_cost);
   }
@@ -642,7 +655,8 @@ int Calibrate(int argc, char** argv) {
       "bound on the PAC failure rate over the calibration queries is at most --delta and whose\n"
       "grid neighbours failed at most a --delta share of them (else the cheapest qualifying\n"
       "point). Reports their failure rate on the held-out queries (the last --holdout-fraction\n"
-      "of the rows). Writes the calibration file (for run/bench --calibration) and prints it.");
+      "of the rows). Writes the calibration file (for run/bench --calibration) and prints it;\n"
+      "it records --warmup-fraction, the only one the multipliers hold with.");
   AddModelFlags(flags, &f);
   AddQueryFlags(flags, &f);
   flags.AddDouble("holdout-fraction", &options.holdout_fraction, "share of queries held out")
@@ -661,6 +675,7 @@ int Calibrate(int argc, char** argv) {
                      "candidate lognormal corrections (see run --lognormal-correction)")
       .Min(0)
       .Max(1);
+  AddWarmupFlag(flags, &f);
   flags.AddUint64("seed", &options.seed, "seed the per-query seeds derive from").Placeholder("S");
   flags.AddUint64("threads", &threads, "queries evaluated in parallel").Min(1);
   flags.AddString("out", &out_path, "calibration file to write (JSON)")

@@ -393,6 +393,7 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   c.topk_multiplier = topk[ti];
   c.normalizer_multiplier = normalizer[zi];
   c.lognormal_correction = corrections[ci];
+  c.warmup_fraction = base.warmup_fraction;
   c.k = query_options.k;
   c.epsilon = query_options.epsilon;
   c.delta = delta;
@@ -417,6 +418,7 @@ absl::Status WriteCalibration(const std::string& path, const Calibration& c) {
   j["topk_multiplier"] = c.topk_multiplier;
   j["normalizer_multiplier"] = c.normalizer_multiplier;
   j["lognormal_correction"] = c.lognormal_correction;
+  j["warmup_fraction"] = c.warmup_fraction;
   j["k"] = c.k;
   j["epsilon"] = c.epsilon;
   j["delta"] = c.delta;
@@ -489,8 +491,13 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
   Calibration c;
   RETURN_IF_ERROR(number("topk_multiplier", 0, true, kInf, true, &c.topk_multiplier));
   RETURN_IF_ERROR(number("normalizer_multiplier", 0, true, kInf, true, &c.normalizer_multiplier));
-  if (j.contains("lognormal_correction")) {  // absent from files written before it existed
+  // Absent from files written before they were recorded, which were calibrated without the
+  // correction and with the warm-up's default.
+  if (j.contains("lognormal_correction")) {
     RETURN_IF_ERROR(number("lognormal_correction", 0, false, 1, false, &c.lognormal_correction));
+  }
+  if (j.contains("warmup_fraction")) {
+    RETURN_IF_ERROR(number("warmup_fraction", 0, true, 1, false, &c.warmup_fraction));
   }
   uint64_t k = 0;
   RETURN_IF_ERROR(count("k", 1, &k));
@@ -523,6 +530,7 @@ void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options) 
   options.topk_multiplier = calibration.topk_multiplier;
   options.normalizer_multiplier = calibration.normalizer_multiplier;
   options.lognormal_correction = calibration.lognormal_correction;
+  options.warmup_fraction = calibration.warmup_fraction;
   options.min_epsilon = calibration.epsilon;
   options.min_delta = calibration.delta;
 }

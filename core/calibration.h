@@ -75,6 +75,8 @@ struct Calibration {
   double normalizer_multiplier = 1;
   // The AdaptiveOptions::lognormal_correction chosen with them.
   double lognormal_correction = 0;
+  // The AdaptiveOptions::warmup_fraction they were calibrated with: they hold with it alone.
+  double warmup_fraction = AdaptiveOptions{}.warmup_fraction;
   // The query parameters the multipliers were calibrated for.
   uint32_t k = 1;
   double epsilon = 0.3;
@@ -134,7 +136,8 @@ std::optional<GridIndex> ChooseGridPoint(const CalibrationGrid& grid);
 // epsilon, delta, temperature from `query_options`; its seed is ignored in favour of
 // options.seed). `queries` holds one query per row (d columns); the first N -
 // round(holdout_fraction * N) rows calibrate, the rest are held out. The other fields of `base`
-// (warm-up fraction, importance) are kept; its lognormal_correction is ignored.
+// (warm-up fraction, importance) are kept, and its warm-up fraction is recorded in the result;
+// its lognormal_correction is ignored.
 //
 // Every query is answered alone (a batch of 1) and checked with MeetsPac against its exact
 // double-precision reference (ComputeReference, computed once per query: memory 8 n bytes per
@@ -167,14 +170,15 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
 // Writes `calibration` as a pretty-printed JSON object with one key per field.
 absl::Status WriteCalibration(const std::string& path, const Calibration& calibration);
 
-// Reads a file written by WriteCalibration. Every key is required; errors are
-// InvalidArgument("<path>: <key>: <problem>") for missing keys, wrong types and out-of-range
+// Reads a file written by WriteCalibration. Every key is required but lognormal_correction and
+// warmup_fraction, absent from files written before they were recorded (0 and 0.1 then). Errors
+// are InvalidArgument("<path>: <key>: <problem>") for missing keys, wrong types and out-of-range
 // values (e.g. non-positive multipliers), NotFound for a missing file.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& path);
 
-// Sets options' multipliers and lognormal_correction to the calibration's, and its min_epsilon
-// and min_delta to the epsilon and delta they were calibrated for: stricter queries are answered
-// exactly.
+// Sets options' multipliers, lognormal_correction and warmup_fraction to the calibration's, and
+// its min_epsilon and min_delta to the epsilon and delta they were calibrated for: stricter
+// queries are answered exactly.
 void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options);
 
 }  // namespace adasoftmax

@@ -231,29 +231,31 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     served->default_delta = cal.delta;
     served->default_temperature = cal.temperature;
   }
-  if (c.adaptive().has_topk_multiplier() || c.adaptive().has_normalizer_multiplier()) {
+  // A calibration holds for its multipliers, correction and warm-up together: replacing any of
+  // them makes the multipliers manual, without the bound; manual multipliers drop the correction.
+  const v1::AdaptiveConfig& a = c.adaptive();
+  const bool manual_multipliers = a.has_topk_multiplier() || a.has_normalizer_multiplier();
+  const bool replaces_calibrated =
+      served->calibration_mode == "calibrated" &&
+      ((a.has_lognormal_correction() &&
+        a.lognormal_correction() != adaptive.lognormal_correction) ||
+       (a.has_warmup_fraction() && a.warmup_fraction() != adaptive.warmup_fraction));
+  if (manual_multipliers || replaces_calibrated) {
     served->calibration_mode = "manual";
     adaptive.min_epsilon = adaptive.min_delta = 0;
-    adaptive.lognormal_correction = 0;
   }
-  if (c.adaptive().has_topk_multiplier()) adaptive.topk_multiplier = c.adaptive().topk_multiplier();
-  if (c.adaptive().has_normalizer_multiplier()) {
-    adaptive.normalizer_multiplier = c.adaptive().normalizer_multiplier();
+  if (manual_multipliers) adaptive.lognormal_correction = 0;
+  if (a.has_topk_multiplier()) adaptive.topk_multiplier = a.topk_multiplier();
+  if (a.has_normalizer_multiplier()) adaptive.normalizer_multiplier = a.normalizer_multiplier();
+  if (a.has_warmup_fraction()) adaptive.warmup_fraction = a.warmup_fraction();
+  if (a.has_min_epsilon()) adaptive.min_epsilon = a.min_epsilon();
+  if (a.has_min_delta()) adaptive.min_delta = a.min_delta();
+  adaptive.sample_cost = a.has_sample_cost() ? a.sample_cost() : kDefaultSampleCost;
+  if (a.has_sampling_memory_fraction()) {
+    adaptive.sampling_memory_fraction = a.sampling_memory_fraction();
   }
-  if (c.adaptive().has_warmup_fraction()) adaptive.warmup_fraction = c.adaptive().warmup_fraction();
-  if (c.adaptive().has_min_epsilon()) adaptive.min_epsilon = c.adaptive().min_epsilon();
-  if (c.adaptive().has_min_delta()) adaptive.min_delta = c.adaptive().min_delta();
-  adaptive.sample_cost =
-      c.adaptive().has_sample_cost() ? c.adaptive().sample_cost() : kDefaultSampleCost;
-  if (c.adaptive().has_sampling_memory_fraction()) {
-    adaptive.sampling_memory_fraction = c.adaptive().sampling_memory_fraction();
-  }
-  if (c.adaptive().has_lognormal_correction()) {
-    adaptive.lognormal_correction = c.adaptive().lognormal_correction();
-  }
-  if (c.adaptive().has_max_sharing_loss()) {
-    adaptive.max_sharing_loss = c.adaptive().max_sharing_loss();
-  }
+  if (a.has_lognormal_correction()) adaptive.lognormal_correction = a.lognormal_correction();
+  if (a.has_max_sharing_loss()) adaptive.max_sharing_loss = a.max_sharing_loss();
   if (absl::Status s = ValidateAdaptiveOptions(adaptive); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("adaptive: ", s.message()));
   }
@@ -386,14 +388,14 @@ std::string DescribeModel(const ServedModel& m) {
   const AdaptiveOptions& o = m.adaptive->options();
   return absl::StrFormat(
       "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
-      "multipliers=%g,%g lognormal_correction=%g min_epsilon=%g min_delta=%g "
+      "multipliers=%g,%g lognormal_correction=%g warmup_fraction=%g min_epsilon=%g min_delta=%g "
       "max_sharing_loss=%g max_batch_size=%d batch_timeout_us=%d audit_fraction=%g "
       "memory=%.1fMB from %s",
       m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()),
       m.model->has_bias() ? "yes" : "no", m.labels.empty() ? "no" : "yes",
       m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive", m.calibration_mode,
-      o.topk_multiplier, o.normalizer_multiplier, o.lognormal_correction, o.min_epsilon,
-      o.min_delta, o.max_sharing_loss, m.batching.max_batch_size,
+      o.topk_multiplier, o.normalizer_multiplier, o.lognormal_correction, o.warmup_fraction,
+      o.min_epsilon, o.min_delta, o.max_sharing_loss, m.batching.max_batch_size,
       absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,
       m.model->memory_bytes() / 1e6, m.source);
 }

@@ -395,6 +395,30 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
                                                                 "--out", Path("never.json")}))),
                      2, "correction-grid");
 
+  // The warm-up calibrated with is recorded, and runs take it from the file: at normaliser
+  // multiplier 20 every arm reads the warm-up's whole budget, 24 of the 32 columns at 0.9 (16,
+  // the first level, at the default 0.1).
+  const std::string wide = Path("wide.json");
+  ASSERT_EQ(
+      Run(With({"calibrate"}, With(ModelArgs(), {"--delta", "0.05", "--warmup-fraction", "0.9",
+                                                 "--correction-grid", "0", "--topk-grid", "1",
+                                                 "--normalizer-grid", "20", "--out", wide})))
+          .code,
+      0);
+  EXPECT_EQ(Json::parse(ReadFile(wide))["warmup_fraction"], 0.9);
+  const Json wide_answer = first_answer({"--calibration", wide});
+  EXPECT_EQ(first_answer({"--multipliers", "1,20", "--delta", "0.05", "--warmup-fraction",
+                          "0.9"})["samples"],
+            wide_answer["samples"]);
+  EXPECT_LT(first_answer({"--multipliers", "1,20", "--delta", "0.05"})["samples"].get<double>(),
+            wide_answer["samples"].get<double>());
+  ExpectOneLineError(Run(With({"run"}, With(ModelArgs(), {"--warmup-fraction", "0.5",
+                                                          "--calibration", wide, "--out", "x"}))),
+                     2, "mutually exclusive");
+  ExpectOneLineError(Run(With({"calibrate"}, With(ModelArgs(), {"--warmup-fraction", "0", "--out",
+                                                                Path("never.json")}))),
+                     2, "--warmup-fraction");
+
   // --grid-out: a line per evaluated point, in grid order; the chosen one qualified.
   const std::string grid = Path("grid.jsonl");
   const Output landscape = Run(

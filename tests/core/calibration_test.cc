@@ -64,6 +64,7 @@ Calibration Sample() {
   c.topk_multiplier = 0.03;
   c.normalizer_multiplier = 1e-4;
   c.lognormal_correction = 0.25;
+  c.warmup_fraction = 0.2;
   c.k = 3;
   c.epsilon = 0.2;
   c.delta = 0.05;
@@ -89,6 +90,7 @@ TEST(CalibrationFileTest, RoundTrip) {
   EXPECT_EQ(read->topk_multiplier, c.topk_multiplier);
   EXPECT_EQ(read->normalizer_multiplier, c.normalizer_multiplier);
   EXPECT_EQ(read->lognormal_correction, c.lognormal_correction);
+  EXPECT_EQ(read->warmup_fraction, c.warmup_fraction);
   EXPECT_EQ(read->k, c.k);
   EXPECT_EQ(read->epsilon, c.epsilon);
   EXPECT_EQ(read->delta, c.delta);
@@ -105,25 +107,31 @@ TEST(CalibrationFileTest, RoundTrip) {
   std::remove(path.c_str());
 }
 
-// Files written before the correction existed were calibrated without it.
-TEST(CalibrationFileTest, AMissingCorrectionIsNone) {
+// Files written before the correction and the warm-up were recorded were calibrated without the
+// correction and with the warm-up's default.
+TEST(CalibrationFileTest, AMissingCorrectionIsNoneAndAMissingWarmupTheDefault) {
   const std::string path = TempPath("old.json");
   ASSERT_TRUE(WriteCalibration(path, Sample()).ok());
   std::ifstream in(path);
   std::string text((std::istreambuf_iterator<char>(in)), {});
   in.close();
-  const size_t at = text.find("\"lognormal_correction\"");
-  ASSERT_NE(at, std::string::npos);
-  text.erase(at, text.find('\n', at) + 1 - at);
+  for (const char* key : {"\"lognormal_correction\"", "\"warmup_fraction\""}) {
+    const size_t at = text.find(key);
+    ASSERT_NE(at, std::string::npos);
+    text.erase(at, text.find('\n', at) + 1 - at);
+  }
   WriteFile(path, text);
   const absl::StatusOr<Calibration> read = ReadCalibration(path);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->lognormal_correction, 0.0);
-  AdaptiveOptions options{.lognormal_correction = 0.7};
+  EXPECT_EQ(read->warmup_fraction, 0.1);
+  AdaptiveOptions options{.warmup_fraction = 0.5, .lognormal_correction = 0.7};
   ApplyCalibration(*read, options);
   EXPECT_EQ(options.lognormal_correction, 0.0);
+  EXPECT_EQ(options.warmup_fraction, 0.1);
   ApplyCalibration(Sample(), options);
   EXPECT_EQ(options.lognormal_correction, 0.25);
+  EXPECT_EQ(options.warmup_fraction, 0.2);
   std::remove(path.c_str());
 }
 
@@ -181,6 +189,10 @@ TEST(CalibrationFileTest, BadFiles) {
   {
     const absl::Status s = ReadWith("lognormal_correction", "1.5");
     EXPECT_THAT(s.message(), HasSubstr("lognormal_correction: is 1.5"));
+  }
+  {
+    const absl::Status s = ReadWith("warmup_fraction", "0");
+    EXPECT_THAT(s.message(), HasSubstr("warmup_fraction: is 0 but must be in (0, 1]"));
   }
   {
     const absl::Status s = ReadWith("k", "1.5");
@@ -341,6 +353,7 @@ TEST_F(CalibrateTest, ChoosesMultipliersWithinTheBound) {
   EXPECT_EQ(c->delta, 0.05);
   EXPECT_EQ(c->k, 1u);
   EXPECT_THAT(options.correction_grid, ::testing::Contains(c->lognormal_correction));
+  EXPECT_EQ(c->warmup_fraction, AdaptiveOptions{}.warmup_fraction);
 
   // Reproducible, whatever the thread count; every query samples, whatever the base's bounds;
   // the base's correction plays no part.
@@ -355,6 +368,25 @@ TEST_F(CalibrateTest, ChoosesMultipliersWithinTheBound) {
   EXPECT_EQ(again->calibration_failures, c->calibration_failures);
   EXPECT_EQ(again->calibration_mean_sample_fraction, c->calibration_mean_sample_fraction);
   EXPECT_EQ(again->holdout_failures, c->holdout_failures);
+}
+
+// The multipliers are calibrated with the base's warm-up, and hold with it alone.
+TEST_F(CalibrateTest, RecordsTheWarmupItRanWith) {
+  CalibrationOptions options;
+  options.topk_grid = {1};
+  options.normalizer_grid = {1};
+  options.correction_grid = {0};
+  options.threads = 2;
+  const absl::StatusOr<Calibration> narrow =
+      Calibrate(*model_, *queries_, Options(), AdaptiveOptions{.warmup_fraction = 0.05}, options);
+  const absl::StatusOr<Calibration> wide =
+      Calibrate(*model_, *queries_, Options(), AdaptiveOptions{.warmup_fraction = 0.5}, options);
+  ASSERT_TRUE(narrow.ok()) << narrow.status();
+  ASSERT_TRUE(wide.ok()) << wide.status();
+  EXPECT_EQ(narrow->warmup_fraction, 0.05);
+  EXPECT_EQ(wide->warmup_fraction, 0.5);
+  // A warm-up reading half the columns of every arm reads more than one reading a twentieth.
+  EXPECT_GT(wide->calibration_mean_sample_fraction, narrow->calibration_mean_sample_fraction);
 }
 
 TEST_F(CalibrateTest, TooFewQueriesNamesTheNeededCount) {

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/calibration.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -110,6 +111,7 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   cal.epsilon = 0.25;
   cal.delta = 0.02;
   cal.lognormal_correction = 0.3;
+  cal.warmup_fraction = 0.2;
   cal.calibration_queries = 500;
   cal.holdout_queries = 200;
   WriteModel(dir_.Sub("repo/m"), Tiny(), "calibration: \"calibration.json\"\n");
@@ -120,6 +122,7 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.03);
   EXPECT_EQ((*m)->adaptive->options().normalizer_multiplier, 1e-4);
   EXPECT_EQ((*m)->adaptive->options().lognormal_correction, 0.3);
+  EXPECT_EQ((*m)->adaptive->options().warmup_fraction, 0.2);
   EXPECT_EQ((*m)->default_epsilon, 0.25);
   EXPECT_EQ((*m)->default_delta, 0.02);
   // Stricter requests are answered exactly.
@@ -128,7 +131,28 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   // The start-up log line says what the model samples with.
   EXPECT_THAT(DescribeModel(**m),
               HasSubstr("calibration=calibrated multipliers=0.03,0.0001 lognormal_correction=0.3 "
-                        "min_epsilon=0.25 min_delta=0.02 max_sharing_loss=1.2 "));
+                        "warmup_fraction=0.2 min_epsilon=0.25 min_delta=0.02 "
+                        "max_sharing_loss=1.2 "));
+
+  // Restating a calibrated value keeps the calibration; another warm-up or correction voids it.
+  WriteModel(dir_.Sub("repo/m"), Tiny(),
+             "calibration: \"calibration.json\"\nadaptive { warmup_fraction: 0.2 }\n");
+  m = Load("m");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->calibration_mode, "calibrated");
+  EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.25);
+  for (const char* replaced : {"warmup_fraction: 0.3", "lognormal_correction: 0.5"}) {
+    WriteModel(dir_.Sub("repo/m"), Tiny(),
+               absl::StrCat("calibration: \"calibration.json\"\nadaptive { ", replaced, " }\n"));
+    m = Load("m");
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->calibration_mode, "manual") << replaced;
+    EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.03) << replaced;
+    EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.0) << replaced;
+    EXPECT_EQ((*m)->adaptive->options().min_delta, 0.0) << replaced;
+  }
+  EXPECT_EQ((*m)->adaptive->options().lognormal_correction, 0.5);
+  EXPECT_EQ((*m)->adaptive->options().warmup_fraction, 0.2);
 
   // Manual multipliers replace the calibrated ones, and the bound and correction with them.
   WriteModel(dir_.Sub("repo/m"), Tiny(),
