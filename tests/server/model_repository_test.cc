@@ -134,17 +134,19 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
                         "warmup_fraction=0.2 min_epsilon=0.25 min_delta=0.02 "
                         "max_sharing_loss=1.2 "));
 
+  // The model with the calibration and `adaptive` settings.
+  auto calibrated_with = [&](const std::string& adaptive) {
+    WriteModel(dir_.Sub("repo/m"), Tiny(),
+               absl::StrCat("calibration: \"calibration.json\"\nadaptive { ", adaptive, " }\n"));
+    return Load("m");
+  };
   // Restating a calibrated value keeps the calibration; another warm-up or correction voids it.
-  WriteModel(dir_.Sub("repo/m"), Tiny(),
-             "calibration: \"calibration.json\"\nadaptive { warmup_fraction: 0.2 }\n");
-  m = Load("m");
+  m = calibrated_with("warmup_fraction: 0.2");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->calibration_mode, "calibrated");
   EXPECT_EQ((*m)->adaptive->options().min_epsilon, 0.25);
   for (const char* replaced : {"warmup_fraction: 0.3", "lognormal_correction: 0.5"}) {
-    WriteModel(dir_.Sub("repo/m"), Tiny(),
-               absl::StrCat("calibration: \"calibration.json\"\nadaptive { ", replaced, " }\n"));
-    m = Load("m");
+    m = calibrated_with(replaced);
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_EQ((*m)->calibration_mode, "manual") << replaced;
     EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.03) << replaced;
@@ -155,9 +157,7 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   EXPECT_EQ((*m)->adaptive->options().warmup_fraction, 0.2);
 
   // Manual multipliers replace the calibrated ones, and the bound and correction with them.
-  WriteModel(dir_.Sub("repo/m"), Tiny(),
-             "calibration: \"calibration.json\"\nadaptive { topk_multiplier: 0.5 }\n");
-  m = Load("m");
+  m = calibrated_with("topk_multiplier: 0.5");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->calibration_mode, "manual");
   EXPECT_EQ((*m)->adaptive->options().topk_multiplier, 0.5);
