@@ -38,8 +38,7 @@ constexpr uint64_t kCacheLineBytes = 64;  // what a gathered entry reads
 constexpr uint32_t kExtraReferences = 32;
 
 // RankBest over the arms of all `lists`.
-template <typename T>
-std::vector<uint32_t> BestOf(const std::vector<std::vector<uint32_t>>& lists, const T* values,
+std::vector<uint32_t> BestOf(const std::vector<std::vector<uint32_t>>& lists, const float* values,
                              size_t count) {
   std::vector<uint32_t> arms;
   for (const std::vector<uint32_t>& list : lists) arms.insert(arms.end(), list.begin(), list.end());
@@ -113,12 +112,15 @@ struct QueryState {
   std::vector<uint64_t> entries_prefix;  // entries of a row in the panels of prefix(L) that
                                          // this query reads, per level
   std::vector<float> ordered_x;          // x's slices in the order's panel sequence
-  std::vector<double> exact_logit;       // valid where level == kExactLevel
-  std::vector<std::vector<uint32_t>> exact_arms;  // per chunk, its arms at kExactLevel
-  double radius_scale = 0;    // confidence radius = sqrt(radius_scale * variance)
-  std::vector<float> target;  // per-arm variance target of the normaliser
-  std::vector<float> gamma;   // HalfExpOfLowerBounds', for SetNormalizerTargets; then
-                              // PartitionSums' corrected estimates
+  struct ExactArm {
+    uint32_t arm;
+    double logit;
+  };
+  std::vector<std::vector<ExactArm>> exact_arms;  // per chunk, its arms at kExactLevel
+  double radius_scale = 0;  // confidence radius = sqrt(radius_scale * variance)
+  // Per arm: HalfExpOfLowerBounds' gamma, then in place SetNormalizerTargets' variance targets
+  // of the normaliser, then PartitionSums' corrected estimates.
+  std::vector<float> target;
   // Per chunk, the parts of reductions over all arms (see KeepCandidates).
   std::vector<std::vector<uint32_t>> best_arms;
   struct ChunkSums {
@@ -141,17 +143,16 @@ struct QueryState {
     return shift + std::log(sum);
   }
   // The bytes of the state's per-arm vectors for n arms: sums (a whole kChunk per chunk), then
-  // level; estimate, variance, target and gamma; exact_logit.
+  // level; estimate, variance and target.
   static size_t Bytes(size_t n) {
     const size_t chunks = (n + kChunk - 1) / kChunk;
-    return chunks * kChunkSums * sizeof(float) +
-           n * (sizeof(uint8_t) + 4 * sizeof(float) + sizeof(double));
+    return chunks * kChunkSums * sizeof(float) + n * (sizeof(uint8_t) + 3 * sizeof(float));
   }
   bool stopped = false;   // Query::stop fired: no further work, an empty result
   bool fallback = false;  // handed to the exact path: no further sampling
   uint64_t samples = 0;        // updated through Add while chunks run in parallel
   uint64_t bytes_touched = 0;  // the same; see TopKResult::bytes_touched
-  std::vector<uint32_t> winners;
+  std::vector<ExactArm> winners;
 
   void Add(const Reads& reads) {
     std::atomic_ref<uint64_t>(samples).fetch_add(reads.samples, std::memory_order_relaxed);
@@ -270,8 +271,14 @@ class BatchSampler {
   void ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, Reads& reads);
   // Among the arms computed exactly, the k with the best logits (ties to the lower index), best
   // first. REQUIRES: at least k arms were computed exactly.
-  static std::vector<uint32_t> BestExact(const QueryState& s, uint32_t k) {
-    return BestOf(s.exact_arms, s.exact_logit.data(), k);
+  static std::vector<QueryState::ExactArm> BestExact(const QueryState& s, uint32_t k) {
+    std::vector<QueryState::ExactArm> arms;
+    for (const auto& list : s.exact_arms) arms.insert(arms.end(), list.begin(), list.end());
+    std::partial_sort(arms.begin(), arms.begin() + k, arms.end(), [](const auto& a, const auto& b) {
+      return a.logit > b.logit || (a.logit == b.logit && a.arm < b.arm);
+    });
+    arms.resize(k);
+    return arms;
   }
   // Reductions over all arms sum parts computed per chunk, each by the chunk's last pull of the
   // phase (see PullUntil). The references' candidates in the chunk: its best estimates.
@@ -283,7 +290,7 @@ class BatchSampler {
   // on each chunk once its targets are set.
   void SetNormalizerTargets(absl::Span<QueryState* const> states, ChunkFunction then);
   // The largest of arms [begin, end)'s estimates, each less correction x its variance / 2, and
-  // the sum of their exponentials below it (sum_sq unset). s.gamma is its scratch.
+  // the sum of their exponentials below it (sum_sq unset). s.target is its scratch.
   QueryState::ChunkSums PartitionSums(QueryState& s, double correction, uint32_t begin,
                                       uint32_t end) const;
   // The result of each query of the batch, in order, from its PartitionSums when it was
@@ -332,13 +339,11 @@ void BatchSampler::InitState(const Query& query, QueryState& s) {
 
   s.level.resize(n_);
   s.sums.resize(Chunks() * QueryState::kChunkSums);  // set as bins are reached
-  s.exact_logit.resize(n_);
   s.estimate.resize(n_);
   s.variance.resize(n_);
-  s.gamma.resize(n_);
   s.target.resize(n_);
   s.exact_arms.resize(Chunks());
-  for (std::vector<uint32_t>& arms : s.exact_arms) arms.clear();
+  for (std::vector<QueryState::ExactArm>& arms : s.exact_arms) arms.clear();
   s.best_arms.resize(Chunks());
   s.chunk_sums.resize(Chunks());
   // log(6 n log d / delta'): a union bound over arms and elimination tests.
@@ -600,10 +605,10 @@ void BatchSampler::ComputeExact(QueryState& s, absl::Span<const uint32_t> arms, 
       const uint32_t i = arms[begin + k];
       reads.samples += d_ - s.entries_prefix[s.level[i]];
       reads.bytes += d_ * ElementBytes(model_.dtype());
-      s.exact_logit[i] = s.beta * (dots[k] + (model_.has_bias() ? model_.bias()[i] : 0.0));
+      const double logit = s.beta * (dots[k] + (model_.has_bias() ? model_.bias()[i] : 0.0));
       s.level[i] = kExactLevel;
-      s.exact_arms[i / kChunk].push_back(i);
-      s.estimate[i] = static_cast<float>(s.exact_logit[i]);
+      s.exact_arms[i / kChunk].push_back({i, logit});
+      s.estimate[i] = static_cast<float>(logit);
       s.variance[i] = 0;
     }
   }
@@ -622,8 +627,8 @@ void BatchSampler::HalfExpOfLowerBounds(QueryState& s, size_t chunk, uint32_t be
   const float scale =
       static_cast<float>(2 * options_.normalizer_multiplier * std::log(6.0 * n_ / s.delta_half));
   QueryState::ChunkSums& c = s.chunk_sums[chunk];
-  c.max = LowerBounds(&s.estimate[begin], &s.variance[begin], scale, end - begin, &s.gamma[begin]);
-  const HalfExpSums sums = HalfExp(&s.gamma[begin], end - begin, c.max);
+  c.max = LowerBounds(&s.estimate[begin], &s.variance[begin], scale, end - begin, &s.target[begin]);
+  const HalfExpSums sums = HalfExp(&s.target[begin], end - begin, c.max);
   c.sum = sums.sum;
   c.sum_sq = sums.sum_sq;
 }
@@ -658,7 +663,7 @@ void BatchSampler::SetNormalizerTargets(absl::Span<QueryState* const> states, Ch
     for (size_t q = 0; q < states.size(); ++q) {
       QueryState& s = *states[q];
       const double scale = std::exp((s.chunk_sums[chunk].max - terms[q].shift) / 2);
-      NormalizerTargets(&s.gamma[begin], end - begin, terms[q].a / scale,
+      NormalizerTargets(&s.target[begin], end - begin, terms[q].a / scale,
                         terms[q].b / (scale * scale), &s.target[begin]);
     }
     then(chunk, begin, end);
@@ -670,8 +675,8 @@ QueryState::ChunkSums BatchSampler::PartitionSums(QueryState& s, double correcti
   const float* terms = &s.estimate[begin];  // of the sum of exponentials
   if (correction > 0) {
     const float half = static_cast<float>(correction / 2);
-    for (uint32_t i = begin; i < end; ++i) s.gamma[i] = s.estimate[i] - half * s.variance[i];
-    terms = &s.gamma[begin];
+    for (uint32_t i = begin; i < end; ++i) s.target[i] = s.estimate[i] - half * s.variance[i];
+    terms = &s.target[begin];
   }
   const float max = MaxOf(terms, end - begin);
   return {.max = max, .sum = SumExp(terms, end - begin, max), .sum_sq = 0};
@@ -694,10 +699,10 @@ std::vector<TopKResult> BatchSampler::Finish(absl::Span<QueryState> states) {
       });
       log_partitions_[q].push_back(s.LogOfSums());
     }
-    for (uint32_t i : s.winners) {
-      result.indices.push_back(i);
-      result.logits.push_back(s.exact_logit[i]);
-      result.probabilities.push_back(std::exp(s.exact_logit[i] - result.log_partition));
+    for (const QueryState::ExactArm& winner : s.winners) {
+      result.indices.push_back(winner.arm);
+      result.logits.push_back(winner.logit);
+      result.probabilities.push_back(std::exp(winner.logit - result.log_partition));
     }
     result.exact = s.samples >= static_cast<uint64_t>(n_) * d_;
   }
@@ -762,7 +767,7 @@ std::vector<TopKResult> BatchSampler::Run(absl::Span<const Query> queries) {
     ComputeExact(s, unread, reads);
     s.Add(reads);
     // An arm whose upper confidence bound falls below the k-th best exact logit is out.
-    const double threshold = s.exact_logit[BestExact(s, k).back()];
+    const double threshold = BestExact(s, k).back().logit;
     jobs.push_back({&s,
                     {.search = true,
                      .threshold = static_cast<float>(threshold),

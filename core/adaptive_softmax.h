@@ -59,7 +59,7 @@ struct AdaptiveOptions {
   // the CLI and the server turn it on).
   double sample_cost = 0;
   // A batch's sampled queries are sampled together, sharing one column order and each read of
-  // a block of columns, in groups whose sampling state (about 90 bytes per arm and query; see
+  // a block of columns, in groups whose sampling state (about 80 bytes per arm and query; see
   // SamplingGroupSize) stays within this fraction of the model's weight bytes, one query at
   // least. It bounds what a batch adds to the model's memory: unbounded, 32 queries sampled
   // together held a 50257 x 768 head's weight bytes again. 0: one query a group.

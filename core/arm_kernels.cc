@@ -76,8 +76,7 @@ size_t SelectJumps(const uint8_t* __restrict mask, const float* __restrict varia
 }
 
 ADASOFTMAX_KERNEL
-void NormalizerTargets(const float* __restrict g, size_t count, double a, double b,
-                       float* __restrict target) {
+void NormalizerTargets(const float* g, size_t count, double a, double b, float* target) {
   const float a_f = static_cast<float>(a), b_f = static_cast<float>(b);
   for (size_t i = 0; i < count; ++i) {
     const float inverse = 1.0f / g[i];  // IEEE division: +infinity for g = 0

@@ -94,7 +94,8 @@ void Advance(const uint8_t* mask, const float* sums, const LevelWeights& weights
 
 // The normaliser's per-arm variance targets (paper Algorithm 2): target[i] = min(a / g[i],
 // b / g[i]^2) in float, +infinity where that overflows (g[i] = 0 included: an arm too far below
-// the top to ever be pulled). REQUIRES: a > 0, b > 0, g[i] >= 0.
+// the top to ever be pulled). target may be g (in place), else must not overlap it.
+// REQUIRES: a > 0, b > 0, g[i] >= 0.
 void NormalizerTargets(const float* g, size_t count, double a, double b, float* target);
 
 // The entries `count` arms are predicted to read before `demand` is done with them, assuming an

@@ -198,6 +198,9 @@ TEST(ArmKernelsTest, NormalizerTargetsAreTheSmallerOfBothBounds) {
   }
   EXPECT_GT(by_gamma, 0);
   EXPECT_GT(by_alpha, 0);
+  // In place, the same targets.
+  NormalizerTargets(g.data(), g.size(), a, b, g.data());
+  EXPECT_EQ(g, target);
   EXPECT_EQ(target[7], std::numeric_limits<float>::infinity());
 }
 
