@@ -232,6 +232,8 @@ int ModelsCommand(int argc, char** argv) {
                          {"calibration_mode", m.calibration_mode()},
                          {"topk_multiplier", m.topk_multiplier()},
                          {"normalizer_multiplier", m.normalizer_multiplier()},
+                         {"lognormal_correction", m.lognormal_correction()},
+                         {"warmup_fraction", m.warmup_fraction()},
                          {"max_batch_size", m.max_batch_size()},
                          {"batch_timeout_us", m.batch_timeout_us()},
                          {"audit_fraction", m.audit_fraction()},

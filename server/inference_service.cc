@@ -233,6 +233,8 @@ v1::ListModelsResponse InferenceService::ListModels() const {
     m.set_calibration_mode(s.calibration_mode);
     m.set_topk_multiplier(s.adaptive->options().topk_multiplier);
     m.set_normalizer_multiplier(s.adaptive->options().normalizer_multiplier);
+    m.set_lognormal_correction(s.adaptive->options().lognormal_correction);
+    m.set_warmup_fraction(s.adaptive->options().warmup_fraction);
     m.set_max_batch_size(static_cast<uint32_t>(s.batching.max_batch_size));
     m.set_batch_timeout_us(static_cast<uint64_t>(absl::ToInt64Microseconds(s.batching.batch_timeout)));
     m.set_audit_fraction(s.audit_fraction);

@@ -312,7 +312,8 @@ TEST_F(ServerTest, StreamAnswersEveryRequestAndReportsErrorsPerRequest) {
 TEST_F(ServerTest, ListModelsDescribesTheModels) {
   testing::WriteModel(dir_.Sub("repo/tuned"), SmallModel(9),
                       "name: \"tuned\"\ndefault_epsilon: 0.2\ndefault_mode: MODE_EXACT\n"
-                      "adaptive { topk_multiplier: 0.5 }\nbatching { max_batch_size: 4 }\n"
+                      "adaptive { topk_multiplier: 0.5 lognormal_correction: 0.2 "
+                      "warmup_fraction: 0.3 }\nbatching { max_batch_size: 4 }\n"
                       "audit_fraction: 0.5\n");
   StartAndLoad();
   auto models = client_->ListModels();
@@ -329,12 +330,16 @@ TEST_F(ServerTest, ListModelsDescribesTheModels) {
   EXPECT_EQ(small.default_delta(), 0.01);
   EXPECT_EQ(small.default_mode(), v1::MODE_ADAPTIVE);
   EXPECT_EQ(small.calibration_mode(), "theory");
+  EXPECT_EQ(small.lognormal_correction(), 0);
+  EXPECT_EQ(small.warmup_fraction(), 0.1);
   const v1::ModelInfo& tuned = (*models)[1];
   EXPECT_EQ(tuned.name(), "tuned");
   EXPECT_EQ(tuned.default_epsilon(), 0.2);
   EXPECT_EQ(tuned.default_mode(), v1::MODE_EXACT);
   EXPECT_EQ(tuned.calibration_mode(), "manual");
   EXPECT_EQ(tuned.topk_multiplier(), 0.5);
+  EXPECT_EQ(tuned.lognormal_correction(), 0.2);
+  EXPECT_EQ(tuned.warmup_fraction(), 0.3);
   EXPECT_EQ(tuned.max_batch_size(), 4u);
   EXPECT_EQ(tuned.audit_fraction(), 0.5);
   // The default mode applies to requests that leave it unset.
