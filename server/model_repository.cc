@@ -236,7 +236,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   const v1::AdaptiveConfig& a = c.adaptive();
   const bool manual_multipliers = a.has_topk_multiplier() || a.has_normalizer_multiplier();
   const bool replaces_calibrated =
-      served->calibration_mode == "calibrated" &&
+      !c.calibration().empty() &&
       ((a.has_lognormal_correction() &&
         a.lognormal_correction() != adaptive.lognormal_correction) ||
        (a.has_warmup_fraction() && a.warmup_fraction() != adaptive.warmup_fraction));
