@@ -54,6 +54,7 @@ struct InputFlags {
   std::string bias;
   std::string bias_tensor;
   std::string dtype;
+  std::string sampling_dtype;
   std::string queries;
   std::string labels;
   uint64_t k = 1;
@@ -82,6 +83,11 @@ void AddModelFlags(FlagSet& flags, InputFlags* f, bool required = true) {
       .Placeholder("NAME");
   flags.AddString("dtype", &f->dtype,
                   "keep the weights in float32, float16 or bfloat16 (default: as stored)")
+      .Placeholder("DTYPE");
+  flags
+      .AddString("sampling-dtype", &f->sampling_dtype,
+                 "the sampler's copy of the weights in float32, float16 or bfloat16 (default: "
+                 "float16 for float32 weights that fit it, else as the weights)")
       .Placeholder("DTYPE");
   Flag& queries = flags.AddString("queries", &f->queries,
                                   "queries, .npy matrix with one query (d values) a row");
@@ -250,13 +256,16 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f,
     take("delta", c.delta, &in.query.delta, true);
     take("temperature", c.temperature, &in.query.temperature, false);
   }
-  ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt};
-  if (!f.dtype.empty()) {
-    absl::StatusOr<DType> dtype = ParseDType(f.dtype);
+  ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt, std::nullopt};
+  for (const auto& [flag, value, out] :
+       {std::tuple{"--dtype", &f.dtype, &files.dtype},
+        {"--sampling-dtype", &f.sampling_dtype, &files.sampling_dtype}}) {
+    if (value->empty()) continue;
+    absl::StatusOr<DType> dtype = ParseDType(*value);
     if (!dtype.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("--dtype: ", dtype.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", dtype.status().message()));
     }
-    files.dtype = *dtype;
+    *out = *dtype;
   }
   ASSIGN_OR_RETURN(in.queries, ReadQueries(f.queries));
   if (!f.labels.empty()) {
@@ -512,12 +521,14 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
 }
 
 // Runs Interleaved over the first `queries` valid queries of `in` on a placeholder head of their
-// width: 64 rows of Gaussian entries in `dtype`, with a bias when `bias`. What every model of a
+// width: 64 rows of Gaussian entries in `dtype` (its sampling copy in `sampling`), with a bias
+// when `bias`. What every model of a
 // process shares (code, thread stacks and buffers, the sampler's per-thread scratch, whose sums
 // take a whole chunk of arms however few) is then resident before the model loads, so that
 // bench charges the model only with what it adds; the server's measurement likewise subtracts
 // a server holding a 64-row head.
-void WarmUpOnPlaceholder(const Inputs& in, DType dtype, bool bias, size_t queries, uint64_t seed) {
+void WarmUpOnPlaceholder(const Inputs& in, DType dtype, std::optional<DType> sampling, bool bias,
+                         size_t queries, uint64_t seed) {
   constexpr size_t kRows = 64;
   const size_t d = in.queries.cols();
   Matrix weights = Matrix::Owned(kRows, d, Layout::kRowMajor);
@@ -527,7 +538,7 @@ void WarmUpOnPlaceholder(const Inputs& in, DType dtype, bool bias, size_t querie
   std::vector<float> b(bias ? kRows : 0);
   for (float& v : b) v = normal(gen);
   absl::StatusOr<std::shared_ptr<const Model>> model =
-      Model::Create(std::move(weights), std::move(b), dtype);
+      Model::Create(std::move(weights), std::move(b), dtype, sampling);
   if (!model.ok()) return;
   size_t valid = 0;
   while (valid < std::min(queries, in.queries.rows()) &&
@@ -565,8 +576,10 @@ int Bench(int argc, char** argv) {
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
   absl::StatusOr<Inputs> in = LoadInputs(flags, f, [&](const Inputs& loaded) {
     const absl::StatusOr<DType> dtype = ParseDType(f.dtype);
-    WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32), !f.bias.empty(), /*queries=*/3,
-                        f.seed);
+    absl::StatusOr<DType> sampling = ParseDType(f.sampling_dtype);
+    WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32),
+                        sampling.ok() ? std::optional(*sampling) : std::nullopt, !f.bias.empty(),
+                        /*queries=*/3, f.seed);
   });
   if (!in.ok()) return flags.Error(in.status());
   const size_t rows = in->queries.rows();
@@ -586,6 +599,7 @@ int Bench(int argc, char** argv) {
   j["n"] = in->model->n();
   j["d"] = in->model->d();
   j["dtype"] = DTypeName(in->model->dtype());
+  j["sampling_dtype"] = DTypeName(in->model->sampling_dtype());
   j["k"] = in->query.k;
   j["epsilon"] = in->query.epsilon;
   j["delta"] = in->query.delta;

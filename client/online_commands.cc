@@ -223,6 +223,7 @@ int ModelsCommand(int argc, char** argv) {
                          {"n", m.n()},
                          {"d", m.d()},
                          {"dtype", m.dtype()},
+                         {"sampling_dtype", m.sampling_dtype()},
                          {"has_bias", m.has_bias()},
                          {"has_labels", m.has_labels()},
                          {"default_epsilon", m.default_epsilon()},

@@ -131,6 +131,12 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // queries stricter than the options' min_epsilon or min_delta, and queries whose logits may be too
 // large for the sampler's float estimates to resolve at their epsilon: temperature x (max_i |b_i| +
 // |x| max_i |A_i|) > epsilon x 2^19 (on the OCR head, PAC success fell to 53% at temperature 1e6).
+//
+// The sweeps read the model's sampling copy (see Model): they estimate its logits, each within
+// bias = temperature x |x| x Model::sampling_error_norm() of the weights'. So the search drops an
+// arm once its upper bound is below the k-th best exact logit less the bias, and the normaliser
+// aims at the epsilon' with (1 + epsilon') exp(bias) <= 1 + epsilon and (1 - epsilon')
+// exp(-bias) >= 1 - epsilon; a query whose epsilon' would be below epsilon / 2 goes exact too.
 // Thread-safe.
 class AdaptiveSoftmax : public TopKSoftmax {
  public:

@@ -10,6 +10,18 @@
 #include "core/status_macros.h"
 
 namespace adasoftmax {
+namespace {
+
+// See ModelFiles::sampling_dtype.
+DType DefaultSamplingDType(DType dtype, const void* weights, size_t entries) {
+  if (dtype != DType::kFloat32) return dtype;
+  const float* values = static_cast<const float*>(weights);
+  const bool fits = std::all_of(values, values + entries,
+                                [](float v) { return std::isfinite(Widen(Narrow<Float16>(v))); });
+  return fits ? DType::kFloat16 : dtype;
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
   ASSIGN_OR_RETURN(RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
@@ -23,11 +35,12 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files
     }
   }
   const DType dtype = files.dtype.value_or(weights.dtype);
-  return Build(std::move(weights), std::move(bias), dtype, files.weights);
+  return Build(std::move(weights), std::move(bias), dtype, files.sampling_dtype, files.weights);
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::vector<float> bias,
-                                                           DType dtype) {
+                                                           DType dtype,
+                                                           std::optional<DType> sampling_dtype) {
   auto owner = std::make_shared<const Matrix>(std::move(weights));
   // Braced initialisers run in order: owner is read before it moves.
   RawMatrix raw{.dtype = DType::kFloat32,
@@ -36,11 +49,12 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::
                 .layout = owner->layout(),
                 .data = owner->data(),
                 .keepalive = std::move(owner)};
-  return Build(std::move(raw), std::move(bias), dtype, "weights");
+  return Build(std::move(raw), std::move(bias), dtype, sampling_dtype, "weights");
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
                                                           std::vector<float> bias, DType dtype,
+                                                          std::optional<DType> sampling_dtype,
                                                           const std::string& source) {
   if (weights.rows == 0 || weights.cols == 0) {
     return absl::InvalidArgumentError("weights are empty");
@@ -83,25 +97,42 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
       return absl::OkStatus();
     }));
   }
-  weights = {};  // unmaps a weights file now, before the panels double the memory
-  model->panels_.Reset(model->panels() * n * kPanelWidth * size);
+  weights = {};  // unmaps a weights file now, before the panels add to the memory
+  if (!sampling_dtype.has_value()) {
+    sampling_dtype = DefaultSamplingDType(dtype, model->rows_.data(), n * d);
+  }
+  model->sampling_dtype_ = *sampling_dtype;
+  model->panels_.Reset(model->panels() * n * kPanelWidth * ElementBytes(*sampling_dtype));
   std::vector<double> abs_sums(d, 0.0);
-  VisitDType(dtype, [&](auto tag) {
+  RETURN_IF_ERROR(VisitDType(dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* rows = reinterpret_cast<const T*>(model->rows_.data());
-    T* panels = reinterpret_cast<T*>(model->panels_.data());
-    for (size_t i = 0; i < n; ++i) {
-      const T* row = rows + i * d;
-      double norm_sq = 0;
-      for (size_t j = 0; j < d; ++j) {
-        panels[((j / kPanelWidth) * n + i) * kPanelWidth + j % kPanelWidth] = row[j];
-        const double w = Widen(row[j]);
-        abs_sums[j] += std::fabs(w);
-        norm_sq += w * w;
+    return VisitDType(*sampling_dtype, [&](auto copy_tag) -> absl::Status {
+      using C = decltype(copy_tag);
+      C* panels = reinterpret_cast<C*>(model->panels_.data());
+      for (size_t i = 0; i < n; ++i) {
+        const T* row = rows + i * d;
+        double norm_sq = 0, error_sq = 0;
+        for (size_t j = 0; j < d; ++j) {
+          const float w = Widen(row[j]);
+          const C copy = Narrow<C>(w);
+          const double error = static_cast<double>(Widen(copy)) - w;
+          if (!std::isfinite(error)) {
+            return absl::InvalidArgumentError(
+                absl::StrFormat("%s: value %g at row %d, column %d is beyond the range of %s",
+                                source, w, i, j, DTypeName(*sampling_dtype)));
+          }
+          panels[((j / kPanelWidth) * n + i) * kPanelWidth + j % kPanelWidth] = copy;
+          abs_sums[j] += std::fabs(w);
+          norm_sq += static_cast<double>(w) * w;
+          error_sq += error * error;
+        }
+        model->max_row_norm_ = std::max(model->max_row_norm_, std::sqrt(norm_sq));
+        model->sampling_error_norm_ = std::max(model->sampling_error_norm_, std::sqrt(error_sq));
       }
-      model->max_row_norm_ = std::max(model->max_row_norm_, std::sqrt(norm_sq));
-    }
-  });
+      return absl::OkStatus();
+    });
+  }));
   model->column_abs_sums_.assign(abs_sums.begin(), abs_sums.end());
   for (float b : bias) model->max_abs_bias_ = std::max<double>(model->max_abs_bias_, std::fabs(b));
   model->bias_ = std::move(bias);
@@ -109,7 +140,8 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
 }
 
 size_t Model::memory_bytes() const {
-  return (n_ * d_ + panels() * n_ * kPanelWidth) * ElementBytes(dtype_);
+  return n_ * d_ * ElementBytes(dtype_) +
+         panels() * n_ * kPanelWidth * ElementBytes(sampling_dtype_);
 }
 
 }  // namespace adasoftmax

@@ -224,6 +224,7 @@ v1::ListModelsResponse InferenceService::ListModels() const {
     m.set_n(s.model->n());
     m.set_d(s.model->d());
     m.set_dtype(DTypeName(s.model->dtype()));
+    m.set_sampling_dtype(DTypeName(s.model->sampling_dtype()));
     m.set_has_bias(s.model->has_bias());
     m.set_has_labels(!s.labels.empty());
     m.set_default_epsilon(s.default_epsilon);

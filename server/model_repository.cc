@@ -113,9 +113,11 @@ absl::Status WriteNpyAtomically(const std::string& path, const T& data) {
 // Reads the cached copy of a synthetic model; any failure means "regenerate".
 absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::string& dir,
                                                                  const SynthOptions& o,
-                                                                 std::optional<DType> dtype) {
+                                                                 std::optional<DType> dtype,
+                                                                 std::optional<DType> sampling) {
   ModelFiles files;
   files.dtype = dtype;
+  files.sampling_dtype = sampling;
   files.weights = (fs::path(dir) / "weights.npy").string();
   if (o.bias) files.bias = (fs::path(dir) / "bias.npy").string();
   // The queries are written last: their presence marks a complete cache.
@@ -132,13 +134,14 @@ absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::stri
 
 absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     const std::string& name, const v1::SyntheticModel& synthetic, const std::string& cache_dir,
-    std::optional<DType> dtype, const std::function<void(const std::string&)>& log,
-    std::string* source, std::string* queries) {
+    std::optional<DType> dtype, std::optional<DType> sampling,
+    const std::function<void(const std::string&)>& log, std::string* source, std::string* queries) {
   ASSIGN_OR_RETURN(const SynthOptions o, ToSynthOptions(synthetic));
   if (cache_dir.empty()) return absl::InvalidArgumentError("synthetic: no --cache_dir to cache it in");
   const std::string dir = SyntheticCacheDir(cache_dir, name, synthetic);
   *queries = (fs::path(dir) / "queries.npy").string();
-  absl::StatusOr<std::shared_ptr<const Model>> cached = ReadCachedSynthetic(dir, o, dtype);
+  absl::StatusOr<std::shared_ptr<const Model>> cached =
+      ReadCachedSynthetic(dir, o, dtype, sampling);
   if (cached.ok()) {
     *source = absl::StrCat("synthetic, cached in ", dir);
     return cached;
@@ -167,7 +170,7 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     if (log) log(absl::StrCat("model ", name, ": could not cache: ", written.message()));
   }
   return Model::Create(std::move(data.weights), std::move(data.bias),
-                       dtype.value_or(DType::kFloat32));
+                       dtype.value_or(DType::kFloat32), sampling);
 }
 
 absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
@@ -187,13 +190,15 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   RETURN_IF_ERROR(ValidateName(served->name));
 
   // Weights.
-  std::optional<DType> dtype;
-  if (!c.dtype().empty()) {
-    absl::StatusOr<DType> parsed = ParseDType(c.dtype());
+  std::optional<DType> dtype, sampling;
+  for (const auto& [field, value, out] : {std::tuple{"dtype", &c.dtype(), &dtype},
+                                          {"sampling_dtype", &c.sampling_dtype(), &sampling}}) {
+    if (value->empty()) continue;
+    absl::StatusOr<DType> parsed = ParseDType(*value);
     if (!parsed.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("dtype: ", parsed.status().message()));
+      return absl::InvalidArgumentError(absl::StrCat(field, ": ", parsed.status().message()));
     }
-    dtype = *parsed;
+    *out = *parsed;
   }
   if (c.weights().empty() == !c.has_synthetic()) {
     return absl::InvalidArgumentError("exactly one of `weights` and `synthetic` must be set");
@@ -201,11 +206,15 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   if (c.has_synthetic()) {
     if (!c.bias().empty()) return absl::InvalidArgumentError("bias: not allowed with `synthetic`");
     ASSIGN_OR_RETURN(served->model,
-                     LoadSynthetic(served->name, c.synthetic(), options.cache_dir, dtype, log,
-                                   &served->source, &served->sample_queries));
+                     LoadSynthetic(served->name, c.synthetic(), options.cache_dir, dtype, sampling,
+                                   log, &served->source, &served->sample_queries));
   } else {
-    const ModelFiles files{Resolve(dir, c.weights()), c.weights_tensor(), Resolve(dir, c.bias()),
-                           c.bias_tensor(), dtype};
+    const ModelFiles files{Resolve(dir, c.weights()),
+                           c.weights_tensor(),
+                           Resolve(dir, c.bias()),
+                           c.bias_tensor(),
+                           dtype,
+                           sampling};
     ASSIGN_OR_RETURN(served->model, Model::Load(files));
     served->source = files.weights;
     served->sample_queries = Resolve(dir, c.sample_queries());
@@ -387,15 +396,16 @@ std::string SyntheticCacheDir(const std::string& cache_dir, const std::string& n
 std::string DescribeModel(const ServedModel& m) {
   const AdaptiveOptions& o = m.adaptive->options();
   return absl::StrFormat(
-      "loaded model %s: n=%d d=%d dtype=%s bias=%s labels=%s mode=%s calibration=%s "
+      "loaded model %s: n=%d d=%d dtype=%s sampling_dtype=%s bias=%s labels=%s mode=%s "
+      "calibration=%s "
       "multipliers=%g,%g lognormal_correction=%g warmup_fraction=%g min_epsilon=%g min_delta=%g "
       "max_sharing_loss=%g max_batch_size=%d batch_timeout_us=%d audit_fraction=%g "
       "memory=%.1fMB from %s",
       m.name, m.model->n(), m.model->d(), DTypeName(m.model->dtype()),
-      m.model->has_bias() ? "yes" : "no", m.labels.empty() ? "no" : "yes",
-      m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive", m.calibration_mode,
-      o.topk_multiplier, o.normalizer_multiplier, o.lognormal_correction, o.warmup_fraction,
-      o.min_epsilon, o.min_delta, o.max_sharing_loss, m.batching.max_batch_size,
+      DTypeName(m.model->sampling_dtype()), m.model->has_bias() ? "yes" : "no",
+      m.labels.empty() ? "no" : "yes", m.default_mode == v1::MODE_EXACT ? "exact" : "adaptive",
+      m.calibration_mode, o.topk_multiplier, o.normalizer_multiplier, o.lognormal_correction,
+      o.warmup_fraction, o.min_epsilon, o.min_delta, o.max_sharing_loss, m.batching.max_batch_size,
       absl::ToInt64Microseconds(m.batching.batch_timeout), m.audit_fraction,
       m.model->memory_bytes() / 1e6, m.source);
 }

@@ -54,25 +54,55 @@ TEST(DTypeTest, NarrowRoundsToNearestEven) {
 
 TEST(ModelTest, HalfModelsKeepRoundedWeightsInHalfTheMemory) {
   const Matrix a = Ramp(37, 11);
+  auto rounded = [&](DType dtype, size_t i, size_t j) {
+    return VisitDType(dtype, [&](auto tag) { return Widen(Narrow<decltype(tag)>(a.at(i, j))); });
+  };
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
     absl::StatusOr<std::shared_ptr<const Model>> model =
         Model::Create(Ramp(37, 11), {}, dtype);
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ((*model)->dtype(), dtype);
-    EXPECT_EQ((*model)->memory_bytes(), 2 * 37 * 11 * ElementBytes(dtype));
+    // The sampler's copy: float16 for float32 weights, else the weights' own dtype.
+    const DType copy = dtype == DType::kFloat32 ? DType::kFloat16 : dtype;
+    EXPECT_EQ((*model)->sampling_dtype(), copy);
+    EXPECT_EQ((*model)->memory_bytes(), 37 * 11 * (ElementBytes(dtype) + ElementBytes(copy)));
+    double error_norm = 0;
     for (size_t i = 0; i < 37; ++i) {
+      double error_sq = 0;
       for (size_t j = 0; j < 11; ++j) {
-        const float rounded = VisitDType(dtype, [&](auto tag) {
-          return Widen(Narrow<decltype(tag)>(a.at(i, j)));
-        });
-        ASSERT_EQ((*model)->weight(i, j), rounded) << DTypeName(dtype) << " " << i << "," << j;
-        ASSERT_EQ(WidenAt(dtype, (*model)->panel(j, i), 0), rounded);
+        ASSERT_EQ((*model)->weight(i, j), rounded(dtype, i, j)) << DTypeName(dtype) << i << j;
+        const float in_copy = WidenAt(copy, (*model)->panel(j, i), 0);
+        ASSERT_EQ(in_copy, rounded(copy, i, j)) << DTypeName(dtype) << " " << i << "," << j;
+        error_sq += std::pow(static_cast<double>(in_copy) - (*model)->weight(i, j), 2);
       }
+      error_norm = std::max(error_norm, std::sqrt(error_sq));
     }
+    EXPECT_DOUBLE_EQ((*model)->sampling_error_norm(), error_norm) << DTypeName(dtype);
+    EXPECT_EQ(error_norm > 0, dtype == DType::kFloat32) << DTypeName(dtype);
     if (dtype != DType::kFloat32) {
       EXPECT_NE((*model)->weight(0, 1), a.at(0, 1)) << "sin(0.37) is not representable";
     }
   }
+}
+
+TEST(ModelTest, SamplingCopyInAnyDtypeAndFloat32WhereFloat16FallsShort) {
+  const auto exact = *Model::Create(Ramp(37, 11), {}, DType::kFloat32, DType::kFloat32);
+  EXPECT_EQ(exact->sampling_dtype(), DType::kFloat32);
+  EXPECT_EQ(exact->sampling_error_norm(), 0);
+  EXPECT_EQ(exact->memory_bytes(), 2 * 37 * 11 * sizeof(float));
+  const auto coarse = *Model::Create(Ramp(37, 11), {}, DType::kFloat32, DType::kBFloat16);
+  EXPECT_GT(coarse->sampling_error_norm(),
+            (*Model::Create(Ramp(37, 11), {}))->sampling_error_norm());
+
+  Matrix wide = Ramp(3, 2);
+  wide.mutable_data()[3] = 1e5f;  // beyond float16
+  const auto kept = *Model::Create(wide.Copy(Layout::kRowMajor), {});
+  EXPECT_EQ(kept->sampling_dtype(), DType::kFloat32);
+  const absl::StatusOr<std::shared_ptr<const Model>> told =
+      Model::Create(std::move(wide), {}, DType::kFloat32, DType::kFloat16);
+  EXPECT_EQ(told.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(told.status().message()),
+              AllOf(HasSubstr("100000"), HasSubstr("row 1, column 1"), HasSubstr("float16")));
 }
 
 TEST(ModelTest, KeepsTheLargestRowNormAndBias) {
