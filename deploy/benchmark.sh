@@ -8,6 +8,7 @@
 #    memory;
 #  - Half precision: W1 and W2 (calibrated, held out) with the weights stored and kept in
 #    bfloat16 and float16;
+#  - the sampler's copy: W1-W3 (calibrated, held out) with it in float32 instead of float16;
 #    and deploy/performance.png (latency vs matrix size);
 #  - the server table, by deploy/benchmark-server.sh on the same data.
 #
@@ -106,6 +107,14 @@ w() { echo --weights "$work/$1/weights.npy" --queries "$work/$1/queries.npy"; }
         --calibration "$work/$name/calibration.json" --seed 1
     done
   done
+  # The sampler's copy in float32 instead of the default float16, the sampler alone.
+  for head in heavy768:700 heavy4096:300 heavy128k:300; do
+    name=${head%:*} offset=${head#*:}
+    echo "benchmark: $name, float32 copy" >&2
+    "$tool" bench $(w "$name") --queries-offset "$offset" --seed 1 --sample-cost 0 \
+      --calibration "$work/$name/calibration.json" --sampling-dtype float32 \
+      >"$results/$name-copy32.sampler.json"
+  done
 }
 
 /usr/bin/python3 - "$work" "$root/deploy/performance.png" <<'PY'
@@ -173,6 +182,19 @@ for name, label, f32 in (("heavy768", "W1", "w1-heavy768-calibrated"),
             s["adaptive_median_ms"], f["adaptive_median_ms"], m["adaptive_median_ms"],
             f["exact_fallbacks"], m["exact_fallbacks"], f["queries"], f["speedup"], m["speedup"],
             pac(f, m), f["sgemv_read_gb_per_s"], rss(f)))
+
+print("\nThe sampler's copy of float32 weights (calibrated, held out, the sampler alone):\n")
+print("| workload | copy | exact | adaptive, sampler | speedup | median fraction | PAC "
+      "| sampler GB/s: sampled / touched | peak RSS / weights: process / model |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name, label in (("heavy768", "W1"), ("heavy4096", "W2"), ("heavy128k", "W3")):
+    for result in ("w%s-%s-calibrated" % (label[1], name), name + "-copy32"):
+        s = load(result, "sampler")
+        print("| %s | %s | %.2f | %.2f / %.2f | %.2fx | %.3f | %.1f%% | %.1f / %.1f | %s |" % (
+            label, s["sampling_dtype"], s["exact_median_ms"], s["adaptive_median_ms"],
+            s["adaptive_p99_ms"], s["speedup"], s["median_sample_fraction"],
+            100 * s["pac_success_rate"], s["adaptive_read_gb_per_s"],
+            s["adaptive_touched_gb_per_s"], rss(s)))
 
 for name in ("heavy768", "heavy4096", "heavy128k"):
     with open(os.path.join(work, name, "calibration.json")) as f:
