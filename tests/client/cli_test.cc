@@ -256,9 +256,12 @@ TEST_F(CliTest, BenchPrintsJson) {
   EXPECT_LE(rate, 1.0);
   EXPECT_GT(j["sample_cost"].get<double>(), 0);  // the exact fallback is on by default
   EXPECT_EQ(j["weight_bytes"], 600 * 32 * 4);
-  // The kernels touch at least the bytes of the entries sampled.
+  // Float32 weights, the sampler's copy in float16: 6 bytes an entry in all.
+  EXPECT_EQ(j["sampling_dtype"], "float16");
+  EXPECT_EQ(j["model_memory_bytes"], 600 * 32 * 6);
+  // The kernels touch at least the bytes of the entries sampled, at 2 bytes an entry.
   EXPECT_GE(j["mean_bytes_touched"].get<double>(),
-            j["mean_sample_fraction"].get<double>() * 600 * 32 * 4);
+            j["mean_sample_fraction"].get<double>() * 600 * 32 * 2);
   EXPECT_GE(j["adaptive_touched_gb_per_s"].get<double>(),
             j["adaptive_read_gb_per_s"].get<double>());
   EXPECT_GT(j["peak_rss_over_weight_bytes"].get<double>(), 1.0);
@@ -273,8 +276,15 @@ TEST_F(CliTest, BenchPrintsJson) {
   // resident before the model loaded.
   EXPECT_LT(j["model_peak_rss_bytes"].get<double>() - j["model_resident_bytes"].get<double>(),
             512 * 1024);
+  const Output exact_copy =
+      Run(With({"bench"},
+               With(ModelArgs(), {"--limit", "5", "--seed", "1", "--sampling-dtype", "float32"})));
+  ASSERT_EQ(exact_copy.code, 0) << exact_copy.err;
+  EXPECT_EQ(Json::parse(exact_copy.out)["model_memory_bytes"], 600 * 32 * 8);
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--queries-offset", "120"}))), 1,
                      "--queries-offset");
+  ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--sampling-dtype", "fp8"}))), 1,
+                     "--sampling-dtype: unknown dtype 'fp8'");
   ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--sample-cost", "-1"}))), 2,
                      "--sample-cost");
 }

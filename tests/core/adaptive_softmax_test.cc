@@ -466,6 +466,35 @@ TEST(AdaptiveSoftmaxTest, LogitsTooLargeForFloatEstimatesGetTheExactAnswer) {
   }
 }
 
+// The sampler's copy of the weights moves each logit by at most bias = temperature x |x| x
+// sampling_error_norm(); at epsilon 0.3 it leaves the sampler less than half of epsilon once
+// bias > ln(1.3 / 1.15) = 0.1226.
+TEST(AdaptiveSoftmaxTest, ACopyWhoseRoundingLeavesLessThanHalfOfEpsilonGetsTheExactAnswer) {
+  const testing::ModelAndQueries coarse = testing::OcrHead(DType::kFloat32, DType::kBFloat16);
+  const testing::ModelAndQueries fine = testing::OcrHead(DType::kFloat32, DType::kFloat16);
+  ASSERT_GT(coarse.model->sampling_error_norm(), 2 * fine.model->sampling_error_norm());
+  const AdaptiveSoftmax sample_coarse(coarse.model, {.sample_cost = 0});
+  const AdaptiveSoftmax sample_fine(fine.model, {.sample_cost = 0});
+  const ExactSoftmax exact(coarse.model);
+  for (size_t q = 0; q < 3; ++q) {
+    double norm_sq = 0;
+    for (float v : coarse.query(q)) norm_sq += v * v;
+    auto at_bias = [&](double bias) {
+      const double temperature = bias / (std::sqrt(norm_sq) * coarse.model->sampling_error_norm());
+      return Query{coarse.query(q), {.epsilon = 0.3, .temperature = temperature, .seed = 1}};
+    };
+    const Query far = at_bias(0.13);
+    EXPECT_TRUE(SkipsAlone(sample_coarse, far)) << q;
+    const TopKResult r = *sample_coarse.Answer(far);
+    EXPECT_TRUE(r.exact) << q;
+    const TopKResult want = *exact.Answer(far);
+    EXPECT_EQ(r.indices, want.indices) << q;
+    EXPECT_EQ(r.log_partition, want.log_partition) << q;
+    EXPECT_FALSE(SkipsAlone(sample_fine, far)) << q;  // the same query, a finer copy
+    EXPECT_FALSE(SkipsAlone(sample_coarse, at_bias(0.12))) << q;
+  }
+}
+
 TEST(AdaptiveSoftmaxTest, QueriesStricterThanTheMultipliersHoldAtGetTheExactAnswer) {
   testing::ModelAndQueries head = HeavyHead();
   const AdaptiveSoftmax adaptive(head.model,

@@ -104,17 +104,22 @@ TEST(BinomialMarginTest, MatchesKnownQuantiles) {
 }
 
 // Half-precision heads: the guarantee holds against the exact answer on the rounded weights
-// the model keeps.
-TEST(HalfPrecisionPacTest, TheoryModeHoldsDeltaOnHalfPrecisionHeads) {
-  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+// the model keeps. Float32 heads with a half-precision copy for the sampler: against the
+// float32 answer.
+TEST(HalfPrecisionPacTest, TheoryModeHoldsDeltaOnHalfPrecisionHeadsAndCopies) {
+  for (const auto [dtype, copy] : {std::pair{DType::kFloat16, DType::kFloat16},
+                                   {DType::kBFloat16, DType::kBFloat16},
+                                   {DType::kFloat32, DType::kFloat16},
+                                   {DType::kFloat32, DType::kBFloat16}}) {
     const testing::ModelAndQueries head = testing::SynthHead({.n = 6000,
                                                               .d = 192,
                                                               .queries = 200,
                                                               .seed = 23,
                                                               .heavy_tailed = true,
                                                               .column_scale_spread = 0.5},
-                                                             dtype);
+                                                             dtype, copy);
     ASSERT_EQ(head.model->dtype(), dtype);
+    ASSERT_EQ(head.model->sampling_dtype(), copy);
     const AdaptiveSoftmax adaptive(head.model);
     const QueryOptions options{.k = 1, .epsilon = 0.3, .delta = 0.01};
     int failures = 0;
@@ -127,8 +132,9 @@ TEST(HalfPrecisionPacTest, TheoryModeHoldsDeltaOnHalfPrecisionHeads) {
       failures += !MeetsPac(r, ComputeReference(*head.model, query.x, 1.0), 1, options.epsilon);
       fraction += r.sample_fraction / 200;
     }
-    EXPECT_LE(failures, BinomialMargin(200, options.delta)) << DTypeName(dtype);
-    EXPECT_LT(fraction, 0.9) << DTypeName(dtype) << ": the sampler must not read everything";
+    EXPECT_LE(failures, BinomialMargin(200, options.delta)) << DTypeName(dtype) << DTypeName(copy);
+    EXPECT_LT(fraction, 0.9) << DTypeName(dtype) << DTypeName(copy)
+                             << ": the sampler must not read everything";
   }
 }
 

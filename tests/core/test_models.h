@@ -4,6 +4,7 @@
 // Models and queries shared by the core tests.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,22 +27,26 @@ struct ModelAndQueries {
 };
 
 // The shipped real OCR head with bias and its real queries (tests run from the repository root),
-// its weights kept in `dtype`.
-inline ModelAndQueries OcrHead(DType dtype = DType::kFloat32) {
+// its weights kept in `dtype` and the sampler's copy in `sampling` (none: the default).
+inline ModelAndQueries OcrHead(DType dtype = DType::kFloat32,
+                               std::optional<DType> sampling = std::nullopt) {
   const std::string dir = "tests/data/ppocrv4-rec/";
-  absl::StatusOr<std::shared_ptr<const Model>> model =
-      Model::Load({.weights = dir + "weights.npy", .bias = dir + "bias.npy", .dtype = dtype});
+  absl::StatusOr<std::shared_ptr<const Model>> model = Model::Load({.weights = dir + "weights.npy",
+                                                                    .bias = dir + "bias.npy",
+                                                                    .dtype = dtype,
+                                                                    .sampling_dtype = sampling});
   EXPECT_TRUE(model.ok()) << model.status();
   absl::StatusOr<LoadedMatrix> queries = ReadMatrix(dir + "queries.npy");
   EXPECT_TRUE(queries.ok()) << queries.status();
   return {*std::move(model), std::move(queries->matrix)};
 }
 
-inline ModelAndQueries SynthHead(const SynthOptions& options, DType dtype = DType::kFloat32) {
+inline ModelAndQueries SynthHead(const SynthOptions& options, DType dtype = DType::kFloat32,
+                                 std::optional<DType> sampling = std::nullopt) {
   absl::StatusOr<SynthData> data = Synthesize(options);
   EXPECT_TRUE(data.ok()) << data.status();
   absl::StatusOr<std::shared_ptr<const Model>> model =
-      Model::Create(std::move(data->weights), std::move(data->bias), dtype);
+      Model::Create(std::move(data->weights), std::move(data->bias), dtype, sampling);
   EXPECT_TRUE(model.ok()) << model.status();
   return {*std::move(model), std::move(data->queries)};
 }

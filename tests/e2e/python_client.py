@@ -94,6 +94,7 @@ class WireCompatibilityTest(unittest.TestCase):
         self.assertEqual(model.n, self.weights.shape[0])
         self.assertEqual(model.d, self.weights.shape[1])
         self.assertEqual(model.dtype, "float32")
+        self.assertEqual(model.sampling_dtype, "float16")
         self.assertTrue(model.has_bias)
         self.assertTrue(model.has_labels)
         self.assertAlmostEqual(model.default_epsilon, 0.3)

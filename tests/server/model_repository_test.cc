@@ -192,6 +192,8 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"weights: \"weights.npy\"\nsynthetic { n: 10 d: 2 }\n", "exactly one"},
       {"weights: \"weights.npy\"\nname: \"bad name!\"\n", "name"},
       {"weights: \"weights.npy\"\ndtype: \"fp8\"\n", "dtype: unknown dtype 'fp8'"},
+      {"weights: \"weights.npy\"\nsampling_dtype: \"int8\"\n",
+       "sampling_dtype: unknown dtype 'int8'"},
   };
   WriteModel(dir_.Sub("repo/m"), Tiny());
   WriteTextFile(dir_.Sub("repo/m/short.txt"), "a\nb\n");
@@ -290,13 +292,14 @@ TEST_F(ModelRepositoryTest, LoadsSafetensorsByTensorName) {
   EXPECT_THAT(Load("st").status().message(), HasSubstr("missing"));
 }
 
-TEST_F(ModelRepositoryTest, DtypeKeepsFileAndSyntheticWeightsInHalfPrecision) {
+TEST_F(ModelRepositoryTest, DtypesKeepFileAndSyntheticWeightsAndTheSamplersCopy) {
   const SynthData data = WriteModel(dir_.Sub("repo/half"), Tiny(7));
   WriteTextFile(dir_.Sub("repo/half/model.pbtxt"),
                 "weights: \"weights.npy\"\ndtype: \"bfloat16\"\n");
   auto m = Load("half");
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ((*m)->model->dtype(), DType::kBFloat16);
+  EXPECT_EQ((*m)->model->sampling_dtype(), DType::kBFloat16);
   EXPECT_EQ((*m)->model->weight(7, 3), Widen(Narrow<BFloat16>(data.weights.at(7, 3))));
 
   WriteTextFile(dir_.Sub("repo/syn16/model.pbtxt"),
@@ -305,6 +308,23 @@ TEST_F(ModelRepositoryTest, DtypeKeepsFileAndSyntheticWeightsInHalfPrecision) {
     auto synthetic = Load("syn16");
     ASSERT_TRUE(synthetic.ok()) << synthetic.status();
     EXPECT_EQ((*synthetic)->model->dtype(), DType::kFloat16) << load;
+  }
+
+  WriteTextFile(dir_.Sub("repo/half/model.pbtxt"), "weights: \"weights.npy\"\n");
+  m = Load("half");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->model->sampling_dtype(), DType::kFloat16);  // float32 weights' default
+  WriteTextFile(dir_.Sub("repo/half/model.pbtxt"),
+                "weights: \"weights.npy\"\nsampling_dtype: \"float32\"\n");
+  m = Load("half");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->model->sampling_dtype(), DType::kFloat32);
+  WriteTextFile(dir_.Sub("repo/synbf/model.pbtxt"),
+                "synthetic { n: 400 d: 32 seed: 9 queries: 5 }\nsampling_dtype: \"bfloat16\"\n");
+  for (int load = 0; load < 2; ++load) {  // generated, then read from the cache
+    auto synthetic = Load("synbf");
+    ASSERT_TRUE(synthetic.ok()) << synthetic.status();
+    EXPECT_EQ((*synthetic)->model->sampling_dtype(), DType::kBFloat16) << load;
   }
 }
 

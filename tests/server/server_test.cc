@@ -324,6 +324,7 @@ TEST_F(ServerTest, ListModelsDescribesTheModels) {
   EXPECT_EQ(small.n(), kN);
   EXPECT_EQ(small.d(), kD);
   EXPECT_EQ(small.dtype(), "float32");
+  EXPECT_EQ(small.sampling_dtype(), "float16");
   EXPECT_TRUE(small.has_bias());
   EXPECT_TRUE(small.has_labels());
   EXPECT_EQ(small.default_epsilon(), 0.3);
