@@ -521,12 +521,11 @@ BenchStats Interleaved(const Inputs& in, size_t begin, size_t end, size_t warmup
 }
 
 // Runs Interleaved over the first `queries` valid queries of `in` on a placeholder head of their
-// width: 64 rows of Gaussian entries in `dtype` (its sampling copy in `sampling`), with a bias
-// when `bias`. What every model of a
-// process shares (code, thread stacks and buffers, the sampler's per-thread scratch, whose sums
-// take a whole chunk of arms however few) is then resident before the model loads, so that
-// bench charges the model only with what it adds; the server's measurement likewise subtracts
-// a server holding a 64-row head.
+// width: 64 rows of Gaussian entries in `dtype` (the sampler's copy in `sampling`), with a bias
+// when `bias`. What every model of a process shares (code, thread stacks and buffers, the
+// sampler's per-thread scratch, whose sums take a whole chunk of arms however few) is then
+// resident before the model loads, so that bench charges the model only with what it adds; the
+// server's measurement likewise subtracts a server holding a 64-row head.
 void WarmUpOnPlaceholder(const Inputs& in, DType dtype, std::optional<DType> sampling, bool bias,
                          size_t queries, uint64_t seed) {
   constexpr size_t kRows = 64;
@@ -576,7 +575,7 @@ int Bench(int argc, char** argv) {
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
   absl::StatusOr<Inputs> in = LoadInputs(flags, f, [&](const Inputs& loaded) {
     const absl::StatusOr<DType> dtype = ParseDType(f.dtype);
-    absl::StatusOr<DType> sampling = ParseDType(f.sampling_dtype);
+    const absl::StatusOr<DType> sampling = ParseDType(f.sampling_dtype);
     WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32),
                         sampling.ok() ? std::optional(*sampling) : std::nullopt, !f.bias.empty(),
                         /*queries=*/3, f.seed);

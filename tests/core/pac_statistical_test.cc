@@ -132,8 +132,9 @@ TEST(HalfPrecisionPacTest, TheoryModeHoldsDeltaOnHalfPrecisionHeadsAndCopies) {
       failures += !MeetsPac(r, ComputeReference(*head.model, query.x, 1.0), 1, options.epsilon);
       fraction += r.sample_fraction / 200;
     }
-    EXPECT_LE(failures, BinomialMargin(200, options.delta)) << DTypeName(dtype) << DTypeName(copy);
-    EXPECT_LT(fraction, 0.9) << DTypeName(dtype) << DTypeName(copy)
+    EXPECT_LE(failures, BinomialMargin(200, options.delta))
+        << DTypeName(dtype) << "/" << DTypeName(copy);
+    EXPECT_LT(fraction, 0.9) << DTypeName(dtype) << "/" << DTypeName(copy)
                              << ": the sampler must not read everything";
   }
 }
