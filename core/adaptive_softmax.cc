@@ -82,6 +82,7 @@ double CopyBias(const Model& model, const Query& query) {
 // [(1 - e') exp(-bias), (1 + e') exp(bias)] of the weights'.
 double SamplingEpsilon(const Query& query, double bias) {
   const double eps = query.options.epsilon;
+  if (bias == 0) return eps;  // an exact copy: no rounding of epsilon either
   return std::min((1 + eps) * std::exp(-bias) - 1, 1 - (1 - eps) * std::exp(bias));
 }
 
