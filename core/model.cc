@@ -7,18 +7,19 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "core/panel_kernels.h"
 #include "core/status_macros.h"
 
 namespace adasoftmax {
 namespace {
 
-// See ModelFiles::sampling_dtype.
+// See ModelFiles::sampling_dtype. float16 rounds |v| >= 65520 to infinity.
 DType DefaultSamplingDType(DType dtype, const void* weights, size_t entries) {
   if (dtype != DType::kFloat32) return dtype;
   const float* values = static_cast<const float*>(weights);
-  const bool fits = std::all_of(values, values + entries,
-                                [](float v) { return std::isfinite(Widen(Narrow<Float16>(v))); });
-  return fits ? DType::kFloat16 : dtype;
+  float largest = 0;
+  for (size_t k = 0; k < entries; ++k) largest = std::max(largest, std::fabs(values[k]));
+  return largest < 65520.0f ? DType::kFloat16 : dtype;
 }
 
 }  // namespace
@@ -103,36 +104,37 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
   }
   model->sampling_dtype_ = *sampling_dtype;
   model->panels_.Reset(model->panels() * n * kPanelWidth * ElementBytes(*sampling_dtype));
+  // Row by row: widened, rounded to the copy's dtype, widened back for its error.
   std::vector<double> abs_sums(d, 0.0);
-  RETURN_IF_ERROR(VisitDType(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    const T* rows = reinterpret_cast<const T*>(model->rows_.data());
-    return VisitDType(*sampling_dtype, [&](auto copy_tag) -> absl::Status {
-      using C = decltype(copy_tag);
-      C* panels = reinterpret_cast<C*>(model->panels_.data());
-      for (size_t i = 0; i < n; ++i) {
-        const T* row = rows + i * d;
-        double norm_sq = 0, error_sq = 0;
-        for (size_t j = 0; j < d; ++j) {
-          const float w = Widen(row[j]);
-          const C copy = Narrow<C>(w);
-          const double error = static_cast<double>(Widen(copy)) - w;
-          if (!std::isfinite(error)) {
-            return absl::InvalidArgumentError(
-                absl::StrFormat("%s: value %g at row %d, column %d is beyond the range of %s",
-                                source, w, i, j, DTypeName(*sampling_dtype)));
-          }
-          panels[((j / kPanelWidth) * n + i) * kPanelWidth + j % kPanelWidth] = copy;
-          abs_sums[j] += std::fabs(w);
-          norm_sq += static_cast<double>(w) * w;
-          error_sq += error * error;
-        }
-        model->max_row_norm_ = std::max(model->max_row_norm_, std::sqrt(norm_sq));
-        model->sampling_error_norm_ = std::max(model->sampling_error_norm_, std::sqrt(error_sq));
+  std::vector<float> wide(d), back(d);
+  std::vector<std::byte> copy(d * ElementBytes(*sampling_dtype));
+  const size_t row_bytes = d * size;
+  static_assert(kPanelWidth == 1);
+  for (size_t i = 0; i < n; ++i) {
+    WidenTo(dtype, model->rows_.data() + i * row_bytes, d, wide.data());
+    NarrowTo(*sampling_dtype, wide.data(), d, copy.data());
+    WidenTo(*sampling_dtype, copy.data(), d, back.data());
+    double norm_sq = 0, error_sq = 0;
+    for (size_t j = 0; j < d; ++j) {
+      if (!std::isfinite(back[j])) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s: value %g at row %d, column %d is beyond the range of %s", source,
+                            wide[j], i, j, DTypeName(*sampling_dtype)));
       }
-      return absl::OkStatus();
+      const double w = wide[j], error = static_cast<double>(back[j]) - w;
+      abs_sums[j] += std::fabs(w);
+      norm_sq += w * w;
+      error_sq += error * error;
+    }
+    model->max_row_norm_ = std::max(model->max_row_norm_, std::sqrt(norm_sq));
+    model->sampling_error_norm_ = std::max(model->sampling_error_norm_, std::sqrt(error_sq));
+    VisitDType(*sampling_dtype, [&](auto tag) {
+      using C = decltype(tag);
+      const C* row = reinterpret_cast<const C*>(copy.data());
+      C* panels = reinterpret_cast<C*>(model->panels_.data());
+      for (size_t j = 0; j < d; ++j) panels[j * n + i] = row[j];  // panel j holds column j
     });
-  }));
+  }
   model->column_abs_sums_.assign(abs_sums.begin(), abs_sums.end());
   for (float b : bias) model->max_abs_bias_ = std::max<double>(model->max_abs_bias_, std::fabs(b));
   model->bias_ = std::move(bias);

@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "core/hwy_kernels.h"
 #include "core/sweep_passes.h"
 #include "core/target_clones.h"
@@ -270,6 +274,43 @@ void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const floa
 
 void WidenTo(DType dtype, const void* a, size_t count, float* out) {
   ForDType(dtype, WidenToF32, Float16WidenTo, WidenToBF16)(a, count, out);
+}
+
+namespace {
+
+template <typename T>
+void NarrowToScalar(const float* a, size_t count, void* out) {
+  T* to = static_cast<T*>(out);
+  for (size_t k = 0; k < count; ++k) to[k] = Narrow<T>(a[k]);
+}
+
+#if defined(__x86_64__)
+// GCC converts float to _Float16 by a library call per entry (12% of loading W2 with its
+// float16 copy); F16C converts 8 at a time, to nearest even.
+__attribute__((target("avx,f16c"))) void NarrowToF16C(const float* a, size_t count, void* out) {
+  uint16_t* to = static_cast<uint16_t*>(out);
+  size_t k = 0;
+  for (; k + 8 <= count; k += 8) {
+    const __m128i half =
+        _mm256_cvtps_ph(_mm256_loadu_ps(a + k), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(to + k), half);
+  }
+  NarrowToScalar<Float16>(a + k, count - k, to + k);
+}
+#endif
+
+void NarrowToF16(const float* a, size_t count, void* out) {
+#if defined(__x86_64__)
+  static const bool f16c = __builtin_cpu_supports("f16c");
+  if (f16c) return NarrowToF16C(a, count, out);
+#endif
+  NarrowToScalar<Float16>(a, count, out);
+}
+
+}  // namespace
+
+void NarrowTo(DType dtype, const float* a, size_t count, void* out) {
+  ForDType(dtype, NarrowToScalar<float>, NarrowToF16, NarrowToScalar<BFloat16>)(a, count, out);
 }
 
 }  // namespace adasoftmax

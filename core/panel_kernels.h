@@ -65,6 +65,9 @@ void RowsDotVector(DType dtype, const void* a, size_t rows, size_t d, const floa
 // out[k] = a[k] widened, for `count` entries of `dtype`.
 void WidenTo(DType dtype, const void* a, size_t count, float* out);
 
+// out[k] = Narrow to `dtype` of a[k] (to nearest even), for `count` entries.
+void NarrowTo(DType dtype, const float* a, size_t count, void* out);
+
 }  // namespace adasoftmax
 
 #endif  // ADASOFTMAX_CORE_PANEL_KERNELS_H_

@@ -164,5 +164,29 @@ INSTANTIATE_TEST_SUITE_P(DTypes, PanelKernelsTest,
                            return std::string(DTypeName(info.param));
                          });
 
+// NarrowTo rounds as Narrow does (to nearest even, beyond the range to infinity), vector lanes
+// and tail alike.
+TEST(NarrowToTest, MatchesNarrowEntryByEntry) {
+  absl::BitGen gen;
+  std::vector<float> a(1003);
+  for (float& v : a) v = absl::Gaussian<float>(gen) * std::exp2(absl::Uniform(gen, -30, 17));
+  a[0] = 1 + std::exp2(-11.0f);      // a float16 tie: to even, 1
+  a[1] = 1 + 3 * std::exp2(-11.0f);  // a tie: to even, 1 + 2^-9
+  a[2] = 65520;                      // float16 infinity
+  a[1002] = -7e-8f;                  // float16 subnormal, in the tail
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    VisitDType(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      std::vector<T> out(a.size());
+      NarrowTo(dtype, a.data(), a.size(), out.data());
+      for (size_t k = 0; k < a.size(); ++k) {
+        const float got = Widen(out[k]), want = Widen(Narrow<T>(a[k]));
+        ASSERT_TRUE(got == want || (std::isnan(got) && std::isnan(want)))
+            << DTypeName(dtype) << " " << k << ": " << a[k] << " -> " << got << ", not " << want;
+      }
+    });
+  }
+}
+
 }  // namespace
 }  // namespace adasoftmax
