@@ -114,6 +114,19 @@ void BM_RowsDotVector(benchmark::State& state) {
 }
 BENCHMARK(BM_RowsDotVector)->Arg(kF32)->Arg(kF16)->Arg(kBF16)->Unit(benchmark::kMillisecond);
 
+// Loading's rounding of a row to the sampler's copy: 4096 floats to the argument's dtype.
+void BM_NarrowTo(benchmark::State& state) {
+  const DType dtype = DTypeArg(state);
+  const std::vector<float> row = RandomFloats(4096, 16);
+  std::vector<std::byte> out(row.size() * ElementBytes(dtype));
+  for (auto _ : state) {
+    NarrowTo(dtype, row.data(), row.size(), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations() * row.size());
+}
+BENCHMARK(BM_NarrowTo)->Arg(kF32)->Arg(kF16)->Arg(kBF16);
+
 // The sampler's whole-row reads: 1,500 random rows (in index order) of a 50257 x 768 row-major
 // matrix in the first argument's dtype, read in groups of the second's rows (1: one by one).
 void BM_RowDots(benchmark::State& state) {
