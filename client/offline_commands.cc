@@ -257,16 +257,8 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f,
     take("temperature", c.temperature, &in.query.temperature, false);
   }
   ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt, std::nullopt};
-  for (const auto& [flag, value, out] :
-       {std::tuple{"--dtype", &f.dtype, &files.dtype},
-        {"--sampling-dtype", &f.sampling_dtype, &files.sampling_dtype}}) {
-    if (value->empty()) continue;
-    absl::StatusOr<DType> dtype = ParseDType(*value);
-    if (!dtype.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", dtype.status().message()));
-    }
-    *out = *dtype;
-  }
+  ASSIGN_OR_RETURN(files.dtype, ParseDTypeSetting("--dtype", f.dtype));
+  ASSIGN_OR_RETURN(files.sampling_dtype, ParseDTypeSetting("--sampling-dtype", f.sampling_dtype));
   ASSIGN_OR_RETURN(in.queries, ReadQueries(f.queries));
   if (!f.labels.empty()) {
     ASSIGN_OR_RETURN(in.labels, ReadLabels(f.labels));
@@ -574,10 +566,10 @@ int Bench(int argc, char** argv) {
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
   absl::StatusOr<Inputs> in = LoadInputs(flags, f, [&](const Inputs& loaded) {
-    const absl::StatusOr<DType> dtype = ParseDType(f.dtype);
-    const absl::StatusOr<DType> sampling = ParseDType(f.sampling_dtype);
+    // LoadInputs has checked the settings.
+    const std::optional<DType> dtype = *ParseDTypeSetting("--dtype", f.dtype);
     WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32),
-                        sampling.ok() ? std::optional(*sampling) : std::nullopt, !f.bias.empty(),
+                        *ParseDTypeSetting("--sampling-dtype", f.sampling_dtype), !f.bias.empty(),
                         /*queries=*/3, f.seed);
   });
   if (!in.ok()) return flags.Error(in.status());

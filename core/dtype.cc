@@ -25,4 +25,14 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
       "unknown dtype '", name, "' (expected float32, float16 or bfloat16)"));
 }
 
+absl::StatusOr<std::optional<DType>> ParseDTypeSetting(absl::string_view setting,
+                                                       absl::string_view value) {
+  if (value.empty()) return std::nullopt;
+  absl::StatusOr<DType> dtype = ParseDType(value);
+  if (!dtype.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(setting, ": ", dtype.status().message()));
+  }
+  return *dtype;
+}
+
 }  // namespace adasoftmax

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -30,6 +31,10 @@ inline size_t ElementBytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 
 const char* DTypeName(DType dtype);
 // The inverse of DTypeName; InvalidArgument naming the accepted names otherwise.
 absl::StatusOr<DType> ParseDType(absl::string_view name);
+// A dtype setting: none when `value` is empty, else ParseDType(value), its error prefixed with
+// "<setting>: ".
+absl::StatusOr<std::optional<DType>> ParseDTypeSetting(absl::string_view setting,
+                                                       absl::string_view value);
 
 inline float Widen(float v) { return v; }
 // Exact, subnormals, infinities and NaNs included. Integer and float operations that vectorise on

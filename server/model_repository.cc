@@ -190,16 +190,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   RETURN_IF_ERROR(ValidateName(served->name));
 
   // Weights.
-  std::optional<DType> dtype, sampling;
-  for (const auto& [field, value, out] : {std::tuple{"dtype", &c.dtype(), &dtype},
-                                          {"sampling_dtype", &c.sampling_dtype(), &sampling}}) {
-    if (value->empty()) continue;
-    absl::StatusOr<DType> parsed = ParseDType(*value);
-    if (!parsed.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": ", parsed.status().message()));
-    }
-    *out = *parsed;
-  }
+  ASSIGN_OR_RETURN(const std::optional<DType> dtype, ParseDTypeSetting("dtype", c.dtype()));
+  ASSIGN_OR_RETURN(const std::optional<DType> sampling,
+                   ParseDTypeSetting("sampling_dtype", c.sampling_dtype()));
   if (c.weights().empty() == !c.has_synthetic()) {
     return absl::InvalidArgumentError("exactly one of `weights` and `synthetic` must be set");
   }

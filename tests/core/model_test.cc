@@ -36,6 +36,10 @@ TEST(DTypeTest, NamesRoundTripAndUnknownNamesAreRejected) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(bad.status().message()),
               AllOf(HasSubstr("'fp8'"), HasSubstr("float32, float16 or bfloat16")));
+  EXPECT_EQ(*ParseDTypeSetting("--dtype", ""), std::nullopt);
+  EXPECT_EQ(*ParseDTypeSetting("--dtype", "bfloat16"), DType::kBFloat16);
+  EXPECT_THAT(std::string(ParseDTypeSetting("--dtype", "fp8").status().message()),
+              HasSubstr("--dtype: unknown dtype 'fp8'"));
 }
 
 TEST(DTypeTest, NarrowRoundsToNearestEven) {
