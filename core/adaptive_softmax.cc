@@ -195,15 +195,17 @@ struct PullJob {
 class BatchSampler {
  public:
   // Run also computes the log partition each of `corrections` gives in place of
-  // options.lognormal_correction (see log_partitions()).
+  // options.lognormal_correction (see log_partitions()). With `parallel`, chunks of arms run on
+  // the process's worker threads (see ParallelFor); otherwise all on the calling thread.
   BatchSampler(const Model& model, const PanelOrder& order, const AdaptiveOptions& options,
-               absl::Span<const double> corrections = {})
+               absl::Span<const double> corrections, bool parallel)
       : model_(model),
         order_(order),
         options_(options),
         corrections_(corrections),
         n_(model.n()),
-        d_(model.d()) {}
+        d_(model.d()),
+        parallel_(parallel) {}
 
   // Results of queries that fell back to the exact path are empty; see fallbacks().
   std::vector<TopKResult> Run(absl::Span<const Query> queries);
@@ -327,6 +329,7 @@ class BatchSampler {
   const absl::Span<const double> corrections_;
   const size_t n_;
   const size_t d_;
+  const bool parallel_;
   std::vector<size_t> fallbacks_;
   std::vector<std::vector<double>> log_partitions_;
 };
@@ -394,7 +397,7 @@ void BatchSampler::ForEachChunk(ChunkFunction body) const {
     const uint32_t begin = static_cast<uint32_t>(chunk * kChunk);
     body(chunk, begin, static_cast<uint32_t>(std::min<size_t>(n_, begin + kChunk)));
   };
-  if (n_ * d_ < kParallelMinEntries) {
+  if (!parallel_) {
     for (size_t chunk = 0; chunk < Chunks(); ++chunk) run(chunk);
   } else {
     ParallelFor(Chunks(), run);
@@ -957,7 +960,6 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
   const SamplingPlan plan = Plan(queries);
   double predicted = 0;  // entries the sampled queries are predicted to read
   double samples = 0;    // entries they read; fallbacks count what they read before falling back
-  double sampling_seconds = 0;
   size_t fallbacks = 0;
   for (size_t q = 0; q < queries.size(); ++q) {
     const Query& query = queries[q];
@@ -971,7 +973,17 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
       predicted += plan.predicted[q];
     }
   }
-  for (const std::vector<size_t>& group : SamplingGroups(queries, sampled)) {
+  // A batch's groups are sampled side by side, each on one thread, as many rounds of one group a
+  // thread as there are: no thread then waits for another at the end of each of a sampler's
+  // phases. The groups left over are sampled one at a time, each by all the threads.
+  const std::vector<std::vector<size_t>> groups = SamplingGroups(queries, sampled);
+  const bool large = model_->n() * model_->d() >= kParallelMinEntries;
+  const size_t width = ParallelWidth();
+  const size_t side_by_side = large && width > 1 ? groups.size() / width * width : 0;
+  std::vector<double> group_samples(groups.size());
+  std::vector<std::vector<size_t>> group_fallbacks(groups.size());  // indices into queries
+  auto sample_group = [&](size_t g, bool parallel) {
+    const std::vector<size_t>& group = groups[g];
     std::vector<Query> batch;
     for (size_t q : group) batch.push_back(queries[q]);
     // One shared order per group. Seeded when every query carries the same nonzero seed.
@@ -982,20 +994,26 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
     if (seed == 0) seed = FreshSeed();
     std::vector<absl::Span<const float>> xs;
     for (const Query& q : batch) xs.push_back(q.x);
-    const absl::Time start = absl::Now();
     // The sampler's chunks run in parallel right after the serial setup: the workers wake now.
-    if (model_->n() * model_->d() >= kParallelMinEntries) WakeWorkers();
+    if (parallel) WakeWorkers();
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
-    BatchSampler sampler(*model_, order, options, corrections);
+    BatchSampler sampler(*model_, order, options, corrections, parallel);
     std::vector<TopKResult> answers = sampler.Run(batch);
-    sampling_seconds += absl::ToDoubleSeconds(absl::Now() - start);
     for (size_t r = 0; r < answers.size(); ++r) {
-      samples += static_cast<double>(answers[r].samples);
+      group_samples[g] += static_cast<double>(answers[r].samples);
       results[group[r]] = std::move(answers[r]);
       log_partitions[group[r]] = sampler.log_partitions()[r];
     }
-    fallbacks += sampler.fallbacks().size();
-    for (size_t r : sampler.fallbacks()) exact.push_back(group[r]);
+    for (size_t r : sampler.fallbacks()) group_fallbacks[g].push_back(group[r]);
+  };
+  const absl::Time start = absl::Now();
+  ParallelFor(side_by_side, [&](size_t g) { sample_group(g, false); });
+  for (size_t g = side_by_side; g < groups.size(); ++g) sample_group(g, large);
+  const double sampling_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    samples += group_samples[g];
+    fallbacks += group_fallbacks[g].size();
+    exact.insert(exact.end(), group_fallbacks[g].begin(), group_fallbacks[g].end());
   }
   double fallback_seconds = 0;  // the fallbacks' share of the exact batch
   if (!exact.empty()) {

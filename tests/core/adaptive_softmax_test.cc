@@ -244,6 +244,26 @@ TEST(AdaptiveSoftmaxTest, ChunksPulledInParallelGiveTheSameAnswersBitForBit) {
   }
 }
 
+// With at least as many groups as threads, whole rounds of groups are sampled side by side, one
+// a thread, and the rest one at a time, each by all the threads: every answer is the one its
+// query gets alone.
+TEST(AdaptiveSoftmaxTest, GroupsSampledSideBySideGiveTheAnswersEachGetsAlone) {
+  if (ParallelWidth() < 2) GTEST_SKIP() << "one thread: groups are never side by side";
+  testing::ModelAndQueries head = testing::SynthHead(
+      {.n = 2 * kChunk + 1000, .d = 64, .queries = 8, .seed = 4, .heavy_tailed = true});
+  ASSERT_GE(head.model->n() * head.model->d(), kParallelMinEntries);
+  const AdaptiveSoftmax alone(head.model, {.sampling_memory_fraction = 0});
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 8; ++q) batch.push_back({head.query(q), {.k = 2, .seed = 20 + q}});
+  for (size_t size : {2, 3, 8}) {
+    const absl::Span<const Query> part = absl::MakeConstSpan(batch).first(size);
+    const std::vector<TopKResult> results = alone.Run(part);
+    for (size_t q = 0; q < size; ++q) {
+      EXPECT_TRUE(SameBits(results[q], alone.Run({&part[q], 1})[0])) << size << " " << q;
+    }
+  }
+}
+
 // A batch is sampled in groups of SamplingGroupSize() queries, in order, each group with its
 // own order: every answer is the one its group alone gets.
 TEST(AdaptiveSoftmaxTest, SampledQueriesShareAnOrderInGroupsTheMemoryFractionBounds) {
