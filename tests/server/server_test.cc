@@ -115,6 +115,20 @@ TEST_F(ServerTest, ModelThatFailsToLoadStopsStartUpAndStaysNotServing) {
   EXPECT_EQ(*client_->Health(), HealthStatus::kNotServing);
 }
 
+// gRPC allows SO_REUSEPORT by default: a second server on a taken port would start and silently
+// take half of the first one's new connections.
+TEST_F(ServerTest, ASecondServerOnATakenAddressFailsToStart) {
+  StartServer();
+  ServerOptions o;
+  o.model_repository = dir_.Sub("repo");
+  o.address = server_->address();
+  o.metrics_address = "";
+  absl::StatusOr<std::unique_ptr<Server>> second = Server::Start(o, {}, nullptr);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(second.status().message(), HasSubstr("cannot listen on " + server_->address()));
+}
+
 TEST_F(ServerTest, AnswersMatchTheExactPath) {
   StartAndLoad();
   auto model = Model::Load({dir_.Sub("repo/small/weights.npy"), "", dir_.Sub("repo/small/bias.npy"), ""});
