@@ -973,9 +973,8 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
       predicted += plan.predicted[q];
     }
   }
-  // A batch's groups are sampled side by side, each on one thread, as many rounds of one group a
-  // thread as there are: no thread then waits for another at the end of each of a sampler's
-  // phases. The groups left over are sampled one at a time, each by all the threads.
+  // Whole rounds of one group a thread side by side, then the rest one at a time, chunks in
+  // parallel (see the class comment).
   const std::vector<std::vector<size_t>> groups = SamplingGroups(queries, sampled);
   const bool large = model_->n() * model_->d() >= kParallelMinEntries;
   const size_t width = ParallelWidth();

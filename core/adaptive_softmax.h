@@ -131,11 +131,12 @@ absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
 // one a thread, and the rest one at a time, each over all the threads, chunks in parallel. (So
 // no thread waits at the end of each of a sampler's phases for another: through the server, 32
 // callers, W1 and W2 of the README ran 1.24x and 1.19x the queries/s of chunks in parallel only,
-// medians of three alternated rounds.) Queries sent to the exact path (see AdaptiveOptions::sample_cost and SkipsSampling),
-// before or during sampling, are answered together by the exact path; so are, whatever sample_cost,
-// queries stricter than the options' min_epsilon or min_delta, and queries whose logits may be too
-// large for the sampler's float estimates to resolve at their epsilon: temperature x (max_i |b_i| +
-// |x| max_i |A_i|) > epsilon x 2^19 (on the OCR head, PAC success fell to 53% at temperature 1e6).
+// medians of three alternated rounds.) Queries sent to the exact path (see
+// AdaptiveOptions::sample_cost and SkipsSampling), before or during sampling, are answered
+// together by the exact path; so are, whatever sample_cost, queries stricter than the options'
+// min_epsilon or min_delta, and queries whose logits may be too large for the sampler's float
+// estimates to resolve at their epsilon: temperature x (max_i |b_i| + |x| max_i |A_i|) > epsilon x
+// 2^19 (on the OCR head, PAC success fell to 53% at temperature 1e6).
 //
 // The sweeps read the model's sampling copy (see Model): they estimate its logits, each within
 // bias = temperature x |x| x Model::sampling_error_norm() of the weights'. So the search drops an
