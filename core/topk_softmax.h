@@ -32,7 +32,8 @@ struct Query {
   QueryOptions options;
   // Optional; polled between sampling phases. Once it returns true (the caller went away or
   // its deadline passed) the query stops using compute and its result has no indices. The
-  // other queries of the batch are unaffected. Must be callable from the solver's thread.
+  // other queries of the batch are unaffected. Must be callable from any thread: the solver's
+  // workers poll it too (one call at a time for a query).
   std::function<bool()> stop;
 };
 
