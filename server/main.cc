@@ -38,8 +38,10 @@ ABSL_FLAG(int64_t, batch_timeout_us, 500,
 ABSL_FLAG(int, max_queue_size, 1024,
           "requests waiting per model beyond which new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, threads, 0,
-          "batch worker threads, and the threads each batch splits its work over (0: one per "
-          "core)");
+          "the threads each batch splits its work over, and by default the batch worker threads "
+          "(0: one per core)");
+ABSL_FLAG(int, batch_threads, 0,
+          "batch worker threads: batches (of any models) running at once (0: --threads)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
 ABSL_FLAG(double, audit_fraction, 0.01,
@@ -64,11 +66,11 @@ void Log(const std::string& line) { std::fprintf(stderr, "adasoftmax-server: %s\
 // Sets every flag that the command line does not give from ADASOFTMAX_<NAME>. Must run before
 // absl::ParseCommandLine, which then overrides these values.
 bool ApplyEnvironment() {
-  constexpr const char* kFlags[] = {
-      "model_repository", "address",        "metrics_address", "max_batch_size",
-      "batch_timeout_us", "max_queue_size", "threads",         "shutdown_grace_s",
-      "audit_fraction",   "cache_dir",      "max_message_bytes", "tls_cert",
-      "tls_key",          "tls_client_ca"};
+  constexpr const char* kFlags[] = {"model_repository", "address",          "metrics_address",
+                                    "max_batch_size",   "batch_timeout_us", "max_queue_size",
+                                    "threads",          "batch_threads",    "shutdown_grace_s",
+                                    "audit_fraction",   "cache_dir",        "max_message_bytes",
+                                    "tls_cert",         "tls_key",          "tls_client_ca"};
   for (const char* name : kFlags) {
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string var = absl::StrCat("ADASOFTMAX_", absl::AsciiStrToUpper(name));
@@ -147,10 +149,16 @@ int main(int argc, char** argv) {
   }
   options.address = absl::GetFlag(FLAGS_address);
   options.metrics_address = absl::GetFlag(FLAGS_metrics_address);
-  options.threads = absl::GetFlag(FLAGS_threads);
-  if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
-  // The samplers and exact passes of a batch split their work over as many threads.
-  if (options.threads > 0) adasoftmax::SetParallelWidth(options.threads);
+  int threads = absl::GetFlag(FLAGS_threads);
+  const int batch_threads = absl::GetFlag(FLAGS_batch_threads);
+  if (threads < 0 || batch_threads < 0) {
+    Log("--threads and --batch_threads must be >= 0");
+    return 2;
+  }
+  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // The samplers and exact passes of a batch split their work over `threads`.
+  adasoftmax::SetParallelWidth(threads);
+  options.threads = batch_threads > 0 ? batch_threads : threads;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
@@ -179,6 +187,7 @@ int main(int argc, char** argv) {
                        ? ""
                        : absl::StrCat(" (by CPU features; OpenBLAS picked ", blas.replaced, ")")));
   Log(absl::StrCat("model repository ", options.model_repository));
+  Log(absl::StrCat("threads ", threads, " a batch, ", options.threads, " batch threads"));
   auto server = adasoftmax::server::Server::Start(options, Log);
   if (!server.ok()) {
     Log(std::string(server.status().message()));

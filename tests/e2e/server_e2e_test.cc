@@ -415,6 +415,26 @@ TEST(ServerStartupTest, ModelThatFailsToLoadStopsStartUpWithAClearMessage) {
   EXPECT_THAT(log, ::testing::Not(HasSubstr("serving on")));
 }
 
+// --batch_threads sets how many batches run at once apart from --threads, which each batch
+// splits its work over (and which the batch threads follow by default).
+TEST(ServerStartupTest, BatchThreadsAreSetApartFromTheThreadsOfABatch) {
+  TempDir dir;
+  const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(24));
+  for (const auto& [flags, line] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--threads=2", "--batch_threads=1"}, "threads 2 a batch, 1 batch threads"},
+           {{"--threads=3"}, "threads 3 a batch, 3 batch threads"}}) {
+    ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), flags);
+    ASSERT_FALSE(server.address.empty());
+    EXPECT_THAT(server.process->Stderr(), HasSubstr(line));
+    EXPECT_TRUE(Connect(server.address)->TopKSoftmax("small", QueryRow(data.queries, 0)).ok());
+    server.process->Signal(SIGTERM);
+    EXPECT_EQ(server.process->Wait(), 0);
+  }
+  const CommandResult bad = RunCommand({BinDir() + "/adasoftmax-server", "--batch_threads=-1"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("--batch_threads must be >= 0"));
+}
+
 // SIGTERM while requests wait in the queue (the batch timeout is far away): they are all
 // answered, and the process exits 0 long before the timeout would have fired.
 TEST(ServerShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
