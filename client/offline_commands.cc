@@ -204,9 +204,10 @@ double ResidentBytes() {
 
 // Loads the model, queries, labels and calibration. Every error names the file. `before_model`
 // runs once the queries and options are read, just before Inputs::resident_before_model is
-// measured and the model loaded; its Inputs has no model.
-absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f,
-                                  const std::function<void(const Inputs&)>& before_model = {}) {
+// measured and the model loaded from the files it is given; its Inputs has no model.
+absl::StatusOr<Inputs> LoadInputs(
+    const FlagSet& flags, const InputFlags& f,
+    const std::function<void(const Inputs&, const ModelFiles&)>& before_model = {}) {
   Inputs in;
   in.query.k = static_cast<uint32_t>(std::min<uint64_t>(f.k, UINT32_MAX));
   in.query.epsilon = f.epsilon;
@@ -263,7 +264,7 @@ absl::StatusOr<Inputs> LoadInputs(const FlagSet& flags, const InputFlags& f,
   if (!f.labels.empty()) {
     ASSIGN_OR_RETURN(in.labels, ReadLabels(f.labels));
   }
-  if (before_model) before_model(in);
+  if (before_model) before_model(in, files);
   in.resident_before_model = ResidentBytes();
   ASSIGN_OR_RETURN(in.model, Model::Load(files));
   in.resident_after_model = ResidentBytes();
@@ -565,13 +566,11 @@ int Bench(int argc, char** argv) {
                   "skip this many queries first (e.g. a held-out split)");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   if (std::optional<int> code = CheckMultiplierFlags(flags)) return *code;
-  absl::StatusOr<Inputs> in = LoadInputs(flags, f, [&](const Inputs& loaded) {
-    // LoadInputs has checked the settings.
-    const std::optional<DType> dtype = *ParseDTypeSetting("--dtype", f.dtype);
-    WarmUpOnPlaceholder(loaded, dtype.value_or(DType::kFloat32),
-                        *ParseDTypeSetting("--sampling-dtype", f.sampling_dtype), !f.bias.empty(),
-                        /*queries=*/3, f.seed);
-  });
+  absl::StatusOr<Inputs> in =
+      LoadInputs(flags, f, [&](const Inputs& loaded, const ModelFiles& files) {
+        WarmUpOnPlaceholder(loaded, files.dtype.value_or(DType::kFloat32), files.sampling_dtype,
+                            !f.bias.empty(), /*queries=*/3, f.seed);
+      });
   if (!in.ok()) return flags.Error(in.status());
   const size_t rows = in->queries.rows();
   if (offset >= rows) {

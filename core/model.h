@@ -38,9 +38,9 @@ struct ModelFiles {
 //
 // The sampling copy: a float16 copy of float32 weights halves the bytes the sampler's sweeps
 // read (the README's W2 and W3: 5.8x -> 8.1x and 6.3x -> 9.3x faster than exact) and the
-// loaded model's memory (2x -> 1.5x the weight bytes). Its logits differ from the weights' by at most |x| sampling_error_norm();
-// the sampler accounts for that in its bounds (see AdaptiveSoftmax), while winners and the exact
-// path read the weights themselves.
+// loaded model's memory (2x -> 1.5x the weight bytes). Its logits differ from the weights' by at
+// most |x| sampling_error_norm(); the sampler accounts for that in its bounds (see
+// AdaptiveSoftmax), while winners and the exact path read the weights themselves.
 //
 // Column panels: panel p holds columns [p * kPanelWidth, (p + 1) * kPanelWidth) of every row,
 // stored row after row, so a sweep of a panel over consecutive arms streams. The panel is the
