@@ -10,8 +10,6 @@
 #include "absl/functional/function_ref.h"
 #include "absl/random/random.h"
 #include "absl/strings/str_format.h"
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
 #include "core/arm_kernels.h"
 #include "core/exact_softmax.h"
 #include "core/panel_kernels.h"
@@ -1005,10 +1003,10 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
     }
     for (size_t r : sampler.fallbacks()) group_fallbacks[g].push_back(group[r]);
   };
-  const absl::Time start = absl::Now();
+  const double start = BusySeconds();
   ParallelFor(side_by_side, [&](size_t g) { sample_group(g, false); });
   for (size_t g = side_by_side; g < groups.size(); ++g) sample_group(g, large);
-  const double sampling_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  const double sampling_seconds = BusySeconds() - start;
   for (size_t g = 0; g < groups.size(); ++g) {
     samples += group_samples[g];
     fallbacks += group_fallbacks[g].size();
@@ -1037,9 +1035,9 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
 
 std::vector<TopKResult> AdaptiveSoftmax::RunExact(absl::Span<const Query> queries,
                                                   double& seconds) const {
-  const absl::Time start = absl::Now();
+  const double start = BusySeconds();
   std::vector<TopKResult> answers = ExactSoftmax(model_).Run(queries);
-  seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  seconds = BusySeconds() - start;
   if (meter_ != nullptr) meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
   return answers;
 }

@@ -210,8 +210,8 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // run's order would cost more than options().max_sharing_loss, which go alone.
   std::vector<std::vector<size_t>> SamplingGroups(absl::Span<const Query> batch,
                                                   absl::Span<const size_t> sampled) const;
-  // The exact path's answers to `queries`, its time reported to the meter, if any, and returned
-  // in `seconds`.
+  // The exact path's answers to `queries`, its core time (see BusySeconds) reported to the
+  // meter, if any, and returned in `seconds`.
   std::vector<TopKResult> RunExact(absl::Span<const Query> queries, double& seconds) const;
 
   std::shared_ptr<const Model> model_;

@@ -1,5 +1,7 @@
 #include "core/worker_pool.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -9,6 +11,21 @@
 #include "absl/synchronization/mutex.h"
 
 namespace adasoftmax {
+namespace {
+
+// The workers' BusySeconds() spent on this thread's ParallelFor items so far.
+thread_local double borrowed_seconds = 0;
+
+double ThreadCpuSeconds() {
+  timespec now;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
+
+}  // namespace
+
+double BusySeconds() { return ThreadCpuSeconds() + borrowed_seconds; }
+
 namespace {
 
 class WorkerPool {
@@ -42,9 +59,12 @@ class WorkerPool {
     // A helper's last item usually ends within microseconds, while being woken after it costs
     // tens: watch for it first, unless other callers' tasks are waiting for the cores.
     if (alone) SpinUntil([&] { return task.helpers.load() == 0; });
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](Task* t) { return t->helpers.load() == 0; }, &task));
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Task* t) { return t->helpers.load() == 0; }, &task));
+    }
+    borrowed_seconds += task.helper_seconds.load();
   }
 
  private:
@@ -53,6 +73,7 @@ class WorkerPool {
     size_t count;
     std::atomic<size_t> next{0};
     std::atomic<int> helpers{0};  // workers running items; they join under mu_
+    std::atomic<double> helper_seconds{0};  // their BusySeconds() on its items
   };
 
   static void RunItems(Task& task) {
@@ -81,7 +102,9 @@ class WorkerPool {
       }
       ++task->helpers;
       mu_.Unlock();
+      const double start = BusySeconds();
       RunItems(*task);
+      task->helper_seconds.fetch_add(BusySeconds() - start);
       --task->helpers;  // the last use of the task: its caller may return now
       mu_.Lock();
     }

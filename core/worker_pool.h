@@ -13,6 +13,13 @@ namespace adasoftmax {
 // Safe to call from many threads at once: their items share the same workers.
 void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body);
 
+// The CPU seconds the calling thread has used, plus those the workers used on the items of its
+// ParallelFor calls (theirs nested included): the core time its work took. A difference of two
+// readings prices a piece of work under load, where the wall clock also counts the time other
+// work held the cores. (Includes the caller's up to 200 us of watching for a helper's last item
+// when no other caller's items are waiting.)
+double BusySeconds();
+
 // Gets sleeping workers ready for a ParallelFor that follows within ~200 us: waking a thread
 // costs tens of microseconds, which this overlaps with the caller's own work until then.
 void WakeWorkers();

@@ -1,5 +1,7 @@
 #include "core/worker_pool.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -81,6 +83,67 @@ TEST(WorkerPoolTest, WokenWorkersStillTakeEveryTaskAndLoseNoItem) {
   WakeWorkers();
   std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_EQ(ThreadsRunningSlowItems(), std::min<size_t>(ParallelWidth(), 100));
+}
+
+double ThreadCpuSeconds() {
+  timespec now;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
+}
+
+// Spins until the calling thread has used `seconds` more CPU; returns what it used.
+double Burn(double seconds) {
+  const double start = ThreadCpuSeconds();
+  double used = 0;
+  while (used < seconds) used = ThreadCpuSeconds() - start;
+  return used;
+}
+
+// Runs `items` items that each burn 5 ms of CPU (nested: each runs a ParallelFor of `items` such
+// items) and returns the BusySeconds they took, the CPU the items measured themselves, and the
+// threads that ran them.
+struct BurnReport {
+  double busy = 0, burnt = 0;
+  size_t threads = 0;
+};
+BurnReport BurnItems(size_t items, bool nested) {
+  std::mutex mu;
+  BurnReport report;
+  std::set<std::thread::id> threads;
+  auto burn = [&](size_t) {
+    const double used = Burn(0.005);
+    std::lock_guard<std::mutex> lock(mu);
+    report.burnt += used;
+    threads.insert(std::this_thread::get_id());
+  };
+  const double start = BusySeconds();
+  ParallelFor(items, [&](size_t i) {
+    if (nested) {
+      ParallelFor(items, burn);
+    } else {
+      burn(i);
+    }
+  });
+  report.busy = BusySeconds() - start;
+  report.threads = threads.size();
+  return report;
+}
+
+TEST(WorkerPoolTest, BusySecondsCountTheCpuOfItemsRunByTheWorkers) {
+  for (bool nested : {false, true}) {
+    const BurnReport report = BurnItems(8, nested);
+    EXPECT_EQ(report.threads, std::min<size_t>(ParallelWidth(), 8)) << "nested " << nested;
+    // Each item's CPU, whichever thread ran it, and little else (the caller's own bookkeeping
+    // and at most 200 us of watching for a helper).
+    EXPECT_GE(report.busy, report.burnt) << "nested " << nested;
+    EXPECT_LE(report.busy, report.burnt + 0.02) << "nested " << nested;
+  }
+}
+
+TEST(WorkerPoolTest, BusySecondsLeaveOutTimeAsleep) {
+  const double start = BusySeconds();
+  ParallelFor(8, [](size_t) { std::this_thread::sleep_for(std::chrono::milliseconds(10)); });
+  EXPECT_LT(BusySeconds() - start, 0.02);  // of the 80 ms the items took
 }
 
 }  // namespace
