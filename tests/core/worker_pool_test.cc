@@ -99,13 +99,14 @@ double Burn(double seconds) {
   return used;
 }
 
-// Runs `items` items that each burn 5 ms of CPU (nested: each runs a ParallelFor of `items` such
-// items) and returns the BusySeconds they took, the CPU the items measured themselves, and the
-// threads that ran them.
 struct BurnReport {
-  double busy = 0, burnt = 0;
-  size_t threads = 0;
+  double busy = 0;    // BusySeconds() the items took
+  double burnt = 0;   // the CPU the items measured themselves
+  size_t threads = 0;  // that ran them
 };
+
+// Runs `items` items that each burn 5 ms of CPU (nested: each runs a ParallelFor of `items` such
+// items).
 BurnReport BurnItems(size_t items, bool nested) {
   std::mutex mu;
   BurnReport report;
@@ -132,7 +133,8 @@ BurnReport BurnItems(size_t items, bool nested) {
 TEST(WorkerPoolTest, BusySecondsCountTheCpuOfItemsRunByTheWorkers) {
   for (bool nested : {false, true}) {
     const BurnReport report = BurnItems(8, nested);
-    EXPECT_EQ(report.threads, std::min<size_t>(ParallelWidth(), 8)) << "nested " << nested;
+    // The workers ran items too, whenever there are some.
+    EXPECT_EQ(report.threads > 1, ParallelWidth() > 1) << "nested " << nested;
     // Each item's CPU, whichever thread ran it, and little else (the caller's own bookkeeping
     // and at most 200 us of watching for a helper).
     EXPECT_GE(report.busy, report.burnt) << "nested " << nested;
