@@ -210,8 +210,8 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // run's order would cost more than options().max_sharing_loss, which go alone.
   std::vector<std::vector<size_t>> SamplingGroups(absl::Span<const Query> batch,
                                                   absl::Span<const size_t> sampled) const;
-  // The exact path's answers to `queries`, its core time (see BusySeconds) reported to the
-  // meter, if any, and returned in `seconds`.
+  // The exact path's answers to `queries`. With a meter, its core time (see BusySeconds) is
+  // reported to the meter and returned in `seconds`; without, `seconds` is 0.
   std::vector<TopKResult> RunExact(absl::Span<const Query> queries, double& seconds) const;
 
   std::shared_ptr<const Model> model_;

@@ -100,8 +100,8 @@ double Burn(double seconds) {
 }
 
 struct BurnReport {
-  double busy = 0;    // BusySeconds() the items took
-  double burnt = 0;   // the CPU the items measured themselves
+  double busy = 0;     // BusySeconds() the items took
+  double burnt = 0;    // the CPU the items measured themselves
   size_t threads = 0;  // that ran them
 };
 
