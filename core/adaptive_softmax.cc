@@ -1018,8 +1018,9 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
   if (!exact.empty()) {
     std::vector<Query> exact_queries;
     for (size_t q : exact) exact_queries.push_back(queries[q]);
+    const bool timed = metered || (meter_ != nullptr && exact_batches_++ % kTimeExactEvery == 0);
     double seconds = 0;
-    std::vector<TopKResult> answers = RunExact(exact_queries, seconds);
+    std::vector<TopKResult> answers = RunExact(exact_queries, timed, seconds);
     const double cost = ExactBatchCost(*model_, exact.size());
     fallback_seconds =
         seconds * (cost - ExactBatchCost(*model_, exact.size() - fallbacks)) / cost;
@@ -1033,13 +1034,12 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
   return results;
 }
 
-std::vector<TopKResult> AdaptiveSoftmax::RunExact(absl::Span<const Query> queries,
+std::vector<TopKResult> AdaptiveSoftmax::RunExact(absl::Span<const Query> queries, bool timed,
                                                   double& seconds) const {
-  const bool metered = meter_ != nullptr;
-  const double start = metered ? BusySeconds() : 0;
+  const double start = timed ? BusySeconds() : 0;
   std::vector<TopKResult> answers = ExactSoftmax(model_).Run(queries);
-  seconds = metered ? BusySeconds() - start : 0;
-  if (metered) meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
+  seconds = timed ? BusySeconds() - start : 0;
+  if (timed) meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
   return answers;
 }
 
@@ -1050,7 +1050,7 @@ void AdaptiveSoftmax::PrimeMeter() const {
   ExactSoftmax(model_).Run({&query, 1});  // untimed: the first pass pays for page faults
   for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
     double seconds;
-    RunExact({&query, 1}, seconds);
+    RunExact({&query, 1}, /*timed=*/true, seconds);
   }
 }
 

@@ -572,11 +572,19 @@ TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
   const testing::ModelAndQueries heavy = testing::SynthHead(heavy_options);
   auto meter = std::make_shared<SampleCostMeter>(4);
   const AdaptiveSoftmax measured(dense.model, {.sample_cost = 4}, meter);
-  for (size_t q = 0; q < 8; ++q) {
-    const Query dense_query{dense.query(q), {.seed = 9}}, heavy_query{heavy.query(q), {.seed = 9}};
-    EXPECT_TRUE(measured.Answer(dense_query)->exact) << q;
+  for (size_t q = 0; q < SampleCostMeter::kWarmup; ++q) {
     EXPECT_EQ(measured.SampleCost(), 4) << q;  // not yet warm
-    measured.Answer(heavy_query).IgnoreError();
+    measured.Answer({heavy.query(q % 8), {.seed = 9}}).IgnoreError();
+  }
+  EXPECT_EQ(meter->SampledObservations(), SampleCostMeter::kWarmup);
+  // The exact path is timed in the first and then one in kTimeExactEvery of the batches that
+  // sample nothing.
+  const int timed_before = meter->ExactObservations();
+  for (size_t q = 0; q < SampleCostMeter::kWarmup * AdaptiveSoftmax::kTimeExactEvery; ++q) {
+    EXPECT_TRUE(measured.Answer({dense.query(q % 8), {.seed = 9}})->exact) << q;
+    EXPECT_EQ(meter->ExactObservations() - timed_before,
+              static_cast<int>(q / AdaptiveSoftmax::kTimeExactEvery) + 1)
+        << q;
   }
   EXPECT_NE(meter->Cost(), 4);
   EXPECT_EQ(measured.SampleCost(), meter->Cost());
