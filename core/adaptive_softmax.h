@@ -48,15 +48,15 @@ struct AdaptiveOptions {
   double lognormal_correction = 0;
   // Importance weights of the column order. Default: atom and query weights.
   ImportanceOptions importance;
-  // Exact fallback: the wall-clock cost of one sampled entry of A, in units of one float32
-  // entry streamed by the exact path (RawProducts). A query whose sampling is predicted to cost
-  // more than the whole exact pass (sample_cost x predicted entries > n x d x ElementBytes(dtype)
-  // / 4: a half-precision pass streams twice as fast, while the sampler's cost is mostly
-  // bookkeeping) is answered by the exact path instead, so the guarantee holds a fortiori. It
-  // is predicted twice: before sampling, from the spread of its importance weights alone (see
-  // kSpreadFraction), and between rounds, from its arms' estimates.
-  // 0 disables the fallback. REQUIRES: finite, >= 0. Default: 0 (the library samples as told;
-  // the CLI and the server turn it on).
+  // Exact fallback: the time one sampled entry of A costs, in units of one float32 entry
+  // streamed by the exact path (RawProducts; a meter measures both in core time). A query whose
+  // sampling is predicted to cost more than the whole exact pass (sample_cost x predicted entries >
+  // n x d x ElementBytes(dtype) / 4: a half-precision pass streams twice as fast, while the
+  // sampler's cost is mostly bookkeeping) is answered by the exact path instead, so the guarantee
+  // holds a fortiori. It is predicted twice: before sampling, from the spread of its importance
+  // weights alone (see kSpreadFraction), and between rounds, from its arms' estimates. 0 disables
+  // the fallback. REQUIRES: finite, >= 0. Default: 0 (the library samples as told; the CLI and the
+  // server turn it on).
   double sample_cost = 0;
   // A batch's sampled queries are sampled together, sharing one column order and each read of
   // a block of columns, in groups whose sampling state (about 80 bytes per arm and query; see
