@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/functional/function_ref.h"
@@ -1005,10 +1006,11 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
   };
   // Timed for the meter only: a thread's CPU clock is a system call (~0.25 us).
   const bool metered = meter_ != nullptr && !sampled.empty();
-  const double start = metered ? BusySeconds() : 0;
+  std::optional<BusyTimer> timer;
+  if (metered) timer.emplace();
   ParallelFor(side_by_side, [&](size_t g) { sample_group(g, false); });
   for (size_t g = side_by_side; g < groups.size(); ++g) sample_group(g, large);
-  const double sampling_seconds = metered ? BusySeconds() - start : 0;
+  const double sampling_seconds = metered ? timer->Seconds() : 0;
   for (size_t g = 0; g < groups.size(); ++g) {
     samples += group_samples[g];
     fallbacks += group_fallbacks[g].size();
@@ -1036,10 +1038,14 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
 
 std::vector<TopKResult> AdaptiveSoftmax::RunExact(absl::Span<const Query> queries, bool timed,
                                                   double& seconds) const {
-  const double start = timed ? BusySeconds() : 0;
+  if (!timed) {
+    seconds = 0;
+    return ExactSoftmax(model_).Run(queries);
+  }
+  const BusyTimer timer;
   std::vector<TopKResult> answers = ExactSoftmax(model_).Run(queries);
-  seconds = timed ? BusySeconds() - start : 0;
-  if (timed) meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
+  seconds = timer.Seconds();
+  meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
   return answers;
 }
 

@@ -215,7 +215,7 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // run's order would cost more than options().max_sharing_loss, which go alone.
   std::vector<std::vector<size_t>> SamplingGroups(absl::Span<const Query> batch,
                                                   absl::Span<const size_t> sampled) const;
-  // The exact path's answers to `queries`. When `timed`, its core time (see BusySeconds) is
+  // The exact path's answers to `queries`. When `timed`, its core time (see BusyTimer) is
   // reported to the meter and returned in `seconds`; otherwise `seconds` is 0.
   // REQUIRES: meter_ != nullptr when timed.
   std::vector<TopKResult> RunExact(absl::Span<const Query> queries, bool timed,

@@ -8,7 +8,7 @@ namespace adasoftmax {
 
 // Measures AdaptiveOptions::sample_cost while serving: the cost of one sampled entry of A in
 // float32 entries streamed by the exact path, on this machine and model, now. AdaptiveSoftmax
-// reports both paths' core time (see BusySeconds), which a server's concurrent batches do not
+// reports both paths' core time (see BusyTimer), which a server's concurrent batches do not
 // stretch as they stretch the wall clock (unevenly: the sampler more than the SGEMMs). It keeps
 // exponentially weighted sums of the exact path's seconds and entries and of the sampler's
 // seconds, samples and predicted samples (each observation weighing kWeight against the past),

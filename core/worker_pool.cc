@@ -13,7 +13,9 @@
 namespace adasoftmax {
 namespace {
 
-// The workers' BusySeconds() spent on this thread's ParallelFor items so far.
+// BusyTimers alive on this thread (a worker holds one while it runs a timed task's items).
+thread_local int timing = 0;
+// The workers' core seconds spent on the timed ParallelFor items of this thread so far.
 thread_local double borrowed_seconds = 0;
 
 double ThreadCpuSeconds() {
@@ -22,9 +24,14 @@ double ThreadCpuSeconds() {
   return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
 }
 
+// This thread's core seconds so far, its timed ParallelFor items included.
+double BusySeconds() { return ThreadCpuSeconds() + borrowed_seconds; }
+
 }  // namespace
 
-double BusySeconds() { return ThreadCpuSeconds() + borrowed_seconds; }
+BusyTimer::BusyTimer() : start_(BusySeconds()) { ++timing; }
+BusyTimer::~BusyTimer() { --timing; }
+double BusyTimer::Seconds() const { return BusySeconds() - start_; }
 
 namespace {
 
@@ -40,7 +47,7 @@ class WorkerPool {
   }
 
   void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body) {
-    Task task{body, count};
+    Task task{body, count, /*timed=*/timing > 0};
     {
       absl::MutexLock lock(&mu_);
       tasks_.push_back(&task);
@@ -64,16 +71,17 @@ class WorkerPool {
       mu_.Await(absl::Condition(
           +[](Task* t) { return t->helpers.load() == 0; }, &task));
     }
-    borrowed_seconds += task.helper_seconds.load();
+    if (task.timed) borrowed_seconds += task.helper_seconds.load();
   }
 
  private:
   struct Task {
     absl::FunctionRef<void(size_t)> body;
     size_t count;
+    bool timed;  // its caller has a BusyTimer alive
     std::atomic<size_t> next{0};
     std::atomic<int> helpers{0};  // workers running items; they join under mu_
-    std::atomic<double> helper_seconds{0};  // their BusySeconds() on its items
+    std::atomic<double> helper_seconds{0};  // their core seconds on its items, when timed
   };
 
   static void RunItems(Task& task) {
@@ -102,9 +110,13 @@ class WorkerPool {
       }
       ++task->helpers;
       mu_.Unlock();
-      const double start = BusySeconds();
-      RunItems(*task);
-      task->helper_seconds.fetch_add(BusySeconds() - start);
+      if (task->timed) {
+        const BusyTimer timer;
+        RunItems(*task);
+        task->helper_seconds.fetch_add(timer.Seconds());
+      } else {
+        RunItems(*task);
+      }
       --task->helpers;  // the last use of the task: its caller may return now
       mu_.Lock();
     }

@@ -13,12 +13,25 @@ namespace adasoftmax {
 // Safe to call from many threads at once: their items share the same workers.
 void ParallelFor(size_t count, absl::FunctionRef<void(size_t)> body);
 
-// The CPU seconds the calling thread has used, plus those the workers used on the items of its
-// ParallelFor calls (theirs nested included): the core time its work took. A difference of two
-// readings prices a piece of work under load, where the wall clock also counts the time other
-// work held the cores. (Includes the caller's up to 200 us of watching for a helper's last item
-// when no other caller's items are waiting.)
-double BusySeconds();
+// Measures the core time of the work its thread does while it lives: the thread's CPU seconds
+// plus those the workers spend on the items of its ParallelFor calls (theirs nested included).
+// Under load this prices a piece of work where the wall clock would also count the time other
+// work held the cores. (It includes the caller's up to 200 us of watching for a helper's last
+// item when no other caller's items are waiting.) The workers read their CPU clock, a system
+// call, only for items some timer waits on. Use on one thread; timers may nest.
+class BusyTimer {
+ public:
+  BusyTimer();
+  ~BusyTimer();
+  BusyTimer(const BusyTimer&) = delete;
+  BusyTimer& operator=(const BusyTimer&) = delete;
+
+  // Core seconds since construction.
+  double Seconds() const;
+
+ private:
+  const double start_;
+};
 
 // Gets sleeping workers ready for a ParallelFor that follows within ~200 us: waking a thread
 // costs tens of microseconds, which this overlaps with the caller's own work until then.

@@ -100,7 +100,7 @@ double Burn(double seconds) {
 }
 
 struct BurnReport {
-  double busy = 0;     // BusySeconds() the items took
+  double busy = 0;     // the BusyTimer's seconds over them
   double burnt = 0;    // the CPU the items measured themselves
   size_t threads = 0;  // that ran them
 };
@@ -117,7 +117,7 @@ BurnReport BurnItems(size_t items, bool nested) {
     report.burnt += used;
     threads.insert(std::this_thread::get_id());
   };
-  const double start = BusySeconds();
+  const BusyTimer timer;
   ParallelFor(items, [&](size_t i) {
     if (nested) {
       ParallelFor(items, burn);
@@ -125,12 +125,12 @@ BurnReport BurnItems(size_t items, bool nested) {
       burn(i);
     }
   });
-  report.busy = BusySeconds() - start;
+  report.busy = timer.Seconds();
   report.threads = threads.size();
   return report;
 }
 
-TEST(WorkerPoolTest, BusySecondsCountTheCpuOfItemsRunByTheWorkers) {
+TEST(WorkerPoolTest, BusyTimerCountsTheCpuOfItemsRunByTheWorkers) {
   for (bool nested : {false, true}) {
     const BurnReport report = BurnItems(8, nested);
     // The workers ran items too, whenever there are some.
@@ -142,10 +142,10 @@ TEST(WorkerPoolTest, BusySecondsCountTheCpuOfItemsRunByTheWorkers) {
   }
 }
 
-TEST(WorkerPoolTest, BusySecondsLeaveOutTimeAsleep) {
-  const double start = BusySeconds();
+TEST(WorkerPoolTest, BusyTimerLeavesOutTimeAsleep) {
+  const BusyTimer timer;
   ParallelFor(8, [](size_t) { std::this_thread::sleep_for(std::chrono::milliseconds(10)); });
-  EXPECT_LT(BusySeconds() - start, 0.02);  // of the 80 ms the items took
+  EXPECT_LT(timer.Seconds(), 0.02);  // of the 80 ms the items took
 }
 
 }  // namespace
