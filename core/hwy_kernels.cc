@@ -63,7 +63,8 @@ HWY_INLINE void SweepStep(D d, size_t r, const hwy::float16_t* const* column, co
 }
 
 // One pass of a float16 sweep over the arms (see ForEachSweepPass), as SweepPass in
-// panel_kernels.cc: full vectors, then one arm at a time.
+// panel_kernels.cc: blocks of four cache lines of every column, each prefetched ahead, then full
+// vectors, then one arm at a time.
 template <size_t kColumns, bool kFirstPass, bool kLastPass>
 void SweepPass(const hwy::float16_t* const* column, const float* x, size_t arms,
                const uint8_t* mask, bool first, float* sum, float* sum_sq, float* scratch) {
@@ -79,8 +80,18 @@ void SweepPass(const hwy::float16_t* const* column, const float* x, size_t arms,
   x = xs;
   const FloatTag df;
   const hn::CappedTag<float, 1> d1;
+  const size_t lanes = hn::Lanes(df);
+  constexpr size_t kLine = 64 / sizeof(hwy::float16_t), kBlock = 4 * kLine;
   size_t r = 0;
-  for (; r + hn::Lanes(df) <= arms; r += hn::Lanes(df)) {
+  for (; r + kBlock <= arms; r += kBlock) {
+    for (size_t c = 0; c < kColumns; ++c)
+      PrefetchAhead(column[c] + r, kBlock * sizeof(hwy::float16_t));
+    for (size_t l = 0; l < kBlock; l += lanes) {
+      SweepStep<kColumns, kFirstPass, kLastPass>(df, r + l, column, x, mask, first, sum, sum_sq,
+                                                 partial, partial_sq);
+    }
+  }
+  for (; r + lanes <= arms; r += lanes) {
     SweepStep<kColumns, kFirstPass, kLastPass>(df, r, column, x, mask, first, sum, sum_sq, partial,
                                                partial_sq);
   }

@@ -15,9 +15,6 @@
 namespace adasoftmax {
 namespace {
 
-// How far ahead of a sequential read its kernel prefetches (see SweepPass, InterleavedDots).
-constexpr size_t kPrefetchAheadBytes = 1024;
-
 // The kernels' bodies for one element type, inlined into the per-dtype clones below (GCC
 // cannot clone templates by target).
 
@@ -65,13 +62,7 @@ template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
   constexpr size_t kLine = 64 / sizeof(T), kBlock = 4 * kLine;
   size_t r = 0;
   for (; r + kBlock <= arms; r += kBlock) {
-    for (size_t c = 0; c < kColumns; ++c) {
-      // An address, not a pointer: it may lie past the column's end, which prefetching ignores.
-      const uintptr_t ahead = reinterpret_cast<uintptr_t>(column[c] + r) + kPrefetchAheadBytes;
-      for (size_t b = 0; b < kBlock * sizeof(T); b += 64) {
-        __builtin_prefetch(reinterpret_cast<const void*>(ahead + b));
-      }
-    }
+    for (size_t c = 0; c < kColumns; ++c) PrefetchAhead(column[c] + r, kBlock * sizeof(T));
     for (size_t l = 0; l < kBlock; ++l) step(r + l);
   }
   for (; r < arms; ++r) step(r);
@@ -109,13 +100,16 @@ template <typename Acc, size_t kSums, typename T>
 // kRows rows' dots with x, interleaved: each row in 8 partial sums (one vector of doubles) over
 // consecutive 8-entry steps, then its tail, whatever kRows is. float16 rows are widened 64
 // entries at a time first, by Highway: GCC widens them one entry at a time. Each row is
-// prefetched 1 KB ahead, within the row: the exact path's float32 GEMV went from 1.05 to 1.02-1.03
-// of SGEMV's time on 50257 x 768, and the sampler's whole-row reads took W2 0-7% less time.
+// prefetched 1 KB ahead, within the row, once a cache line: the exact path's float32 GEMV
+// went from 1.05 to 1.02-1.03 of SGEMV's time on 50257 x 768, and the sampler's whole-row reads
+// took W2 0-7% less time.
 template <size_t kRows, typename T>
 [[gnu::always_inline]] inline void InterleavedDots(const T* const* rows, const float* x, size_t d,
                                                    double* out) {
   constexpr size_t kSums = 8;
-  constexpr size_t kBlock = std::is_same_v<T, Float16> ? 64 : kSums;
+  constexpr bool kWidenFirst = std::is_same_v<T, Float16>;
+  constexpr size_t kBlock = kWidenFirst ? 64 : kSums;
+  constexpr size_t kLine = 64 / sizeof(T);  // entries
   const T* row[kRows];
   for (size_t r = 0; r < kRows; ++r) row[r] = rows[r];
   double sums[kRows][kSums] = {};
@@ -123,20 +117,20 @@ template <size_t kRows, typename T>
   constexpr size_t kAhead = kPrefetchAheadBytes / sizeof(T);  // entries
   size_t j = 0;
   for (; j + kBlock <= d; j += kBlock) {
-    if (j + kAhead + kBlock <= d) {
+    if (j % kLine == 0 && j + kAhead + kBlock <= d) {
       for (size_t r = 0; r < kRows; ++r) {
-        for (size_t e = 0; e < kBlock; e += 64 / sizeof(T)) {
+        for (size_t e = 0; e < kBlock; e += kLine) {
           __builtin_prefetch(row[r] + j + kAhead + e);
         }
       }
     }
-    if constexpr (kBlock != kSums) {
+    if constexpr (kWidenFirst) {
       for (size_t r = 0; r < kRows; ++r) Float16WidenTo(row[r] + j, kBlock, widened[r]);
     }
     for (size_t t = 0; t < kBlock; t += kSums) {
       for (size_t r = 0; r < kRows; ++r) {
         for (size_t l = 0; l < kSums; ++l) {
-          const float a = kBlock != kSums ? widened[r][t + l] : Widen(row[r][j + t + l]);
+          const float a = kWidenFirst ? widened[r][t + l] : Widen(row[r][j + t + l]);
           sums[r][l] += static_cast<double>(a) * x[j + t + l];
         }
       }
@@ -203,10 +197,12 @@ ADASOFTMAX_KERNEL void RowDotsBF16(const void* const* rows, size_t count, const 
 // Rows from kStreams equal shares of the rows at once, interleaved, so that kStreams sequential
 // streams keep the prefetchers busy. On an Emerald Rapids host, 50257 x 768 (`BM_Products`,
 // alternated) took 1.11-1.38x the bare SGEMV's time read a row at a time, 0.71-1.09x read from
-// four shares, 1.36-1.52x read four adjacent rows at a time; eight shares were no better.
+// four shares, 1.36-1.52x read four adjacent rows at a time; eight shares were no better. On a
+// Zen 5 host (three alternated runs, medians of 8), with a prefetch a cache line: 0.92-0.95x
+// from two shares, 1.04-1.08x from four (1.07-1.18x with a prefetch every half line).
 ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, const float* x,
                                         float* out) {
-  constexpr size_t kStreams = 4;
+  constexpr size_t kStreams = 2;
   const float* m = static_cast<const float*>(a);
   const size_t share = rows / kStreams;
   for (size_t r = 0; r < share; ++r) {
