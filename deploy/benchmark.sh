@@ -20,6 +20,10 @@
 # About 25 minutes on two cores once the data and calibrations exist (longer on the first run),
 # most of it the 128256 x 4096 head and the server runs.
 set -euo pipefail
+# The baseline runs the kernels OpenBLAS (or core/blas_kernels.h) picks for this CPU, whatever
+# the caller's environment forces: OPENBLAS_CORETYPE=Haswell on a Zen 5 host halved the batched
+# exact path's queries/s.
+unset OPENBLAS_CORETYPE
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tool="$root/build/bin/adasoftmax"
