@@ -118,11 +118,7 @@ template <size_t kRows, typename T>
   size_t j = 0;
   for (; j + kBlock <= d; j += kBlock) {
     if (j % kLine == 0 && j + kAhead + kBlock <= d) {
-      for (size_t r = 0; r < kRows; ++r) {
-        for (size_t e = 0; e < kBlock; e += kLine) {
-          __builtin_prefetch(row[r] + j + kAhead + e);
-        }
-      }
+      for (size_t r = 0; r < kRows; ++r) PrefetchAhead(row[r] + j, kBlock * sizeof(T));
     }
     if constexpr (kWidenFirst) {
       for (size_t r = 0; r < kRows; ++r) Float16WidenTo(row[r] + j, kBlock, widened[r]);
@@ -198,8 +194,10 @@ ADASOFTMAX_KERNEL void RowDotsBF16(const void* const* rows, size_t count, const 
 // streams keep the prefetchers busy. On an Emerald Rapids host, 50257 x 768 (`BM_Products`,
 // alternated) took 1.11-1.38x the bare SGEMV's time read a row at a time, 0.71-1.09x read from
 // four shares, 1.36-1.52x read four adjacent rows at a time; eight shares were no better. On a
-// Zen 5 host (three alternated runs, medians of 8), with a prefetch a cache line: 0.92-0.95x
-// from two shares, 1.04-1.08x from four (1.07-1.18x with a prefetch every half line).
+// Zen 5 host (alternated runs, each the ratio of medians of 8) two shares took 0.90-1.06x (median
+// 0.97 over 14 runs) and four 1.04-1.08x (3 runs), with a prefetch once a cache line; four with
+// one every half line, as before, 0.90-1.18x (median 1.07 over 13 runs). Two shares were not
+// measured on Emerald Rapids.
 ADASOFTMAX_KERNEL void RowsDotVectorF32(const void* a, size_t rows, size_t d, const float* x,
                                         float* out) {
   constexpr size_t kStreams = 2;

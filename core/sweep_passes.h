@@ -26,8 +26,9 @@ inline constexpr size_t kPrefetchAheadBytes = 1024;
 // pointer, as it may lie past the end of p's array, which prefetching ignores.
 [[gnu::always_inline]] inline void PrefetchAhead(const void* p, size_t bytes) {
   const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes;
-  for (size_t b = 0; b < bytes; b += 64)
+  for (size_t b = 0; b < bytes; b += 64) {
     __builtin_prefetch(reinterpret_cast<const void*>(ahead + b));
+  }
 }
 
 template <typename Pass>
