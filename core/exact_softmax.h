@@ -22,11 +22,12 @@ class ExactSoftmax : public TopKSoftmax {
 };
 
 // A single query on weights of at least this many bytes (in their dtype), which stream from
-// memory, is read by RowsDotVector, four sequential streams per thread, unless its rows are
-// float32 and longer than kStreamMaxColumns. Against OpenBLAS's SGEMV (`bench`, interleaved),
-// with one stream per thread: 1.15-1.25x as fast on 50257 x 768 float32 (154 MB), 0.98-1.05x on
-// 32000 x 4096 (524 MB), 1.4-1.8x on 16-31 MB; on an Emerald Rapids host, 0.86-0.91x and
-// 0.85-0.87x, and with four streams 0.90-0.95x and 0.88-0.89x. Smaller weights stay in the
+// memory, is read by RowsDotVector, several sequential streams per thread (see
+// RowsDotVectorF32), unless its rows are float32 and longer than kStreamMaxColumns. Against
+// OpenBLAS's SGEMV (`bench`, interleaved), with one stream per thread: 1.15-1.25x as fast on
+// 50257 x 768 float32 (154 MB), 0.98-1.05x on 32000 x 4096 (524 MB), 1.4-1.8x on 16-31 MB; on
+// an Emerald Rapids host, 0.86-0.91x and 0.85-0.87x, and with four streams 0.90-0.95x and
+// 0.88-0.89x; on a Zen 5 host, with two, 1.00-1.03x on 50257 x 768. Smaller weights stay in the
 // README machine's 32 MB L3 and SGEMV, which computes faster, ties or wins: 4000 x 768 (12 MB)
 // alike, the 6625 x 120 OCR head 55 against 153 us.
 inline constexpr size_t kStreamMinBytes = size_t{16} << 20;
