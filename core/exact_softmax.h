@@ -9,7 +9,8 @@
 namespace adasoftmax {
 
 // Exact top-k softmax: all logits by RawProducts, then one fused pass per query keeping the
-// running max, the rescaled sum and a top-k heap. Thread-safe.
+// running max, the rescaled sum and a top-k heap. The logits go to a buffer each calling thread
+// keeps, as large as the largest batch it answered (n floats a query). Thread-safe.
 class ExactSoftmax : public TopKSoftmax {
  public:
   explicit ExactSoftmax(std::shared_ptr<const Model> model) : model_(std::move(model)) {}
