@@ -1010,7 +1010,7 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
   if (metered) timer.emplace();
   ParallelFor(side_by_side, [&](size_t g) { sample_group(g, false); });
   for (size_t g = side_by_side; g < groups.size(); ++g) sample_group(g, large);
-  const double sampling_seconds = metered ? timer->Seconds() : 0;
+  const double sampling_seconds = timer ? timer->Seconds() : 0;
   for (size_t g = 0; g < groups.size(); ++g) {
     samples += group_samples[g];
     fallbacks += group_fallbacks[g].size();

@@ -14,9 +14,7 @@
 # SERVER_BIN_DIR (default: build/bin) lets another build's server run against the same data;
 # the client is always this build's. About 5 minutes on two cores.
 set -euo pipefail
-# The baseline runs the kernels OpenBLAS (or core/blas_kernels.h) picks for this CPU, whatever
-# the caller's environment forces: OPENBLAS_CORETYPE=Haswell on a Zen 5 host halved the batched
-# exact path's queries/s.
+# The CPU's own BLAS kernels for the baseline, as in deploy/benchmark.sh.
 unset OPENBLAS_CORETYPE
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
