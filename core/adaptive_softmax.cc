@@ -54,14 +54,6 @@ double WeightBytes(const Model& model) {
 // streams twice as fast; the sampler's cost is mostly bookkeeping).
 double ExactPassCost(const Model& model) { return WeightBytes(model) / sizeof(float); }
 
-// The cost of `count` queries answered together by the exact path, in the same units: one pass,
-// then kBatchedExactQueryCost x n x d per further query.
-double ExactBatchCost(const Model& model, size_t count) {
-  if (count == 0) return 0;
-  return ExactPassCost(model) + kBatchedExactQueryCost * static_cast<double>(count - 1) *
-                                    static_cast<double>(model.n()) * static_cast<double>(model.d());
-}
-
 double Norm(absl::Span<const float> x) {
   double norm_sq = 0;
   for (float v : x) norm_sq += static_cast<double>(v) * v;
@@ -888,34 +880,47 @@ size_t AdaptiveSoftmax::SamplingGroupSize() const {
   return fit >= 1 ? static_cast<size_t>(std::min<double>(fit, SIZE_MAX / 2)) : 1;
 }
 
+double AdaptiveSoftmax::ExtraExactQueryShare() const {
+  const std::optional<double> share = meter_ != nullptr ? meter_->ExtraQueryShare() : std::nullopt;
+  if (share) return *share;
+  return kBatchedExactQueryCost * static_cast<double>(model_->n()) *
+         static_cast<double>(model_->d()) / ExactPassCost(*model_);
+}
+
+double AdaptiveSoftmax::ExactBatchCost(size_t count) const {
+  if (count == 0) return 0;
+  return ExactPassCost(*model_) * (1 + ExtraExactQueryShare() * static_cast<double>(count - 1));
+}
+
 AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batch) const {
   SamplingPlan plan{std::vector<bool>(batch.size()), std::vector<bool>(batch.size()),
                     std::vector<double>(batch.size())};
-  size_t skipped = 0;
+  bool any_forced = false;
   for (size_t q = 0; q < batch.size(); ++q) {
     plan.forced[q] = plan.skips[q] =
         !WithinGuarantee(options_, batch[q]) || !EstimatesResolve(*model_, batch[q]);
-    skipped += plan.skips[q];
+    any_forced |= plan.forced[q];
   }
   if (options_.sample_cost == 0) return plan;
+  // Once the exact path answers one query of the batch, each further one costs it `extra`: the
+  // queries whose sampling is predicted to cost more join it. When none must, they do only if
+  // together they cost more than the exact path answering them.
   const double cost = meter_ != nullptr ? meter_->CostOfPredicted() : options_.sample_cost;
-  const double pass = ExactPassCost(*model_);
-  double sampling_cost = 0;
+  const double extra = ExtraExactQueryShare() * ExactPassCost(*model_);
+  std::vector<size_t> dear;
+  double dear_cost = 0;  // of sampling them
   for (size_t q = 0; q < batch.size(); ++q) {
     if (plan.forced[q]) continue;
     const WeightSpread spread = SpreadOfWeights(*model_, batch[q].x, options_.importance);
     plan.predicted[q] = kSpreadFraction * spread.share * std::min(1.0, options_.topk_multiplier) *
                         static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
-    if (cost * plan.predicted[q] > pass) {
-      plan.skips[q] = true;
-      ++skipped;
-    } else {
-      sampling_cost += cost * plan.predicted[q];
+    if (cost * plan.predicted[q] > extra) {
+      dear.push_back(q);
+      dear_cost += cost * plan.predicted[q];
     }
   }
-  if (sampling_cost >
-      ExactBatchCost(*model_, batch.size()) - ExactBatchCost(*model_, skipped)) {
-    plan.skips.assign(batch.size(), true);
+  if (any_forced || dear_cost > ExactBatchCost(dear.size())) {
+    for (size_t q : dear) plan.skips[q] = true;
   }
   return plan;
 }
@@ -1023,9 +1028,8 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
     const bool timed = metered || (meter_ != nullptr && exact_batches_++ % kTimeExactEvery == 0);
     double seconds = 0;
     std::vector<TopKResult> answers = RunExact(exact_queries, timed, seconds);
-    const double cost = ExactBatchCost(*model_, exact.size());
-    fallback_seconds =
-        seconds * (cost - ExactBatchCost(*model_, exact.size() - fallbacks)) / cost;
+    const double cost = ExactBatchCost(exact.size());
+    fallback_seconds = seconds * (cost - ExactBatchCost(exact.size() - fallbacks)) / cost;
     for (size_t r = 0; r < answers.size(); ++r) {
       answers[r].bytes_touched += results[exact[r]].bytes_touched;  // what sampling touched first
       log_partitions[exact[r]].assign(corrections.size(), answers[r].log_partition);
@@ -1045,19 +1049,18 @@ std::vector<TopKResult> AdaptiveSoftmax::RunExact(absl::Span<const Query> querie
   const BusyTimer timer;
   std::vector<TopKResult> answers = ExactSoftmax(model_).Run(queries);
   seconds = timer.Seconds();
-  meter_->AddExact(ExactBatchCost(*model_, queries.size()), seconds);
+  meter_->AddExact(queries.size(), ExactPassCost(*model_), seconds);
   return answers;
 }
 
 void AdaptiveSoftmax::PrimeMeter() const {
   if (meter_ == nullptr) return;
   const std::vector<float> x(model_->d(), 1.0f);
-  const Query query{x, {}, nullptr};
-  ExactSoftmax(model_).Run({&query, 1});  // untimed: the first pass pays for page faults
-  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
-    double seconds;
-    RunExact({&query, 1}, /*timed=*/true, seconds);
-  }
+  const std::vector<Query> batch(kPrimeBatch, Query{x, {}, nullptr});
+  ExactSoftmax(model_).Run({batch.data(), 1});  // untimed: the first pass pays for page faults
+  double seconds;
+  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) RunExact({batch.data(), 1}, true, seconds);
+  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) RunExact(batch, true, seconds);
 }
 
 }  // namespace adasoftmax

@@ -104,10 +104,10 @@ inline constexpr double kSpreadFraction = 0.5;
 
 // The exact path answers a batch's queries together by blocked SGEMMs (see exact_softmax.cc):
 // the first costs one pass over A, each further one about this fraction of n x d float32
-// entries. Measured with BM_ExactBatch against the bare SGEMV (BM_Products/sgemv) on the
-// README's 2-core machine: 0.06 to 0.13 per query for batches of 2 to 32 on a slow-memory
-// stretch; faster memory makes a pass cheaper against the compute, hence 0.2. Compute-bound, so
-// the same for half precision.
+// entries, until a meter has measured it (see SampleCostMeter::ExtraQueryShare). Measured with
+// BM_ExactBatch against the bare SGEMV (BM_Products/sgemv) on the README's 2-core machine: 0.06
+// to 0.13 per query for batches of 2 to 32 on a slow-memory stretch; faster memory makes a pass
+// cheaper against the compute, hence 0.2. Compute-bound, so the same for half precision.
 inline constexpr double kBatchedExactQueryCost = 0.2;
 
 absl::Status ValidateAdaptiveOptions(const AdaptiveOptions& options);
@@ -152,6 +152,8 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // others: a thread's CPU clock is a system call, and two a query cost W5's 0.15 ms exact
   // queries 1.5-2% (0.956x against 0.972x exact untimed, three alternated `bench` runs).
   static constexpr uint64_t kTimeExactEvery = 8;
+  // The batch size PrimeMeter times: the mean batch of a server under 32 callers was 14-18.
+  static constexpr size_t kPrimeBatch = 16;
 
   // With a meter (and options.sample_cost > 0), the exact fallback prices a sample at
   // meter->Cost() instead of options.sample_cost, and Run reports its timings to the meter. So
@@ -174,23 +176,24 @@ class AdaptiveSoftmax : public TopKSoftmax {
       std::vector<std::vector<double>>& log_partitions) const;
 
   // With a meter, times SampleCostMeter::kWarmup exact passes over a placeholder query (after
-  // one untimed) and reports them to it. Otherwise the exact path is timed only when queries
-  // skip sampling or fall back, and until it was timed kWarmup times the meter prices samples at
-  // its initial cost: a server holding a calibrated 50257 x 768 head sampled nearly every query
-  // of its first 5 s under load (mean fraction 0.12-0.14, against 0.96 once settled). For a
-  // server to call at load; takes about 1 + kWarmup exact queries' time.
+  // one untimed), then as many batches of kPrimeBatch of them, and reports them to it. Otherwise
+  // the exact path is timed only when queries skip sampling or fall back, and until it was timed
+  // kWarmup times the meter prices samples at its initial cost: a server holding a calibrated 50257
+  // x 768 head sampled nearly every query of its first 5 s under load (mean fraction 0.12-0.14,
+  // against 0.96 once settled). For a server to call at load; takes about 1 + kWarmup x (2 +
+  // (kPrimeBatch - 1) x kBatchedExactQueryCost) exact queries' time.
   void PrimeMeter() const;
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
 
   // Which queries of `batch` Run sends to the exact path before any sampling: those stricter
   // than the multipliers hold at and those whose logits floats cannot resolve (see above),
-  // whatever sample_cost; then, unless sample_cost is 0, each other query priced alone, at
-  // sample_cost x its predicted entries (see kSpreadFraction), goes when that is more than one
-  // exact pass, and the rest go too if sampling them all is predicted to cost more than adding
-  // them to the batch's exact queries (see kBatchedExactQueryCost). With a meter, a predicted
-  // entry is priced at meter->CostOfPredicted(). REQUIRES: ValidateQuery(q).ok() for every q in
-  // batch.
+  // whatever sample_cost. Then, unless sample_cost is 0, a query's sampling is priced at
+  // sample_cost x its predicted entries (see kSpreadFraction), and the exact path's batch at one
+  // pass plus ExtraExactQueryShare() of one per further query: the queries whose sampling costs
+  // more than a further exact query go when others must, and otherwise when all of them together
+  // cost more than an exact batch of them. With a meter, a predicted entry is priced at
+  // meter->CostOfPredicted(). REQUIRES: ValidateQuery(q).ok() for every q in batch.
   std::vector<bool> SkipsSampling(absl::Span<const Query> batch) const {
     return Plan(batch).skips;
   }
@@ -198,6 +201,11 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // The price of a sampled entry the exact fallback uses during sampling now: the meter's, else
   // options().sample_cost.
   double SampleCost() const;
+
+  // What SkipsSampling prices each query after the first of an exact batch at, as a share of an
+  // exact pass: the meter's measure once it has one (see SampleCostMeter::ExtraQueryShare),
+  // else kBatchedExactQueryCost x n x d float32 entries.
+  double ExtraExactQueryShare() const;
 
   // How many of a batch's sampled queries Run samples together at most: the most whose sampling
   // state fits in options().sampling_memory_fraction x the model's weight bytes, and at least 1.
@@ -210,6 +218,9 @@ class AdaptiveSoftmax : public TopKSoftmax {
     std::vector<double> predicted;  // entries each query is predicted to sample
   };
   SamplingPlan Plan(absl::Span<const Query> batch) const;
+  // An exact batch of `count` queries, in float32 entries streamed (see sample_cost): one pass,
+  // then ExtraExactQueryShare() of one per further query.
+  double ExactBatchCost(size_t count) const;
   // The queries `sampled` (indices into batch) in the groups Run samples together, each with
   // one order: runs of SamplingGroupSize() consecutive queries, less those that sharing the
   // run's order would cost more than options().max_sharing_loss, which go alone.

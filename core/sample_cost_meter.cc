@@ -12,12 +12,20 @@ void Decay(double& sum, double value) {
 
 }  // namespace
 
-void SampleCostMeter::AddExact(double entries, double seconds) {
-  if (!(entries > 0 && seconds > 0)) return;
+void SampleCostMeter::AddExact(size_t count, double pass_entries, double seconds) {
+  if (!(count > 0 && pass_entries > 0 && seconds > 0)) return;
   absl::MutexLock lock(&mu_);
-  Decay(exact_seconds_, seconds);
-  Decay(exact_entries_, entries);
-  ++exact_observations_;
+  if (count == 1) {
+    Decay(exact_seconds_, seconds);
+    Decay(exact_entries_, pass_entries);
+    ++exact_observations_;
+    return;
+  }
+  if (exact_observations_ < kWarmup) return;
+  const double single_seconds = exact_seconds_ / exact_entries_ * pass_entries;
+  Decay(batches_.extra_seconds, std::max(0.0, seconds - single_seconds));
+  Decay(batches_.single_seconds, static_cast<double>(count - 1) * single_seconds);
+  ++batch_observations_;
 }
 
 void SampleCostMeter::AddSampled(double samples, double predicted, double seconds,
@@ -39,6 +47,12 @@ double SampleCostMeter::Cost() const {
 double SampleCostMeter::CostOfPredicted() const {
   absl::MutexLock lock(&mu_);
   return Ratio(sampled_.seconds + sampled_.fallback_seconds, sampled_.predicted);
+}
+
+std::optional<double> SampleCostMeter::ExtraQueryShare() const {
+  absl::MutexLock lock(&mu_);
+  if (batch_observations_ < kWarmup) return std::nullopt;
+  return std::min(1.0, batches_.extra_seconds / batches_.single_seconds);
 }
 
 double SampleCostMeter::Ratio(double seconds, double units) const {

@@ -43,6 +43,7 @@ absl::StatusOr<std::unique_ptr<InferenceService>> InferenceService::Create(
     e->metrics = metrics->AddModel(served->name, served->model->n(), served->model->d(),
                                    DTypeName(served->model->dtype()));
     e->metrics->SetSampleCost(served->adaptive->SampleCost());
+    e->metrics->SetExactBatchShare(served->adaptive->ExtraExactQueryShare());
     InferenceService* self = service.get();
     ASSIGN_OR_RETURN(
         e->queue,
@@ -163,7 +164,10 @@ void InferenceService::RunGroup(Entry& entry, std::vector<std::unique_ptr<Task>>
                : static_cast<const adasoftmax::TopKSoftmax&>(*served.exact);
   std::vector<TopKResult> results = solver.Run(queries);
   entry.metrics->ObserveBatchSize(group.size());
-  if (adaptive) entry.metrics->SetSampleCost(served.adaptive->SampleCost());
+  if (adaptive) {
+    entry.metrics->SetSampleCost(served.adaptive->SampleCost());
+    entry.metrics->SetExactBatchShare(served.adaptive->ExtraExactQueryShare());
+  }
   const absl::Time now = clock_->Now();
 
   for (size_t q = 0; q < group.size(); ++q) {

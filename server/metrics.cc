@@ -163,6 +163,13 @@ Metrics::Metrics(prometheus::Registry& registry)
                              "streamed by the exact path (measured while serving unless "
                              "measure_sample_cost is false; 0: fallback off).")
                        .Register(registry)),
+      exact_batch_share_(prometheus::BuildGauge()
+                             .Name("adasoftmax_exact_batch_share")
+                             .Help("What the exact fallback prices each query after the first "
+                                   "of an exact batch (one SGEMM) at, as a share of a single "
+                                   "exact query (measured while serving unless "
+                                   "measure_sample_cost is false).")
+                             .Register(registry)),
       audit_queries_(prometheus::BuildCounter()
                          .Name("adasoftmax_audit_queries_total")
                          .Help("Adaptive answers re-checked against the exact answer.")
@@ -195,6 +202,7 @@ ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
   m->batch_size_ = &batch_size_.Add({{"model", name}}, BatchBuckets());
   m->queued_ = &queue_size_.Add({{"model", name}});
   m->sample_cost_ = &sample_cost_.Add({{"model", name}});
+  m->exact_batch_share_ = &exact_batch_share_.Add({{"model", name}});
   m->audit_queries_ = &audit_queries_.Add({{"model", name}});
   m->audit_failures_ = &audit_failures_.Add({{"model", name}});
   m->exact_answers_ = &exact_answers_.Add({{"model", name}});

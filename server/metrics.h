@@ -40,6 +40,8 @@ class ModelMetrics {
   void CountAudit(bool failed);
   // The sample cost the model's exact fallback uses now.
   void SetSampleCost(double cost) { sample_cost_->Set(cost); }
+  // What the model's fallback prices each query after the first of an exact batch at.
+  void SetExactBatchShare(double share) { exact_batch_share_->Set(share); }
 
  private:
   friend class Metrics;
@@ -52,6 +54,7 @@ class ModelMetrics {
   prometheus::Histogram* batch_size_ = nullptr;
   prometheus::Gauge* queued_ = nullptr;
   prometheus::Gauge* sample_cost_ = nullptr;
+  prometheus::Gauge* exact_batch_share_ = nullptr;
   prometheus::Counter* audit_queries_ = nullptr;
   prometheus::Counter* audit_failures_ = nullptr;
   prometheus::Counter* exact_answers_ = nullptr;
@@ -68,6 +71,8 @@ class ModelMetrics {
 //   adasoftmax_queue_size{model}                          gauge: requests waiting for a batch
 //   adasoftmax_sample_cost{model}                         gauge: the exact fallback's price of
 //                                                         a sample, in streamed exact entries
+//   adasoftmax_exact_batch_share{model}                   gauge: its price of each query after
+//                                                         the first of an exact batch, in passes
 //   adasoftmax_audit_queries_total{model}                 counter
 //   adasoftmax_audit_failures_total{model}                counter
 //   adasoftmax_adaptive_exact_answers_total{model}        counter: adaptive queries answered
@@ -100,6 +105,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& model_info_;
   prometheus::Family<prometheus::Gauge>& queue_size_;
   prometheus::Family<prometheus::Gauge>& sample_cost_;
+  prometheus::Family<prometheus::Gauge>& exact_batch_share_;
   prometheus::Family<prometheus::Counter>& audit_queries_;
   prometheus::Family<prometheus::Counter>& audit_failures_;
   prometheus::Family<prometheus::Counter>& exact_answers_;

@@ -16,6 +16,7 @@ namespace adasoftmax {
 namespace {
 
 using ::testing::Each;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 testing::ModelAndQueries HeavyHead() {
@@ -471,6 +472,41 @@ TEST(AdaptiveSoftmaxTest, BatchesCheaperToAnswerExactlyTogetherSkipSampling) {
   }
 }
 
+TEST(AdaptiveSoftmaxTest, AMeteredBatchShareDecidesWhichQueriesJoinTheExactPath) {
+  // A meter pricing samples at 6 streamed entries, as the fixed cost above, that has seen each
+  // query after the first of an exact batch add `share` of a single query's time.
+  testing::ModelAndQueries head = HeavyHead();
+  auto meter_of = [](double share) {
+    auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
+    for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
+      meter->AddExact(1, 1e6, 1e-3);
+      meter->AddSampled(1e6, 1e6, 6e-3, 0);
+    }
+    for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
+      meter->AddExact(16, 1e6, 1e-3 * (1 + 15 * share));
+    }
+    return meter;
+  };
+  std::vector<Query> batch;
+  for (size_t q = 0; q < 16; ++q) batch.push_back({head.query(q), {.seed = 4}});
+  // Where batches are as dear as their queries alone, the 16 sample; where each further query
+  // adds 0.2, they go exact together, as with kBatchedExactQueryCost.
+  const AdaptiveSoftmax alone(head.model, {.sample_cost = 6}, meter_of(1));
+  const AdaptiveSoftmax fifth(head.model, {.sample_cost = 6}, meter_of(0.2));
+  EXPECT_THAT(alone.SkipsSampling(batch), Each(false));
+  EXPECT_THAT(fifth.SkipsSampling(batch), Each(true));
+  // A query stricter than the multipliers hold at goes exact whatever its cost; a sampled query
+  // joins it when a further exact query costs less than sampling it is predicted to.
+  const std::vector<Query> mixed = {{head.query(0), {.epsilon = 0.1, .seed = 4}},
+                                    {head.query(1), {.seed = 4}}};
+  const AdaptiveSoftmax strict_alone(head.model, {.sample_cost = 6, .min_epsilon = 0.2},
+                                     meter_of(1));
+  const AdaptiveSoftmax strict_cheap(head.model, {.sample_cost = 6, .min_epsilon = 0.2},
+                                     meter_of(0.01));
+  EXPECT_THAT(strict_alone.SkipsSampling(mixed), ElementsAre(true, false));
+  EXPECT_THAT(strict_cheap.SkipsSampling(mixed), ElementsAre(true, true));
+}
+
 TEST(AdaptiveSoftmaxTest, LogitsTooLargeForFloatEstimatesGetTheExactAnswer) {
   const testing::ModelAndQueries ocr = testing::OcrHead();
   const AdaptiveSoftmax adaptive(ocr.model, {.sample_cost = 0});  // no fallback for cost
@@ -545,7 +581,7 @@ TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
   auto meter_of = [](double exact_ns, double sample_ns) {
     auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
     for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
-      meter->AddExact(1e6, exact_ns * 1e-3);
+      meter->AddExact(1, 1e6, exact_ns * 1e-3);
       meter->AddSampled(1e6, 1e6, sample_ns * 1e-3, 0);
     }
     return meter;
@@ -632,6 +668,8 @@ TEST(AdaptiveSoftmaxTest, APrimedMeterPricesSamplesOnceTheSamplerWasTimed) {
   const AdaptiveSoftmax adaptive(heavy.model, {.sample_cost = 1}, primed);
   adaptive.PrimeMeter();
   EXPECT_EQ(primed->ExactObservations(), SampleCostMeter::kWarmup);
+  EXPECT_EQ(primed->BatchObservations(), SampleCostMeter::kWarmup);
+  EXPECT_TRUE(primed->ExtraQueryShare().has_value());
   EXPECT_EQ(primed->SampledObservations(), 0);
   ASSERT_TRUE(answer_all(adaptive));
   EXPECT_NE(primed->Cost(), 1);  // measured

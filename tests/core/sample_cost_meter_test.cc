@@ -1,5 +1,6 @@
 #include "core/sample_cost_meter.h"
 
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -12,7 +13,7 @@ namespace {
 // with half as many samples predicted as read.
 void Feed(SampleCostMeter& meter, int count, double exact_ns, double sample_ns) {
   for (int i = 0; i < count; ++i) {
-    meter.AddExact(1e6, 1e6 * exact_ns * 1e-9);
+    meter.AddExact(1, 1e6, 1e6 * exact_ns * 1e-9);
     meter.AddSampled(1e5, 5e4, 1e5 * sample_ns * 1e-9, 0);
   }
 }
@@ -23,7 +24,7 @@ TEST(SampleCostMeterTest, ReportsTheInitialCostUntilBothSidesAreWarm) {
   Feed(meter, SampleCostMeter::kWarmup - 1, 1, 3);
   EXPECT_EQ(meter.Cost(), 8);
   EXPECT_EQ(meter.CostOfPredicted(), 8);
-  for (int i = 0; i < 20; ++i) meter.AddExact(1e6, 1e-3);  // one side alone is not enough
+  for (int i = 0; i < 20; ++i) meter.AddExact(1, 1e6, 1e-3);  // one side alone is not enough
   EXPECT_EQ(meter.Cost(), 8);
   meter.AddSampled(1e5, 5e4, 3e-4, 0);
   EXPECT_NEAR(meter.Cost(), 3, 1e-9);
@@ -49,7 +50,8 @@ TEST(SampleCostMeterTest, StaysWithinBoundsAndIgnoresEmptyObservations) {
   EXPECT_EQ(dear.Cost(), SampleCostMeter::kMaxCost);
   SampleCostMeter meter(8);
   for (int i = 0; i < 20; ++i) {
-    meter.AddExact(0, 1);
+    meter.AddExact(1, 0, 1);
+    meter.AddExact(0, 1e6, 1);
     meter.AddSampled(1e5, 1e5, 0, 1);
     meter.AddSampled(1e5, 0, 1, 1);
     meter.AddSampled(1e5, 1e5, 1, -1);
@@ -60,11 +62,31 @@ TEST(SampleCostMeterTest, StaysWithinBoundsAndIgnoresEmptyObservations) {
 TEST(SampleCostMeterTest, FallbacksWeighOnTheCostOfPredictedEntriesOnly) {
   SampleCostMeter meter(8);
   for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
-    meter.AddExact(1e6, 1e-3);                // 1 ns an entry
+    meter.AddExact(1, 1e6, 1e-3);            // 1 ns an entry
     meter.AddSampled(1e5, 5e4, 1e-4, 1e-4);  // 1 ns a sample, then as long again falling back
   }
   EXPECT_NEAR(meter.Cost(), 1, 1e-9);
   EXPECT_NEAR(meter.CostOfPredicted(), 4, 1e-9);
+}
+
+TEST(SampleCostMeterTest, BatchesGiveTheShareEachFurtherQueryAdds) {
+  SampleCostMeter meter(8);
+  // Batches count only once single queries tell their first query's time.
+  for (int i = 0; i < 20; ++i) meter.AddExact(16, 1e6, 2.5e-3);
+  EXPECT_EQ(meter.BatchObservations(), 0);
+  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) meter.AddExact(1, 1e6, 1e-3);
+  for (int i = 0; i < SampleCostMeter::kWarmup - 1; ++i) meter.AddExact(16, 1e6, 2.5e-3);
+  EXPECT_EQ(meter.ExtraQueryShare(), std::nullopt);
+  meter.AddExact(16, 1e6, 2.5e-3);  // 1 ms, then 15 x 0.1 ms
+  EXPECT_NEAR(*meter.ExtraQueryShare(), 0.1, 1e-9);
+  EXPECT_EQ(meter.ExactObservations(), SampleCostMeter::kWarmup);  // the single queries' rate
+  EXPECT_EQ(meter.BatchObservations(), SampleCostMeter::kWarmup);
+  // Batches slower than their queries alone count as one pass each at most; faster than their
+  // first query, as free.
+  for (int i = 0; i < 200; ++i) meter.AddExact(4, 1e6, 10e-3);
+  EXPECT_EQ(*meter.ExtraQueryShare(), 1);
+  for (int i = 0; i < 2000; ++i) meter.AddExact(4, 1e6, 0.5e-3);
+  EXPECT_NEAR(*meter.ExtraQueryShare(), 0, 1e-9);
 }
 
 TEST(SampleCostMeterTest, ConcurrentObservationsKeepItConsistent) {

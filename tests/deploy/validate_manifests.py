@@ -46,7 +46,7 @@ COUNTERS = ["adasoftmax_requests_total", "adasoftmax_audit_queries_total",
 HISTOGRAMS = ["adasoftmax_samples_per_query", "adasoftmax_sample_fraction",
               "adasoftmax_request_duration_seconds", "adasoftmax_queue_duration_seconds",
               "adasoftmax_batch_size"]
-GAUGES = ["adasoftmax_model_info", "adasoftmax_sample_cost"]
+GAUGES = ["adasoftmax_model_info", "adasoftmax_sample_cost", "adasoftmax_exact_batch_share"]
 PROCESS = ["process_resident_memory_bytes", "process_virtual_memory_bytes",
            "process_start_time_seconds", "process_cpu_seconds_total", "process_open_fds",
            "process_max_fds"]
@@ -58,6 +58,7 @@ LABELS = {"adasoftmax_requests_total": {"model", "mode", "code"},
           "adasoftmax_batch_size": {"model"},
           "adasoftmax_model_info": {"model", "n", "d", "dtype"},
           "adasoftmax_sample_cost": {"model"},
+          "adasoftmax_exact_batch_share": {"model"},
           "adasoftmax_audit_queries_total": {"model"},
           "adasoftmax_audit_failures_total": {"model"}}
 GRPC_PORT = 50051

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/grpc_client.h"
+#include "core/adaptive_softmax.h"
 #include "core/blas_kernels.h"
 #include "core/exact_softmax.h"
 #include "core/model.h"
@@ -153,7 +154,8 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_queue_duration_seconds_bucket", "adasoftmax_batch_size_bucket",
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
         "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
-        "adasoftmax_sample_cost", "process_resident_memory_bytes", "process_start_time_seconds"}) {
+        "adasoftmax_sample_cost", "adasoftmax_exact_batch_share", "process_resident_memory_bytes",
+        "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
@@ -295,6 +297,12 @@ TEST_F(ServerE2eTest, ExpensiveSamplingIsAnsweredExactlyAndCounted) {
   // the fallback off.
   EXPECT_EQ(*FindSample(samples, "adasoftmax_sample_cost", {{"model", "fallback"}}), 1e9);
   EXPECT_EQ(*FindSample(samples, "adasoftmax_sample_cost", {{"model", "small"}}), 0);
+  // Its exact batches were timed at load (PrimeMeter): a measured share, not the prior's.
+  const double share =
+      *FindSample(samples, "adasoftmax_exact_batch_share", {{"model", "fallback"}});
+  EXPECT_GE(share, 0);
+  EXPECT_LE(share, 1);
+  EXPECT_GT(std::abs(share - kBatchedExactQueryCost), 1e-9);
 }
 
 TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
