@@ -186,16 +186,13 @@ struct PullJob {
 class BatchSampler {
  public:
   // Run also computes the log partition each of `corrections` gives in place of
-  // options.lognormal_correction (see log_partitions()). A query falls back once sampling is
-  // predicted to cost more than `exact_cost`, what the exact path would add to answer it, in
-  // streamed entries (see ExactBatchCost). With `parallel`, chunks of arms run on the process's
-  // worker threads (see ParallelFor); otherwise all on the calling thread.
+  // options.lognormal_correction (see log_partitions()). With `parallel`, chunks of arms run on
+  // the process's worker threads (see ParallelFor); otherwise all on the calling thread.
   BatchSampler(const Model& model, const PanelOrder& order, const AdaptiveOptions& options,
-               double exact_cost, absl::Span<const double> corrections, bool parallel)
+               absl::Span<const double> corrections, bool parallel)
       : model_(model),
         order_(order),
         options_(options),
-        exact_cost_(exact_cost),
         corrections_(corrections),
         n_(model.n()),
         d_(model.d()),
@@ -270,8 +267,8 @@ class BatchSampler {
   const float* ChunkBias(uint32_t chunk_begin) const {
     return model_.has_bias() ? model_.bias().data() + chunk_begin : nullptr;
   }
-  // Sets s.fallback when sampling the `predicted` entries ahead would cost more than exact_cost_
-  // (never when sample_cost is 0). Returns s.fallback.
+  // Sets s.fallback when sampling the `predicted` entries ahead would cost more than the exact
+  // path (never when sample_cost is 0). Returns s.fallback.
   bool FallBack(QueryState& s, double predicted) const;
   // Per job and chunk, [job * Chunks() + chunk], the entries the job's arms in the chunk are
   // predicted to read (see PredictedEntries in arm_kernels.h). Empty when sample_cost is 0: no
@@ -320,7 +317,6 @@ class BatchSampler {
   const Model& model_;
   const PanelOrder& order_;
   const AdaptiveOptions& options_;
-  const double exact_cost_;
   const absl::Span<const double> corrections_;
   const size_t n_;
   const size_t d_;
@@ -580,7 +576,7 @@ void BatchSampler::PullRows(const PullJob& job, int level, uint32_t chunk_begin,
 }
 
 bool BatchSampler::FallBack(QueryState& s, double predicted) const {
-  if (options_.sample_cost > 0 && options_.sample_cost * predicted > exact_cost_) {
+  if (options_.sample_cost > 0 && options_.sample_cost * predicted > ExactPassCost(model_)) {
     s.fallback = true;
   }
   return s.fallback;
@@ -981,8 +977,6 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
       predicted += plan.predicted[q];
     }
   }
-  // A query falling back costs a pass, or only a further query when the batch goes exact anyway.
-  const double exact_cost = ExactBatchCost(exact.size() + 1) - ExactBatchCost(exact.size());
   // Whole rounds of one group a thread side by side, then the rest one at a time, chunks in
   // parallel (see the class comment).
   const std::vector<std::vector<size_t>> groups = SamplingGroups(queries, sampled);
@@ -1006,7 +1000,7 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
     // The sampler's chunks run in parallel right after the serial setup: the workers wake now.
     if (parallel) WakeWorkers();
     const PanelOrder order = PanelOrder::Draw(*model_, xs, options.importance, seed);
-    BatchSampler sampler(*model_, order, options, exact_cost, corrections, parallel);
+    BatchSampler sampler(*model_, order, options, corrections, parallel);
     std::vector<TopKResult> answers = sampler.Run(batch);
     for (size_t r = 0; r < answers.size(); ++r) {
       group_samples[g] += static_cast<double>(answers[r].samples);

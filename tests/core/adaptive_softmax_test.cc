@@ -507,26 +507,6 @@ TEST(AdaptiveSoftmaxTest, AMeteredBatchShareDecidesWhichQueriesJoinTheExactPath)
   EXPECT_THAT(strict_cheap.SkipsSampling(mixed), ElementsAre(true, true));
 }
 
-TEST(AdaptiveSoftmaxTest, QueriesFallBackSoonerWhenTheirBatchGoesExactAnyway) {
-  // At this cost every heavy-tailed query is predicted to cost less than a further exact query
-  // (kBatchedExactQueryCost) and samples, reading 0.2-0.5 of A: alone it finishes, as that is
-  // less than a pass; beside a query that must go exact, most join that one instead.
-  testing::ModelAndQueries head = HeavyHead();
-  const AdaptiveSoftmax adaptive(head.model, {.sample_cost = 2, .min_epsilon = 0.2});
-  const ExactSoftmax exact(head.model);
-  int joined = 0;
-  for (size_t q = 0; q < 8; ++q) {
-    const Query heavy{head.query(q), {.seed = 4}};
-    const std::vector<Query> batch = {{head.query(q + 8), {.epsilon = 0.1, .seed = 4}}, heavy};
-    ASSERT_THAT(adaptive.SkipsSampling(batch), ElementsAre(true, false)) << q;
-    EXPECT_FALSE(adaptive.Answer(heavy)->exact) << q;
-    const std::vector<TopKResult> results = adaptive.Run(batch);
-    joined += results[1].exact;
-    EXPECT_EQ(results[1].indices, exact.Answer(heavy)->indices) << q;
-  }
-  EXPECT_GE(joined, 4);
-}
-
 TEST(AdaptiveSoftmaxTest, LogitsTooLargeForFloatEstimatesGetTheExactAnswer) {
   const testing::ModelAndQueries ocr = testing::OcrHead();
   const AdaptiveSoftmax adaptive(ocr.model, {.sample_cost = 0});  // no fallback for cost
