@@ -178,10 +178,10 @@ class AdaptiveSoftmax : public TopKSoftmax {
   // With a meter, times SampleCostMeter::kWarmup exact passes over a placeholder query (after
   // one untimed), then as many batches of kPrimeBatch of them, and reports them to it. Otherwise
   // the exact path is timed only when queries skip sampling or fall back, and until it was timed
-  // kWarmup times the meter prices samples at its initial cost: a server holding a calibrated 50257
-  // x 768 head sampled nearly every query of its first 5 s under load (mean fraction 0.12-0.14,
-  // against 0.96 once settled). For a server to call at load; takes about 1 + kWarmup x (2 +
-  // (kPrimeBatch - 1) x kBatchedExactQueryCost) exact queries' time.
+  // kWarmup times the meter prices samples at its initial cost: a server holding a calibrated
+  // 50257 x 768 head sampled nearly every query of its first 5 s under load (mean fraction
+  // 0.12-0.14, against 0.96 once settled). For a server to call at load; takes about
+  // 1 + kWarmup x (2 + (kPrimeBatch - 1) x kBatchedExactQueryCost) exact queries' time.
   void PrimeMeter() const;
   const Model& model() const override { return *model_; }
   const AdaptiveOptions& options() const { return options_; }
