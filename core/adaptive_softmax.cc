@@ -887,9 +887,9 @@ double AdaptiveSoftmax::ExtraExactQueryShare() const {
          static_cast<double>(model_->d()) / ExactPassCost(*model_);
 }
 
-double AdaptiveSoftmax::ExactBatchCost(size_t count) const {
-  if (count == 0) return 0;
-  return ExactPassCost(*model_) * (1 + ExtraExactQueryShare() * static_cast<double>(count - 1));
+AdaptiveSoftmax::ExactCosts AdaptiveSoftmax::ExactCostsNow() const {
+  const double pass = ExactPassCost(*model_);
+  return {pass, ExtraExactQueryShare() * pass};
 }
 
 AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batch) const {
@@ -902,11 +902,11 @@ AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batc
     any_forced |= plan.forced[q];
   }
   if (options_.sample_cost == 0) return plan;
-  // Once the exact path answers one query of the batch, each further one costs it `extra`: the
-  // queries whose sampling is predicted to cost more join it. When none must, they do only if
-  // together they cost more than the exact path answering them.
+  // Once the exact path answers one query of the batch, each further one costs it costs.extra:
+  // the queries whose sampling is predicted to cost more join it. When none must, they do only
+  // if together they cost more than the exact path answering them.
   const double cost = meter_ != nullptr ? meter_->CostOfPredicted() : options_.sample_cost;
-  const double extra = ExtraExactQueryShare() * ExactPassCost(*model_);
+  const ExactCosts costs = ExactCostsNow();
   std::vector<size_t> dear;
   double dear_cost = 0;  // of sampling them
   for (size_t q = 0; q < batch.size(); ++q) {
@@ -914,12 +914,12 @@ AdaptiveSoftmax::SamplingPlan AdaptiveSoftmax::Plan(absl::Span<const Query> batc
     const WeightSpread spread = SpreadOfWeights(*model_, batch[q].x, options_.importance);
     plan.predicted[q] = kSpreadFraction * spread.share * std::min(1.0, options_.topk_multiplier) *
                         static_cast<double>(spread.panels * Model::kPanelWidth) * model_->n();
-    if (cost * plan.predicted[q] > extra) {
+    if (cost * plan.predicted[q] > costs.extra) {
       dear.push_back(q);
       dear_cost += cost * plan.predicted[q];
     }
   }
-  if (any_forced || dear_cost > ExactBatchCost(dear.size())) {
+  if (any_forced || dear_cost > costs.Batch(dear.size())) {
     for (size_t q : dear) plan.skips[q] = true;
   }
   return plan;
@@ -1028,8 +1028,9 @@ std::vector<TopKResult> AdaptiveSoftmax::RunWithCorrections(
     const bool timed = metered || (meter_ != nullptr && exact_batches_++ % kTimeExactEvery == 0);
     double seconds = 0;
     std::vector<TopKResult> answers = RunExact(exact_queries, timed, seconds);
-    const double cost = ExactBatchCost(exact.size());
-    fallback_seconds = seconds * (cost - ExactBatchCost(exact.size() - fallbacks)) / cost;
+    const ExactCosts costs = ExactCostsNow();
+    const double cost = costs.Batch(exact.size());
+    fallback_seconds = seconds * (cost - costs.Batch(exact.size() - fallbacks)) / cost;
     for (size_t r = 0; r < answers.size(); ++r) {
       answers[r].bytes_touched += results[exact[r]].bytes_touched;  // what sampling touched first
       log_partitions[exact[r]].assign(corrections.size(), answers[r].log_partition);

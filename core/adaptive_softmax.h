@@ -218,9 +218,16 @@ class AdaptiveSoftmax : public TopKSoftmax {
     std::vector<double> predicted;  // entries each query is predicted to sample
   };
   SamplingPlan Plan(absl::Span<const Query> batch) const;
-  // An exact batch of `count` queries, in float32 entries streamed (see sample_cost): one pass,
-  // then ExtraExactQueryShare() of one per further query.
-  double ExactBatchCost(size_t count) const;
+  // The exact path's costs, in float32 entries streamed (see sample_cost): a pass for a batch's
+  // first query, `extra` (ExtraExactQueryShare() of a pass) for each further one. Read once per
+  // Plan or Run, so that a batch is priced with one measure of the share.
+  struct ExactCosts {
+    double pass, extra;
+    double Batch(size_t count) const {
+      return count == 0 ? 0 : pass + extra * static_cast<double>(count - 1);
+    }
+  };
+  ExactCosts ExactCostsNow() const;
   // The queries `sampled` (indices into batch) in the groups Run samples together, each with
   // one order: runs of SamplingGroupSize() consecutive queries, less those that sharing the
   // run's order would cost more than options().max_sharing_loss, which go alone.

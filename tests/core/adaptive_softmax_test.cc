@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "core/arm_kernels.h"
@@ -409,6 +411,22 @@ TEST(AdaptiveSoftmaxTest, CostlierSamplingFallsBackMoreOftenAndStaysCorrect) {
   EXPECT_GT(sampled_first, 0);  // their sampling counts too
 }
 
+// A meter past its warm-up that has seen exact single queries take `exact_ns` an entry and
+// samples `sample_ns` each (one predicted per sample read), and, given a `share`, each query
+// after the first of exact batches of 16 add that share of a single query's time.
+std::shared_ptr<SampleCostMeter> WarmMeter(double exact_ns, double sample_ns,
+                                           std::optional<double> share = std::nullopt) {
+  auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
+  for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
+    meter->AddExact(1, 1e6, exact_ns * 1e-3);
+    meter->AddSampled(1e6, 1e6, sample_ns * 1e-3, 0);
+  }
+  for (int i = 0; share && i < SampleCostMeter::kWarmup; ++i) {
+    meter->AddExact(16, 1e6, exact_ns * 1e-3 * (1 + 15 * *share));
+  }
+  return meter;
+}
+
 bool SkipsAlone(const AdaptiveSoftmax& adaptive, const Query& query) {
   return adaptive.SkipsSampling({&query, 1})[0];
 }
@@ -476,23 +494,12 @@ TEST(AdaptiveSoftmaxTest, AMeteredBatchShareDecidesWhichQueriesJoinTheExactPath)
   // A meter pricing samples at 6 streamed entries, as the fixed cost above, that has seen each
   // query after the first of an exact batch add `share` of a single query's time.
   testing::ModelAndQueries head = HeavyHead();
-  auto meter_of = [](double share) {
-    auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
-    for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
-      meter->AddExact(1, 1e6, 1e-3);
-      meter->AddSampled(1e6, 1e6, 6e-3, 0);
-    }
-    for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
-      meter->AddExact(16, 1e6, 1e-3 * (1 + 15 * share));
-    }
-    return meter;
-  };
   std::vector<Query> batch;
   for (size_t q = 0; q < 16; ++q) batch.push_back({head.query(q), {.seed = 4}});
   // Where batches are as dear as their queries alone, the 16 sample; where each further query
   // adds 0.2, they go exact together, as with kBatchedExactQueryCost.
-  const AdaptiveSoftmax alone(head.model, {.sample_cost = 6}, meter_of(1));
-  const AdaptiveSoftmax fifth(head.model, {.sample_cost = 6}, meter_of(0.2));
+  const AdaptiveSoftmax alone(head.model, {.sample_cost = 6}, WarmMeter(1, 6, 1));
+  const AdaptiveSoftmax fifth(head.model, {.sample_cost = 6}, WarmMeter(1, 6, 0.2));
   EXPECT_THAT(alone.SkipsSampling(batch), Each(false));
   EXPECT_THAT(fifth.SkipsSampling(batch), Each(true));
   // A query stricter than the multipliers hold at goes exact whatever its cost; a sampled query
@@ -500,9 +507,9 @@ TEST(AdaptiveSoftmaxTest, AMeteredBatchShareDecidesWhichQueriesJoinTheExactPath)
   const std::vector<Query> mixed = {{head.query(0), {.epsilon = 0.1, .seed = 4}},
                                     {head.query(1), {.seed = 4}}};
   const AdaptiveSoftmax strict_alone(head.model, {.sample_cost = 6, .min_epsilon = 0.2},
-                                     meter_of(1));
+                                     WarmMeter(1, 6, 1));
   const AdaptiveSoftmax strict_cheap(head.model, {.sample_cost = 6, .min_epsilon = 0.2},
-                                     meter_of(0.01));
+                                     WarmMeter(1, 6, 0.01));
   EXPECT_THAT(strict_alone.SkipsSampling(mixed), ElementsAre(true, false));
   EXPECT_THAT(strict_cheap.SkipsSampling(mixed), ElementsAre(true, true));
 }
@@ -578,16 +585,8 @@ TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
   testing::ModelAndQueries head = HeavyHead();
   // A meter that has seen dear samples sends every query to the exact path; one that has seen
   // cheap samples lets them all sample.
-  auto meter_of = [](double exact_ns, double sample_ns) {
-    auto meter = std::make_shared<SampleCostMeter>(kDefaultSampleCost);
-    for (int i = 0; i < SampleCostMeter::kWarmup; ++i) {
-      meter->AddExact(1, 1e6, exact_ns * 1e-3);
-      meter->AddSampled(1e6, 1e6, sample_ns * 1e-3, 0);
-    }
-    return meter;
-  };
-  const AdaptiveSoftmax dear(head.model, {.sample_cost = 8}, meter_of(1, 1000));
-  const AdaptiveSoftmax cheap(head.model, {.sample_cost = 8}, meter_of(1000, 1));
+  const AdaptiveSoftmax dear(head.model, {.sample_cost = 8}, WarmMeter(1, 1000));
+  const AdaptiveSoftmax cheap(head.model, {.sample_cost = 8}, WarmMeter(1000, 1));
   EXPECT_EQ(dear.SampleCost(), SampleCostMeter::kMaxCost);
   EXPECT_EQ(cheap.SampleCost(), SampleCostMeter::kMinCost);
   for (size_t q = 0; q < 5; ++q) {
@@ -596,7 +595,7 @@ TEST(AdaptiveSoftmaxTest, AMeterPricesSamplesAndRunFeedsIt) {
     EXPECT_FALSE(cheap.Answer(query)->exact) << q;
   }
   // Without a fallback the meter is not consulted.
-  const AdaptiveSoftmax off(head.model, {.sample_cost = 0}, meter_of(1, 1000));
+  const AdaptiveSoftmax off(head.model, {.sample_cost = 0}, WarmMeter(1, 1000));
   EXPECT_EQ(off.SampleCost(), 0);
 
   // Run reports its sampled and its exact work: dense queries skip sampling (see
