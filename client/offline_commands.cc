@@ -233,8 +233,10 @@ absl::StatusOr<Inputs> LoadInputs(
                    flags.command().c_str(), kTheoryMinEpsilon);
     }
   }
+  std::optional<Calibration> calibration;
   if (!f.calibration.empty()) {
-    ASSIGN_OR_RETURN(const Calibration c, ReadCalibration(f.calibration));
+    ASSIGN_OR_RETURN(calibration, ReadCalibration(f.calibration));
+    const Calibration& c = *calibration;
     ApplyCalibration(c, in.adaptive);
     in.multiplier_mode = "calibrated";
     // The calibrated parameters are the defaults; overriding them voids the calibration, and a
@@ -268,6 +270,11 @@ absl::StatusOr<Inputs> LoadInputs(
   in.resident_before_model = ResidentBytes();
   ASSIGN_OR_RETURN(in.model, Model::Load(files));
   in.resident_after_model = ResidentBytes();
+  if (calibration) {
+    if (absl::Status s = CheckCalibrationFits(*calibration, *in.model); !s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(f.calibration, ": ", s.message()));
+    }
+  }
   // Options first (so "--k: ..." is not blamed on a row), then every row.
   for (size_t r = 0; r < in.queries.rows(); ++r) {
     const absl::Status s = ValidateQuery(*in.model, Query{in.Row(r), in.query, {}});

@@ -394,6 +394,8 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
   c.normalizer_multiplier = normalizer[zi];
   c.lognormal_correction = corrections[ci];
   c.warmup_fraction = base.warmup_fraction;
+  c.n = model->n();
+  c.d = model->d();
   c.k = query_options.k;
   c.epsilon = query_options.epsilon;
   c.delta = delta;
@@ -419,6 +421,10 @@ absl::Status WriteCalibration(const std::string& path, const Calibration& c) {
   j["normalizer_multiplier"] = c.normalizer_multiplier;
   j["lognormal_correction"] = c.lognormal_correction;
   j["warmup_fraction"] = c.warmup_fraction;
+  if (c.n != 0) {  // else unknown
+    j["n"] = c.n;
+    j["d"] = c.d;
+  }
   j["k"] = c.k;
   j["epsilon"] = c.epsilon;
   j["delta"] = c.delta;
@@ -499,6 +505,10 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
   if (j.contains("warmup_fraction")) {
     RETURN_IF_ERROR(number("warmup_fraction", 0, true, 1, false, &c.warmup_fraction));
   }
+  if (j.contains("n") || j.contains("d")) {
+    RETURN_IF_ERROR(count("n", 1, &c.n));
+    RETURN_IF_ERROR(count("d", 1, &c.d));
+  }
   uint64_t k = 0;
   RETURN_IF_ERROR(count("k", 1, &k));
   if (k > std::numeric_limits<uint32_t>::max()) return bad("k", "is too large");
@@ -524,6 +534,15 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
   RETURN_IF_ERROR(
       number("holdout_mean_sample_fraction", 0, false, 1, false, &c.holdout_mean_sample_fraction));
   return c;
+}
+
+absl::Status CheckCalibrationFits(const Calibration& calibration, const Model& model) {
+  if (calibration.n == 0 || (calibration.n == model.n() && calibration.d == model.d())) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrFormat("calibrated on a %d x %d head, but the model is %d x %d", calibration.n,
+                      calibration.d, model.n(), model.d()));
 }
 
 void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options) {

@@ -77,6 +77,10 @@ struct Calibration {
   double lognormal_correction = 0;
   // The AdaptiveOptions::warmup_fraction they were calibrated with: they hold with it alone.
   double warmup_fraction = AdaptiveOptions{}.warmup_fraction;
+  // The shape (n x d) of the head calibrated on; 0 x 0 when unknown (files written before it
+  // was recorded).
+  uint64_t n = 0;
+  uint64_t d = 0;
   // The query parameters the multipliers were calibrated for.
   uint32_t k = 1;
   double epsilon = 0.3;
@@ -167,14 +171,21 @@ absl::StatusOr<Calibration> Calibrate(std::shared_ptr<const Model> model, const 
                                       const AdaptiveOptions& base,
                                       const CalibrationOptions& options);
 
-// Writes `calibration` as a pretty-printed JSON object with one key per field.
+// Writes `calibration` as a pretty-printed JSON object with one key per field (n and d only
+// when known).
 absl::Status WriteCalibration(const std::string& path, const Calibration& calibration);
 
-// Reads a file written by WriteCalibration. Every key is required but lognormal_correction and
-// warmup_fraction, absent from files written before they were recorded (0 and 0.1 then). Errors
+// Reads a file written by WriteCalibration. Every key is required but lognormal_correction,
+// warmup_fraction, n and d, absent from files written before they were recorded (0, 0.1 and an
+// unknown shape then; n and d come together). Errors
 // are InvalidArgument("<path>: <key>: <problem>") for missing keys, wrong types and out-of-range
 // values (e.g. non-positive multipliers), NotFound for a missing file.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& path);
+
+// OK when `calibration` was made on a head of `model`'s shape, or records no shape; else
+// FailedPrecondition naming both shapes: multipliers calibrated on another head promise nothing
+// on this one.
+absl::Status CheckCalibrationFits(const Calibration& calibration, const Model& model);
 
 // Sets options' multipliers, lognormal_correction and warmup_fraction to the calibration's, and
 // its min_epsilon and min_delta to the epsilon and delta they were calibrated for: stricter

@@ -225,7 +225,11 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   AdaptiveOptions adaptive;
   adaptive.min_epsilon = kTheoryMinEpsilon;
   if (!c.calibration().empty()) {
-    ASSIGN_OR_RETURN(const Calibration cal, ReadCalibration(Resolve(dir, c.calibration())));
+    const std::string path = Resolve(dir, c.calibration());
+    ASSIGN_OR_RETURN(const Calibration cal, ReadCalibration(path));
+    if (absl::Status s = CheckCalibrationFits(cal, *served->model); !s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(path, ": ", s.message()));
+    }
     ApplyCalibration(cal, adaptive);
     served->calibration_mode = "calibrated";
     // The multipliers hold for the parameters they were calibrated for: make those the defaults.

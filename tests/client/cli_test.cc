@@ -334,6 +334,8 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
   EXPECT_LE(printed["failure_bound"].get<double>(), 0.05);
   EXPECT_EQ(printed["calibration_queries"], 84);
   EXPECT_EQ(printed["holdout_queries"], 36);
+  EXPECT_EQ(printed["n"], 600);
+  EXPECT_EQ(printed["d"], 32);
   // One of the default grid's corrections: 0, 0.1, ..., 1.
   const double correction = printed["lognormal_correction"].get<double>();
   EXPECT_GE(correction, 0);
@@ -354,6 +356,13 @@ TEST_F(CliTest, CalibrateWritesAFileThatRunAccepts) {
   EXPECT_EQ(j["mode"], "calibrated");
   EXPECT_EQ(j["delta"], 0.05);
   EXPECT_EQ(j["multipliers"][0], printed["topk_multiplier"]);
+
+  // The file names the head it was made on, and no other head takes it.
+  Json other = printed;
+  other["d"] = 33;
+  std::ofstream(Path("other.json")) << other.dump();
+  ExpectOneLineError(Run(With({"bench"}, With(ModelArgs(), {"--calibration", Path("other.json")}))),
+                     1, "other.json: calibrated on a 600 x 33 head, but the model is 600 x 32");
 
   // A stricter epsilon than calibrated is answered exactly, whatever the sample cost; a looser
   // one is sampled, with a warning either way.

@@ -65,6 +65,8 @@ Calibration Sample() {
   c.normalizer_multiplier = 1e-4;
   c.lognormal_correction = 0.25;
   c.warmup_fraction = 0.2;
+  c.n = 500;
+  c.d = 64;
   c.k = 3;
   c.epsilon = 0.2;
   c.delta = 0.05;
@@ -91,6 +93,8 @@ TEST(CalibrationFileTest, RoundTrip) {
   EXPECT_EQ(read->normalizer_multiplier, c.normalizer_multiplier);
   EXPECT_EQ(read->lognormal_correction, c.lognormal_correction);
   EXPECT_EQ(read->warmup_fraction, c.warmup_fraction);
+  EXPECT_EQ(read->n, c.n);
+  EXPECT_EQ(read->d, c.d);
   EXPECT_EQ(read->k, c.k);
   EXPECT_EQ(read->epsilon, c.epsilon);
   EXPECT_EQ(read->delta, c.delta);
@@ -133,6 +137,41 @@ TEST(CalibrationFileTest, AMissingCorrectionIsNoneAndAMissingWarmupTheDefault) {
   EXPECT_EQ(options.lognormal_correction, 0.25);
   EXPECT_EQ(options.warmup_fraction, 0.2);
   std::remove(path.c_str());
+}
+
+// Files written before the shape was recorded fit any model; a recorded shape must match.
+TEST(CalibrationFileTest, TheRecordedShapeMustBeTheModels) {
+  const std::string path = TempPath("shape.json");
+  ASSERT_TRUE(WriteCalibration(path, Sample()).ok());
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  for (const char* key : {"\"n\"", "\"d\""}) {
+    const size_t at = text.find(key);
+    ASSERT_NE(at, std::string::npos);
+    text.erase(at, text.find('\n', at) + 1 - at);
+  }
+  WriteFile(path, text);
+  const absl::StatusOr<Calibration> old = ReadCalibration(path);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->n, 0u);
+  EXPECT_EQ(old->d, 0u);
+  std::remove(path.c_str());
+
+  auto model_of = [](size_t n, size_t d) {
+    absl::StatusOr<std::shared_ptr<const Model>> m =
+        Model::Create(Matrix::Owned(n, d, Layout::kRowMajor), {});
+    EXPECT_TRUE(m.ok()) << m.status();
+    return *std::move(m);
+  };
+  EXPECT_TRUE(CheckCalibrationFits(*old, *model_of(7, 3)).ok());
+  EXPECT_TRUE(CheckCalibrationFits(Sample(), *model_of(500, 64)).ok());
+  for (const auto& [n, d] : {std::pair<size_t, size_t>{500, 32}, {499, 64}}) {
+    const absl::Status s = CheckCalibrationFits(Sample(), *model_of(n, d));
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(s.message(), HasSubstr(absl::StrCat(
+                                 "calibrated on a 500 x 64 head, but the model is ", n, " x ", d)));
+  }
 }
 
 TEST(CalibrationFileTest, MissingFile) {
@@ -201,6 +240,14 @@ TEST(CalibrationFileTest, BadFiles) {
   {
     const absl::Status s = ReadWith("delta", "1");
     EXPECT_THAT(s.message(), HasSubstr("delta: is 1"));
+  }
+  {
+    const absl::Status s = ReadWith("d", "");
+    EXPECT_THAT(s.message(), HasSubstr("d: missing"));
+  }
+  {
+    const absl::Status s = ReadWith("n", "0");
+    EXPECT_THAT(s.message(), HasSubstr("n: is 0 but must be >= 1"));
   }
   {
     const absl::Status s = ReadWith("holdout_failures", "500");
@@ -352,6 +399,8 @@ TEST_F(CalibrateTest, ChoosesMultipliersWithinTheBound) {
   EXPECT_DOUBLE_EQ(c->holdout_failure_rate, c->holdout_failures / 120.0);
   EXPECT_EQ(c->delta, 0.05);
   EXPECT_EQ(c->k, 1u);
+  EXPECT_EQ(c->n, (*model_)->n());
+  EXPECT_EQ(c->d, (*model_)->d());
   EXPECT_THAT(options.correction_grid, ::testing::Contains(c->lognormal_correction));
   EXPECT_EQ(c->warmup_fraction, AdaptiveOptions{}.warmup_fraction);
 

@@ -112,6 +112,8 @@ TEST_F(ModelRepositoryTest, CalibrationFileSetsMultipliersAndDefaults) {
   cal.delta = 0.02;
   cal.lognormal_correction = 0.3;
   cal.warmup_fraction = 0.2;
+  cal.n = Tiny().n;
+  cal.d = Tiny().d;
   cal.calibration_queries = 500;
   cal.holdout_queries = 200;
   WriteModel(dir_.Sub("repo/m"), Tiny(), "calibration: \"calibration.json\"\n");
@@ -188,6 +190,8 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"weights: \"missing.npy\"\n", "missing.npy"},
       {"weights: \"weights.npy\"\nlabels: \"short.txt\"\n", "labels"},
       {"weights: \"weights.npy\"\ncalibration: \"nope.json\"\n", "nope.json"},
+      {"weights: \"weights.npy\"\ncalibration: \"other.json\"\n",
+       "other.json: calibrated on a 300 x 12 head, but the model is 300 x 24"},
       {"", "exactly one of `weights` and `synthetic`"},
       {"weights: \"weights.npy\"\nsynthetic { n: 10 d: 2 }\n", "exactly one"},
       {"weights: \"weights.npy\"\nname: \"bad name!\"\n", "name"},
@@ -197,6 +201,11 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
   };
   WriteModel(dir_.Sub("repo/m"), Tiny());
   WriteTextFile(dir_.Sub("repo/m/short.txt"), "a\nb\n");
+  Calibration other;
+  other.n = 300;
+  other.d = 12;
+  other.calibration_queries = 500;
+  ASSERT_TRUE(WriteCalibration(dir_.Sub("repo/m/other.json"), other).ok());
   for (const Case& c : cases) {
     WriteTextFile(dir_.Sub("repo/m/model.pbtxt"), c.config);
     auto m = Load("m");
