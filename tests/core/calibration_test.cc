@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <utility>
@@ -111,20 +112,26 @@ TEST(CalibrationFileTest, RoundTrip) {
   std::remove(path.c_str());
 }
 
-// Files written before the correction and the warm-up were recorded were calibrated without the
-// correction and with the warm-up's default.
-TEST(CalibrationFileTest, AMissingCorrectionIsNoneAndAMissingWarmupTheDefault) {
-  const std::string path = TempPath("old.json");
+// Writes Sample() to `path` without `keys` (none of them its last), as files written before
+// they were recorded.
+void WriteSampleWithout(const std::string& path, std::initializer_list<const char*> keys) {
   ASSERT_TRUE(WriteCalibration(path, Sample()).ok());
   std::ifstream in(path);
   std::string text((std::istreambuf_iterator<char>(in)), {});
   in.close();
-  for (const char* key : {"\"lognormal_correction\"", "\"warmup_fraction\""}) {
-    const size_t at = text.find(key);
-    ASSERT_NE(at, std::string::npos);
+  for (const char* key : keys) {
+    const size_t at = text.find(absl::StrCat("\"", key, "\""));
+    ASSERT_NE(at, std::string::npos) << key;
     text.erase(at, text.find('\n', at) + 1 - at);
   }
   WriteFile(path, text);
+}
+
+// Files written before the correction and the warm-up were recorded were calibrated without the
+// correction and with the warm-up's default.
+TEST(CalibrationFileTest, AMissingCorrectionIsNoneAndAMissingWarmupTheDefault) {
+  const std::string path = TempPath("old.json");
+  WriteSampleWithout(path, {"lognormal_correction", "warmup_fraction"});
   const absl::StatusOr<Calibration> read = ReadCalibration(path);
   ASSERT_TRUE(read.ok()) << read.status();
   EXPECT_EQ(read->lognormal_correction, 0.0);
@@ -142,16 +149,7 @@ TEST(CalibrationFileTest, AMissingCorrectionIsNoneAndAMissingWarmupTheDefault) {
 // Files written before the shape was recorded fit any model; a recorded shape must match.
 TEST(CalibrationFileTest, TheRecordedShapeMustBeTheModels) {
   const std::string path = TempPath("shape.json");
-  ASSERT_TRUE(WriteCalibration(path, Sample()).ok());
-  std::ifstream in(path);
-  std::string text((std::istreambuf_iterator<char>(in)), {});
-  in.close();
-  for (const char* key : {"\"n\"", "\"d\""}) {
-    const size_t at = text.find(key);
-    ASSERT_NE(at, std::string::npos);
-    text.erase(at, text.find('\n', at) + 1 - at);
-  }
-  WriteFile(path, text);
+  WriteSampleWithout(path, {"n", "d"});
   const absl::StatusOr<Calibration> old = ReadCalibration(path);
   ASSERT_TRUE(old.ok()) << old.status();
   EXPECT_EQ(old->n, 0u);
