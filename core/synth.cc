@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/blas.h"
+#include "core/cpus.h"
 #include "core/random.h"
 
 namespace adasoftmax {
@@ -30,11 +31,10 @@ constexpr int kMaxDraws = 100;
 constexpr double kMinLogitMargin = 1e-3;
 constexpr int kStudentTDof = 3;
 
-// Runs work(first, step) for each first in [0, step), where step = min(tasks, 8, hardware
-// threads), in parallel; work(first, step) handles tasks first, first + step, ... < tasks.
+// Runs work(first, step) for each first in [0, step), where step = min(tasks, 8, usable
+// CPUs), in parallel; work(first, step) handles tasks first, first + step, ... < tasks.
 void RunStrided(size_t tasks, const std::function<void(size_t, size_t)>& work) {
-  const size_t step =
-      std::clamp<size_t>(std::thread::hardware_concurrency(), 1, std::clamp<size_t>(tasks, 1, 8));
+  const size_t step = std::clamp<size_t>(UsableCpus(), 1, std::clamp<size_t>(tasks, 1, 8));
   std::vector<std::thread> workers;
   size_t first = 1;
   try {

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
+#include "core/cpus.h"
 
 namespace adasoftmax {
 namespace {
@@ -150,10 +151,10 @@ std::atomic<bool> width_fixed{false};      // set once ParallelFor or WakeWorker
 }  // namespace
 
 size_t ParallelWidth() {
-  // hardware_concurrency() reads /sys on every call (tens of microseconds on a VM): once only.
-  static const size_t hardware_threads = std::max(1u, std::thread::hardware_concurrency());
+  // UsableCpus() reads /proc and /sys (tens of microseconds on a VM): once only.
+  static const size_t usable_cpus = UsableCpus();
   const size_t width = configured_width.load();
-  return width > 0 ? width : hardware_threads;
+  return width > 0 ? width : usable_cpus;
 }
 
 bool SetParallelWidth(size_t width) {

@@ -38,11 +38,11 @@ class BusyTimer {
 void WakeWorkers();
 
 // The number of threads ParallelFor runs on, the caller included: as set by SetParallelWidth,
-// else the hardware threads (at least 1).
+// else UsableCpus().
 size_t ParallelWidth();
 
-// Sets ParallelWidth, e.g. to a container's CPU limit, which the hardware count does not see.
-// Takes effect only before the first ParallelFor; returns whether it did. REQUIRES: width >= 1.
+// Sets ParallelWidth. Takes effect only before the first ParallelFor; returns whether it did.
+// REQUIRES: width >= 1.
 bool SetParallelWidth(size_t width);
 
 // Passes over fewer matrix entries than this stay on the calling thread: they take

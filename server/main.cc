@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/blas_kernels.h"
+#include "core/cpus.h"
 #include "core/worker_pool.h"
 #include "server/server.h"
 
@@ -39,7 +40,7 @@ ABSL_FLAG(int, max_queue_size, 1024,
           "requests waiting per model beyond which new ones get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, threads, 0,
           "the threads each batch splits its work over, and by default the batch worker threads "
-          "(0: one per core)");
+          "(0: one per CPU the process may use: its affinity, capped by its cgroup's CPU quota)");
 ABSL_FLAG(int, batch_threads, 0,
           "batch worker threads: batches (of any models) running at once (0: --threads)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
@@ -155,7 +156,8 @@ int main(int argc, char** argv) {
     Log("--threads and --batch_threads must be >= 0");
     return 2;
   }
-  if (threads == 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const size_t usable_cpus = adasoftmax::UsableCpus();
+  if (threads == 0) threads = static_cast<int>(usable_cpus);
   // The samplers and exact passes of a batch split their work over `threads`.
   adasoftmax::SetParallelWidth(threads);
   options.threads = batch_threads > 0 ? batch_threads : threads;
@@ -187,7 +189,8 @@ int main(int argc, char** argv) {
                        ? ""
                        : absl::StrCat(" (by CPU features; OpenBLAS picked ", blas.replaced, ")")));
   Log(absl::StrCat("model repository ", options.model_repository));
-  Log(absl::StrCat("threads ", threads, " a batch, ", options.threads, " batch threads"));
+  Log(absl::StrCat("threads ", threads, " a batch, ", options.threads, " batch threads (CPUs: ",
+                   usable_cpus, " usable of ", std::thread::hardware_concurrency(), " online)"));
   auto server = adasoftmax::server::Server::Start(options, Log);
   if (!server.ok()) {
     Log(std::string(server.status().message()));

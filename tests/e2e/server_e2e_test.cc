@@ -1,6 +1,7 @@
 // End to end: the real adasoftmax-server binary on an ephemeral loopback port, driven by the
 // C++ client and the `adasoftmax` CLI, with small synthetic models written by the test.
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -441,6 +442,28 @@ TEST(ServerStartupTest, BatchThreadsAreSetApartFromTheThreadsOfABatch) {
   const CommandResult bad = RunCommand({BinDir() + "/adasoftmax-server", "--batch_threads=-1"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.err, HasSubstr("--batch_threads must be >= 0"));
+}
+
+// Without --threads, a server started with one CPU in its affinity mask (as by taskset, or a
+// container's cpuset) runs one thread a batch, not one per online CPU.
+TEST(ServerStartupTest, ThreadsDefaultToTheCpusTheProcessMayUse) {
+  cpu_set_t saved, one;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(saved), &saved), 0);
+  CPU_ZERO(&one);
+  for (int cpu = 0; cpu < CPU_SETSIZE && CPU_COUNT(&one) == 0; ++cpu) {
+    if (CPU_ISSET(cpu, &saved)) CPU_SET(cpu, &one);
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);  // the server inherits it
+  TempDir dir;
+  const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(25));
+  ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {});
+  sched_setaffinity(0, sizeof(saved), &saved);
+  ASSERT_FALSE(server.address.empty());
+  EXPECT_THAT(server.process->Stderr(),
+              HasSubstr("threads 1 a batch, 1 batch threads (CPUs: 1 usable"));
+  EXPECT_TRUE(Connect(server.address)->TopKSoftmax("small", QueryRow(data.queries, 0)).ok());
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0);
 }
 
 // SIGTERM while requests wait in the queue (the batch timeout is far away): they are all
