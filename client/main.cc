@@ -6,6 +6,7 @@
 
 #include "client/commands.h"
 #include "core/blas_kernels.h"
+#include "core/version.h"
 
 namespace {
 
@@ -34,7 +35,9 @@ constexpr Command kCommands[] = {
 };
 
 void PrintUsage(std::FILE* out) {
-  std::fprintf(out, "usage: adasoftmax COMMAND [flags]   (adasoftmax COMMAND --help)\n\n");
+  std::fprintf(out,
+               "usage: adasoftmax COMMAND [flags]   (adasoftmax COMMAND --help; adasoftmax "
+               "--version)\n\n");
   for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
 }
 
@@ -45,6 +48,10 @@ int main(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
     PrintUsage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  if (std::strcmp(argv[1], "--version") == 0) {
+    std::printf("adasoftmax %s\n", adasoftmax::kVersion);
+    return 0;
   }
   const std::string_view name = argv[1];
   for (const Command& c : kCommands) {

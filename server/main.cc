@@ -18,11 +18,13 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "core/blas_kernels.h"
 #include "core/cpus.h"
+#include "core/version.h"
 #include "core/worker_pool.h"
 #include "server/server.h"
 
@@ -128,6 +130,11 @@ int main(int argc, char** argv) {
       "serves top-k softmax over gRPC.\nusage: adasoftmax-server [--model_repository DIR] "
       "[--address HOST:PORT] [flags]\nEvery flag falls back to ADASOFTMAX_<FLAG> from the "
       "environment.");
+  absl::FlagsUsageConfig usage;
+  usage.version_string = [] {
+    return absl::StrCat("adasoftmax-server ", adasoftmax::kVersion, "\n");
+  };
+  absl::SetFlagsUsageConfig(usage);
   if (!ApplyEnvironment()) return 2;
   absl::ParseCommandLine(argc, argv);
 
@@ -184,6 +191,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  Log(absl::StrCat("version ", adasoftmax::kVersion));
   Log(absl::StrCat("BLAS kernels ", blas.name,
                    blas.replaced.empty()
                        ? ""

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "core/version.h"
 #include "prometheus/client_metric.h"
 #include "prometheus/metric_family.h"
 #include "prometheus/metric_type.h"
@@ -184,7 +185,14 @@ Metrics::Metrics(prometheus::Registry& registry)
                          .Help("Adaptive queries answered exactly: sampling was predicted, before "
                                "or during it, to cost more than the exact path, or read every "
                                "entry.")
-                         .Register(registry)) {}
+                         .Register(registry)) {
+  prometheus::BuildGauge()
+      .Name("adasoftmax_build_info")
+      .Help("The server's release (value 1).")
+      .Register(registry)
+      .Add({{"version", kVersion}})
+      .Set(1);
+}
 
 ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
                                 const std::string& dtype) {

@@ -61,6 +61,7 @@ class ModelMetrics {
 };
 
 // The service's metrics, registered in a caller-owned registry:
+//   adasoftmax_build_info{version}                        gauge = 1
 //   adasoftmax_requests_total{model,mode,code}            counter
 //   adasoftmax_samples_per_query{model,mode}              histogram, 1e2..1e9
 //   adasoftmax_sample_fraction{model,mode}                histogram, 0.005..1

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/version.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -187,6 +188,12 @@ TEST_F(CliTest, ExactModeReadsEverything) {
   const std::vector<std::string> lines = Lines(o.out);
   ASSERT_EQ(lines.size(), 120u);
   EXPECT_TRUE(Json::parse(lines[0])["exact"].get<bool>());
+}
+
+TEST_F(CliTest, VersionPrintsTheRelease) {
+  const Output o = Run({"--version"});
+  EXPECT_EQ(o.code, 0);
+  EXPECT_EQ(o.out, absl::StrCat("adasoftmax ", adasoftmax::kVersion, "\n"));
 }
 
 TEST_F(CliTest, HelpListsTheFlags) {

@@ -46,7 +46,8 @@ COUNTERS = ["adasoftmax_requests_total", "adasoftmax_audit_queries_total",
 HISTOGRAMS = ["adasoftmax_samples_per_query", "adasoftmax_sample_fraction",
               "adasoftmax_request_duration_seconds", "adasoftmax_queue_duration_seconds",
               "adasoftmax_batch_size"]
-GAUGES = ["adasoftmax_model_info", "adasoftmax_sample_cost", "adasoftmax_exact_batch_share"]
+GAUGES = ["adasoftmax_model_info", "adasoftmax_sample_cost", "adasoftmax_exact_batch_share",
+          "adasoftmax_build_info"]
 PROCESS = ["process_resident_memory_bytes", "process_virtual_memory_bytes",
            "process_start_time_seconds", "process_cpu_seconds_total", "process_open_fds",
            "process_max_fds"]
@@ -59,6 +60,7 @@ LABELS = {"adasoftmax_requests_total": {"model", "mode", "code"},
           "adasoftmax_model_info": {"model", "n", "d", "dtype"},
           "adasoftmax_sample_cost": {"model"},
           "adasoftmax_exact_batch_share": {"model"},
+          "adasoftmax_build_info": {"version"},
           "adasoftmax_audit_queries_total": {"model"},
           "adasoftmax_audit_failures_total": {"model"}}
 GRPC_PORT = 50051

@@ -23,6 +23,7 @@
 #include "core/exact_softmax.h"
 #include "core/model.h"
 #include "core/pac.h"
+#include "core/version.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -155,8 +156,8 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_queue_duration_seconds_bucket", "adasoftmax_batch_size_bucket",
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
         "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
-        "adasoftmax_sample_cost", "adasoftmax_exact_batch_share", "process_resident_memory_bytes",
-        "process_start_time_seconds"}) {
+        "adasoftmax_sample_cost", "adasoftmax_exact_batch_share", "adasoftmax_build_info",
+        "process_resident_memory_bytes", "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
@@ -164,6 +165,7 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
   EXPECT_EQ(FindSample(samples, "adasoftmax_model_info",
                        {{"model", "small"}, {"n", "2000"}, {"d", "64"}, {"dtype", "float32"}}),
             1.0);
+  EXPECT_EQ(FindSample(samples, "adasoftmax_build_info", {{"version", kVersion}}), 1.0);
   EXPECT_GE(*FindSample(samples, "adasoftmax_requests_total",
                         {{"model", "small"}, {"mode", "exact"}, {"code", "OK"}}),
             1.0);
@@ -442,6 +444,19 @@ TEST(ServerStartupTest, BatchThreadsAreSetApartFromTheThreadsOfABatch) {
   const CommandResult bad = RunCommand({BinDir() + "/adasoftmax-server", "--batch_threads=-1"});
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_THAT(bad.err, HasSubstr("--batch_threads must be >= 0"));
+}
+
+TEST(ServerStartupTest, TheReleaseIsPrintedByVersionAndLoggedAtStart) {
+  const CommandResult version = RunCommand({BinDir() + "/adasoftmax-server", "--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_EQ(version.out, absl::StrCat("adasoftmax-server ", kVersion, "\n"));
+  TempDir dir;
+  WriteModel(dir.Sub("repo/small"), SmallModel(26));
+  ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {});
+  ASSERT_FALSE(server.address.empty());
+  EXPECT_THAT(server.process->Stderr(), HasSubstr(absl::StrCat("version ", kVersion, "\n")));
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0);
 }
 
 // Without --threads, a server started with one CPU in its affinity mask (as by taskset, or a
