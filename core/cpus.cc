@@ -31,8 +31,8 @@ std::optional<double> Number(const std::optional<std::string>& text) {
 // quota / period, when both are positive (an unlimited quota is "max" or -1).
 std::optional<double> Ratio(std::optional<double> quota, std::optional<double> period) {
   if (!quota || !period || !(*quota > 0) || !(*period > 0)) return std::nullopt;
-  if (!std::isfinite(*quota / *period)) return std::nullopt;
-  return *quota / *period;
+  const double cpus = *quota / *period;
+  return std::isfinite(cpus) ? std::optional(cpus) : std::nullopt;
 }
 
 // One cgroup directory's limit. v2: cpu.max holds "<quota|max> <period>".
