@@ -4,11 +4,13 @@
 // is not given on the command line (e.g. ADASOFTMAX_ADDRESS for --address). SIGTERM or SIGINT
 // drains in-flight calls (up to --shutdown_grace_s) and exits 0.
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -63,6 +65,15 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 namespace {
 
 namespace fs = std::filesystem;
+
+// SIGTERM and SIGINT write their number here (a handler may only do async-signal-safe things);
+// main reads it once serving.
+int signal_pipe[2] = {-1, -1};
+
+void OnSignal(int signal) {
+  const char number = static_cast<char>(signal);
+  [[maybe_unused]] const ssize_t written = write(signal_pipe[1], &number, 1);
+}
 
 void Log(const std::string& line) { std::fprintf(stderr, "adasoftmax-server: %s\n", line.c_str()); }
 
@@ -138,8 +149,20 @@ int main(int argc, char** argv) {
   if (!ApplyEnvironment()) return 2;
   absl::ParseCommandLine(argc, argv);
 
-  // Signals are taken by sigwait below; block them before any thread starts so that every
-  // thread inherits the mask.
+  // SIGTERM and SIGINT go to OnSignal, whichever thread takes them: OpenBLAS starts its threads
+  // before main, with no signal blocked, so blocking them here and waiting in sigwait let a
+  // signal that came before the wait kill the process (exit 143 instead of a drain). The
+  // threads started from here on block them, so that no call of theirs is interrupted.
+  if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
+    Log(absl::StrCat("cannot create the signal pipe: ", std::strerror(errno)));
+    return 1;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
@@ -210,8 +233,10 @@ int main(int argc, char** argv) {
     Exit(1);
   }
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+  char signal = 0;
+  while (read(signal_pipe[0], &signal, 1) < 0 && errno == EINTR) {
+  }
   Log(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                    ": draining (up to ", grace_s, " s)"));
   (*server)->Shutdown(absl::Seconds(grace_s));

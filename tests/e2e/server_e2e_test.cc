@@ -456,7 +456,7 @@ TEST(ServerStartupTest, TheReleaseIsPrintedByVersionAndLoggedAtStart) {
   ASSERT_FALSE(server.address.empty());
   EXPECT_THAT(server.process->Stderr(), HasSubstr(absl::StrCat("version ", kVersion, "\n")));
   server.process->Signal(SIGTERM);
-  EXPECT_EQ(server.process->Wait(), 0);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
 }
 
 // Without --threads, a server started with one CPU in its affinity mask (as by taskset, or a
@@ -479,6 +479,20 @@ TEST(ServerStartupTest, ThreadsDefaultToTheCpusTheProcessMayUse) {
   EXPECT_TRUE(Connect(server.address)->TopKSoftmax("small", QueryRow(data.queries, 0)).ok());
   server.process->Signal(SIGTERM);
   EXPECT_EQ(server.process->Wait(), 0);
+}
+
+// A SIGTERM while the models load (Kubernetes stopping a Pod that is still starting) ends the
+// process cleanly once they are loaded, whichever of its threads the kernel hands the signal to.
+TEST(ServerShutdownTest, SigtermWhileLoadingExitsZero) {
+  TempDir dir;
+  WriteTextFile(dir.Sub("repo/big/model.pbtxt"),
+                "synthetic { n: 50257 d: 768 seed: 7 queries: 4 heavy_tailed: true }\n");
+  ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {}, false);
+  ASSERT_NE(server.process, nullptr);
+  ASSERT_THAT(server.process->Stderr(), ::testing::Not(HasSubstr("serving on")));  // loading
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
+  EXPECT_THAT(server.process->Stderr(), HasSubstr("received SIGTERM"));
 }
 
 // SIGTERM while requests wait in the queue (the batch timeout is far away): they are all
