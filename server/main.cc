@@ -149,10 +149,10 @@ int main(int argc, char** argv) {
   if (!ApplyEnvironment()) return 2;
   absl::ParseCommandLine(argc, argv);
 
-  // SIGTERM and SIGINT go to OnSignal, whichever thread takes them: OpenBLAS starts its threads
-  // before main, with no signal blocked, so blocking them here and waiting in sigwait let a
-  // signal that came before the wait kill the process (exit 143 instead of a drain). The
-  // threads started from here on block them, so that no call of theirs is interrupted.
+  // SIGTERM and SIGINT go to OnSignal, whichever thread takes them: OpenBLAS starts threads
+  // before main, blocking nothing, so a signal must never find its default action. The threads
+  // started from here on block them, so that no call of theirs is interrupted; main unblocks
+  // them while it waits on the pipe.
   if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
     Log(absl::StrCat("cannot create the signal pipe: ", std::strerror(errno)));
     return 1;
