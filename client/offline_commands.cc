@@ -270,11 +270,7 @@ absl::StatusOr<Inputs> LoadInputs(
   in.resident_before_model = ResidentBytes();
   ASSIGN_OR_RETURN(in.model, Model::Load(files));
   in.resident_after_model = ResidentBytes();
-  if (calibration) {
-    if (absl::Status s = CheckCalibrationFits(*calibration, *in.model); !s.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(f.calibration, ": ", s.message()));
-    }
-  }
+  if (calibration) RETURN_IF_ERROR(CheckCalibrationFits(*calibration, f.calibration, *in.model));
   // Options first (so "--k: ..." is not blamed on a row), then every row.
   for (size_t r = 0; r < in.queries.rows(); ++r) {
     const absl::Status s = ValidateQuery(*in.model, Query{in.Row(r), in.query, {}});

@@ -536,13 +536,14 @@ absl::StatusOr<Calibration> ReadCalibration(const std::string& path) {
   return c;
 }
 
-absl::Status CheckCalibrationFits(const Calibration& calibration, const Model& model) {
+absl::Status CheckCalibrationFits(const Calibration& calibration, const std::string& path,
+                                  const Model& model) {
   if (calibration.n == 0 || (calibration.n == model.n() && calibration.d == model.d())) {
     return absl::OkStatus();
   }
   return absl::FailedPreconditionError(
-      absl::StrFormat("calibrated on a %d x %d head, but the model is %d x %d", calibration.n,
-                      calibration.d, model.n(), model.d()));
+      absl::StrFormat("%s: calibrated on a %d x %d head, but the model is %d x %d", path,
+                      calibration.n, calibration.d, model.n(), model.d()));
 }
 
 void ApplyCalibration(const Calibration& calibration, AdaptiveOptions& options) {

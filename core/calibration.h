@@ -182,10 +182,11 @@ absl::Status WriteCalibration(const std::string& path, const Calibration& calibr
 // values (e.g. non-positive multipliers), NotFound for a missing file.
 absl::StatusOr<Calibration> ReadCalibration(const std::string& path);
 
-// OK when `calibration` was made on a head of `model`'s shape, or records no shape; else
-// FailedPrecondition naming both shapes: multipliers calibrated on another head promise nothing
-// on this one.
-absl::Status CheckCalibrationFits(const Calibration& calibration, const Model& model);
+// OK when `calibration` (read from `path`) was made on a head of `model`'s shape, or records no
+// shape; else FailedPrecondition("<path>: ...") naming both shapes: multipliers calibrated on
+// another head promise nothing on this one.
+absl::Status CheckCalibrationFits(const Calibration& calibration, const std::string& path,
+                                  const Model& model);
 
 // Sets options' multipliers, lognormal_correction and warmup_fraction to the calibration's, and
 // its min_epsilon and min_delta to the epsilon and delta they were calibrated for: stricter

@@ -227,9 +227,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
   if (!c.calibration().empty()) {
     const std::string path = Resolve(dir, c.calibration());
     ASSIGN_OR_RETURN(const Calibration cal, ReadCalibration(path));
-    if (absl::Status s = CheckCalibrationFits(cal, *served->model); !s.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(path, ": ", s.message()));
-    }
+    RETURN_IF_ERROR(CheckCalibrationFits(cal, path, *served->model));
     ApplyCalibration(cal, adaptive);
     served->calibration_mode = "calibrated";
     // The multipliers hold for the parameters they were calibrated for: make those the defaults.

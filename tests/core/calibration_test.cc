@@ -162,10 +162,10 @@ TEST(CalibrationFileTest, TheRecordedShapeMustBeTheModels) {
     EXPECT_TRUE(m.ok()) << m.status();
     return *std::move(m);
   };
-  EXPECT_TRUE(CheckCalibrationFits(*old, *model_of(7, 3)).ok());
-  EXPECT_TRUE(CheckCalibrationFits(Sample(), *model_of(500, 64)).ok());
+  EXPECT_TRUE(CheckCalibrationFits(*old, path, *model_of(7, 3)).ok());
+  EXPECT_TRUE(CheckCalibrationFits(Sample(), path, *model_of(500, 64)).ok());
   for (const auto& [n, d] : {std::pair<size_t, size_t>{500, 32}, {499, 64}}) {
-    const absl::Status s = CheckCalibrationFits(Sample(), *model_of(n, d));
+    const absl::Status s = CheckCalibrationFits(Sample(), path, *model_of(n, d));
     EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(s.message(), HasSubstr(absl::StrCat(
                                  "calibrated on a 500 x 64 head, but the model is ", n, " x ", d)));
