@@ -33,8 +33,8 @@ class StreamReactor final
  public:
   static constexpr int kMaxInFlight = 64;
 
-  StreamReactor(grpc::CallbackServerContext* context, InferenceService* backend)
-      : context_(context), backend_(backend) {
+  StreamReactor(grpc::CallbackServerContext* context, SoftmaxGrpcService* service)
+      : context_(context), service_(service) {
     reading_ = std::make_unique<Item>();
     StartRead(&reading_->request);
   }
@@ -60,12 +60,8 @@ class StreamReactor final
     }
     if (read_more) StartNextRead();
     item->out.set_id(item->request.id());
-    if (backend_ == nullptr) {
-      Answered(item, Unavailable());
-      return;
-    }
-    backend_->TopKSoftmax(&item->request, item->out.mutable_response(), ContextOf(context_),
-                          [this, item](absl::Status status) { Answered(item, std::move(status)); });
+    service_->Forward(&item->request, item->out.mutable_response(), ContextOf(context_),
+                      [this, item](absl::Status status) { Answered(item, std::move(status)); });
   }
 
   void OnWriteDone(bool ok) override {
@@ -89,9 +85,7 @@ class StreamReactor final
     if (finish) Finish(grpc::Status::OK);
   }
 
-  void OnCancel() override {
-    if (backend_ != nullptr) backend_->NotifyCancelled();
-  }
+  void OnCancel() override { service_->NotifyCancelled(); }
 
   void OnDone() override { delete this; }
 
@@ -148,7 +142,7 @@ class StreamReactor final
   }
 
   grpc::CallbackServerContext* const context_;
-  InferenceService* const backend_;
+  SoftmaxGrpcService* const service_;
   std::unique_ptr<Item> reading_;  // owned by the one outstanding read
   absl::Mutex mu_;
   std::deque<std::unique_ptr<Item>> writes_ ABSL_GUARDED_BY(mu_);  // front is being written
@@ -163,28 +157,43 @@ class StreamReactor final
 // A unary call whose cancellation wakes the batcher, so the queued request is dropped at once.
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryReactor(InferenceService* backend) : backend_(backend) {}
-  void OnCancel() override { backend_->NotifyCancelled(); }
+  explicit UnaryReactor(SoftmaxGrpcService* service) : service_(service) {}
+  void OnCancel() override { service_->NotifyCancelled(); }
   void OnDone() override { delete this; }
 
  private:
-  InferenceService* const backend_;
+  SoftmaxGrpcService* const service_;
 };
 
 }  // namespace
 
+void SoftmaxGrpcService::SetBackend(InferenceService* backend) {
+  absl::WriterMutexLock lock(&mu_);
+  backend_ = backend;
+}
+
+void SoftmaxGrpcService::Forward(const v1::TopKSoftmaxRequest* request,
+                                 v1::TopKSoftmaxResponse* response, CallContext call,
+                                 InferenceService::DoneFn done) {
+  absl::ReaderMutexLock lock(&mu_);
+  if (backend_ == nullptr) {
+    done(Unavailable());
+    return;
+  }
+  backend_->TopKSoftmax(request, response, std::move(call), std::move(done));
+}
+
+void SoftmaxGrpcService::NotifyCancelled() {
+  absl::ReaderMutexLock lock(&mu_);
+  if (backend_ != nullptr) backend_->NotifyCancelled();
+}
+
 grpc::ServerUnaryReactor* SoftmaxGrpcService::TopKSoftmax(grpc::CallbackServerContext* context,
                                                           const v1::TopKSoftmaxRequest* request,
                                                           v1::TopKSoftmaxResponse* response) {
-  InferenceService* backend = backend_.load();
-  if (backend == nullptr) {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(ToGrpcStatus(Unavailable()));
-    return reactor;
-  }
-  auto* reactor = new UnaryReactor(backend);
-  backend->TopKSoftmax(request, response, ContextOf(context),
-                       [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
+  auto* reactor = new UnaryReactor(this);
+  Forward(request, response, ContextOf(context),
+          [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
   return reactor;
 }
 
@@ -192,19 +201,19 @@ grpc::ServerUnaryReactor* SoftmaxGrpcService::ListModels(grpc::CallbackServerCon
                                                          const v1::ListModelsRequest* /*request*/,
                                                          v1::ListModelsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  InferenceService* backend = backend_.load();
-  if (backend == nullptr) {
+  absl::ReaderMutexLock lock(&mu_);
+  if (backend_ == nullptr) {
     reactor->Finish(ToGrpcStatus(Unavailable()));
     return reactor;
   }
-  *response = backend->ListModels();
+  *response = backend_->ListModels();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
 grpc::ServerBidiReactor<v1::TopKSoftmaxRequest, v1::TopKSoftmaxStreamResponse>*
 SoftmaxGrpcService::TopKSoftmaxStream(grpc::CallbackServerContext* context) {
-  return new StreamReactor(context, backend_.load());
+  return new StreamReactor(context, this);
 }
 
 }  // namespace adasoftmax::server

@@ -1,8 +1,8 @@
 #ifndef ADASOFTMAX_SERVER_GRPC_SERVICE_H_
 #define ADASOFTMAX_SERVER_GRPC_SERVICE_H_
 
-#include <atomic>
-
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "adasoftmax/v1/adasoftmax.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "server/inference_service.h"
@@ -14,9 +14,18 @@ namespace adasoftmax::server {
 // (ToGrpcStatus). Until a backend is attached every call gets UNAVAILABLE. Thread-safe.
 class SoftmaxGrpcService final : public v1::SoftmaxService::CallbackService {
  public:
-  // Attaches the backend once the models are loaded. REQUIRES: `backend` outlives the gRPC
-  // server this service is registered with (until its Shutdown returns); called at most once.
-  void SetBackend(InferenceService* backend) { backend_.store(backend); }
+  // Attaches `backend` (nullptr: none) for the requests arriving from now on, those of open
+  // streams included. Once this returns no call is entering the previous backend, so after
+  // its Shutdown nothing refers to it. REQUIRES: `backend` lives until it is replaced or the
+  // gRPC server this service is registered with has shut down.
+  void SetBackend(InferenceService* backend) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Forwards one request to the backend (see InferenceService::TopKSoftmax), or answers
+  // UNAVAILABLE while there is none.
+  void Forward(const v1::TopKSoftmaxRequest* request, v1::TopKSoftmaxResponse* response,
+               CallContext call, InferenceService::DoneFn done) ABSL_LOCKS_EXCLUDED(mu_);
+  // Tells the backend that a caller went away.
+  void NotifyCancelled() ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::ServerUnaryReactor* TopKSoftmax(grpc::CallbackServerContext* context,
                                         const v1::TopKSoftmaxRequest* request,
@@ -28,7 +37,9 @@ class SoftmaxGrpcService final : public v1::SoftmaxService::CallbackService {
   TopKSoftmaxStream(grpc::CallbackServerContext* context) override;
 
  private:
-  std::atomic<InferenceService*> backend_{nullptr};
+  // Readers hold it while entering the backend, so that SetBackend waits for them.
+  absl::Mutex mu_;
+  InferenceService* backend_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace adasoftmax::server

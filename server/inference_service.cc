@@ -10,7 +10,7 @@
 namespace adasoftmax::server {
 
 struct InferenceService::Entry {
-  std::unique_ptr<ServedModel> served;
+  std::shared_ptr<const ServedModel> served;
   ModelMetrics* metrics = nullptr;
   Scheduler::QueueId queue = 0;
 };
@@ -32,12 +32,12 @@ struct InferenceService::Task {
 };
 
 absl::StatusOr<std::unique_ptr<InferenceService>> InferenceService::Create(
-    std::vector<std::unique_ptr<ServedModel>> models, const Options& options, const Clock* clock,
-    Metrics* metrics) {
+    std::vector<std::shared_ptr<const ServedModel>> models, const Options& options,
+    const Clock* clock, Metrics* metrics) {
   std::unique_ptr<InferenceService> service(new InferenceService(options, clock, metrics));
   ASSIGN_OR_RETURN(service->scheduler_,
                    Scheduler::Create({.num_threads = options.threads}, clock));
-  for (std::unique_ptr<ServedModel>& served : models) {
+  for (std::shared_ptr<const ServedModel>& served : models) {
     auto entry = std::make_unique<Entry>();
     Entry* e = entry.get();
     e->metrics = metrics->AddModel(served->name, served->model->n(), served->model->d(),

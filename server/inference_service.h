@@ -50,7 +50,7 @@ class InferenceService {
 
   // REQUIRES: `clock` and `metrics` outlive the service; model names are distinct.
   static absl::StatusOr<std::unique_ptr<InferenceService>> Create(
-      std::vector<std::unique_ptr<ServedModel>> models, const Options& options,
+      std::vector<std::shared_ptr<const ServedModel>> models, const Options& options,
       const Clock* clock, Metrics* metrics);
 
   // Runs what is queued, then stops.

@@ -2,12 +2,15 @@
 //
 // Every flag falls back to an environment variable ADASOFTMAX_<FLAG NAME IN CAPITALS> when it
 // is not given on the command line (e.g. ADASOFTMAX_ADDRESS for --address). SIGTERM or SIGINT
-// drains in-flight calls (up to --shutdown_grace_s) and exits 0.
+// drains in-flight calls (up to --shutdown_grace_s) and exits 0. SIGHUP, and every
+// --repository_poll_s, reloads the models that changed in the repository.
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -47,6 +50,9 @@ ABSL_FLAG(int, threads, 0,
           "(0: one per CPU the process may use: its affinity, capped by its cgroup's CPU quota)");
 ABSL_FLAG(int, batch_threads, 0,
           "batch worker threads: batches (of any models) running at once (0: --threads)");
+ABSL_FLAG(double, repository_poll_s, 0,
+          "seconds between checks of the model repository for new, changed and removed models, "
+          "which are then loaded or unloaded while serving (0: only on SIGHUP)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
 ABSL_FLAG(double, audit_fraction, 0.01,
@@ -66,8 +72,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// SIGTERM and SIGINT write their number here (a handler may only do async-signal-safe things);
-// main reads it once serving.
+// SIGTERM, SIGINT and SIGHUP write their number here (a handler may only do async-signal-safe
+// things); main reads it once serving.
 int signal_pipe[2] = {-1, -1};
 
 void OnSignal(int signal) {
@@ -80,11 +86,11 @@ void Log(const std::string& line) { std::fprintf(stderr, "adasoftmax-server: %s\
 // Sets every flag that the command line does not give from ADASOFTMAX_<NAME>. Must run before
 // absl::ParseCommandLine, which then overrides these values.
 bool ApplyEnvironment() {
-  constexpr const char* kFlags[] = {"model_repository", "address",          "metrics_address",
-                                    "max_batch_size",   "batch_timeout_us", "max_queue_size",
-                                    "threads",          "batch_threads",    "shutdown_grace_s",
-                                    "audit_fraction",   "cache_dir",        "max_message_bytes",
-                                    "tls_cert",         "tls_key",          "tls_client_ca"};
+  constexpr const char* kFlags[] = {
+      "model_repository", "address",        "metrics_address", "max_batch_size",
+      "batch_timeout_us", "max_queue_size", "threads",         "batch_threads",
+      "shutdown_grace_s", "audit_fraction", "cache_dir",       "max_message_bytes",
+      "tls_cert",         "tls_key",        "tls_client_ca",   "repository_poll_s"};
   for (const char* name : kFlags) {
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string var = absl::StrCat("ADASOFTMAX_", absl::AsciiStrToUpper(name));
@@ -125,6 +131,29 @@ std::string DefaultCacheDir() {
   return (fs::temp_directory_path() / "adasoftmax-cache").string();
 }
 
+// Unblocks `signals` until one of them comes (returns its number) or `timeout` passes
+// (returns 0).
+int WaitForSignal(const sigset_t& signals, absl::Duration timeout) {
+  pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+  const absl::Time end = absl::Now() + timeout;
+  int number = 0;
+  for (;;) {
+    pollfd fd = {signal_pipe[0], POLLIN, 0};
+    const int ms =
+        timeout == absl::InfiniteDuration()
+            ? -1
+            : static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(
+                  std::max(end - absl::Now(), absl::ZeroDuration()), absl::Milliseconds(1))));
+    const int ready = poll(&fd, 1, ms);
+    if (ready < 0 && errno == EINTR) continue;
+    char byte = 0;
+    if (ready > 0 && read(signal_pipe[0], &byte, 1) == 1) number = byte;
+    break;
+  }
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return number;
+}
+
 // Ends the process once the server is shut down (nothing is left to flush). Skips the
 // destructors on purpose: the metrics endpoint's web server (civetweb) takes up to its 2-s poll
 // quantum to stop, which would only delay the exit.
@@ -149,10 +178,10 @@ int main(int argc, char** argv) {
   if (!ApplyEnvironment()) return 2;
   absl::ParseCommandLine(argc, argv);
 
-  // SIGTERM and SIGINT go to OnSignal, whichever thread takes them: OpenBLAS starts threads
-  // before main, blocking nothing, so a signal must never find its default action. The threads
-  // started from here on block them, so that no call of theirs is interrupted; main unblocks
-  // them while it waits on the pipe.
+  // SIGTERM, SIGINT and SIGHUP go to OnSignal, whichever thread takes them: OpenBLAS starts
+  // threads before main, blocking nothing, so a signal must never find its default action. The
+  // threads started from here on block them, so that no call of theirs is interrupted; main
+  // unblocks them while it waits on the pipe.
   if (pipe2(signal_pipe, O_CLOEXEC) != 0) {
     Log(absl::StrCat("cannot create the signal pipe: ", std::strerror(errno)));
     return 1;
@@ -161,12 +190,12 @@ int main(int argc, char** argv) {
   action.sa_handler = OnSignal;
   action.sa_flags = SA_RESTART;
   sigemptyset(&action.sa_mask);
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
   sigset_t signals;
   sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
+  for (int number : {SIGTERM, SIGINT, SIGHUP}) {
+    sigaction(number, &action, nullptr);
+    sigaddset(&signals, number);
+  }
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   using adasoftmax::server::ServerOptions;
@@ -209,8 +238,9 @@ int main(int argc, char** argv) {
   options.repository.batching.max_queue_size = static_cast<size_t>(max_queue);
   options.repository.batching.batch_timeout = absl::Microseconds(timeout_us);
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
-  if (!(grace_s >= 0)) {
-    Log("--shutdown_grace_s must be >= 0");
+  const double poll_s = absl::GetFlag(FLAGS_repository_poll_s);
+  if (!(grace_s >= 0) || !(poll_s >= 0)) {
+    Log("--shutdown_grace_s and --repository_poll_s must be >= 0");
     return 2;
   }
 
@@ -219,7 +249,8 @@ int main(int argc, char** argv) {
                    blas.replaced.empty()
                        ? ""
                        : absl::StrCat(" (by CPU features; OpenBLAS picked ", blas.replaced, ")")));
-  Log(absl::StrCat("model repository ", options.model_repository));
+  Log(absl::StrCat("model repository ", options.model_repository, " (reloaded on SIGHUP",
+                   poll_s > 0 ? absl::StrCat(" and every ", poll_s, " s") : "", ")"));
   Log(absl::StrCat("threads ", threads, " a batch, ", options.threads, " batch threads (CPUs: ",
                    usable_cpus, " usable of ", std::thread::hardware_concurrency(), " online)"));
   auto server = adasoftmax::server::Server::Start(options, Log);
@@ -233,9 +264,11 @@ int main(int argc, char** argv) {
     Exit(1);
   }
 
-  pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
-  char signal = 0;
-  while (read(signal_pipe[0], &signal, 1) < 0 && errno == EINTR) {
+  const absl::Duration poll = poll_s > 0 ? absl::Seconds(poll_s) : absl::InfiniteDuration();
+  int signal = 0;
+  while ((signal = WaitForSignal(signals, poll)) != SIGTERM && signal != SIGINT) {
+    if (signal == SIGHUP) Log("received SIGHUP: reloading the model repository");
+    if (absl::Status s = (*server)->ReloadModels(); !s.ok()) Log(std::string(s.message()));
   }
   Log(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                    ": draining (up to ", grace_s, " s)"));

@@ -185,41 +185,62 @@ Metrics::Metrics(prometheus::Registry& registry)
                          .Help("Adaptive queries answered exactly: sampling was predicted, before "
                                "or during it, to cost more than the exact path, or read every "
                                "entry.")
-                         .Register(registry)) {
+                         .Register(registry)),
+      reloads_(prometheus::BuildCounter()
+                   .Name("adasoftmax_repository_reloads_total")
+                   .Help("Reloads of the model repository that changed a model or failed to "
+                         "load one (result \"failed\": those kept their previous version).")
+                   .Register(registry)) {
   prometheus::BuildGauge()
       .Name("adasoftmax_build_info")
       .Help("The server's release (value 1).")
       .Register(registry)
       .Add({{"version", kVersion}})
       .Set(1);
+  for (const char* result : {"ok", "failed"}) reloads_.Add({{"result", result}});
 }
 
 ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
                                 const std::string& dtype) {
-  auto m = std::make_unique<ModelMetrics>();
-  m->name_ = name;
-  m->requests_ = &requests_;
-  for (MetricMode mode : kModes) {
-    const prometheus::Labels labels = {{"model", name}, {"mode", std::string(MetricModeName(mode))}};
-    const int i = static_cast<int>(mode);
-    m->samples_[i] = &samples_.Add(labels, SampleBuckets());
-    m->fraction_[i] = &fraction_.Add(labels, FractionBuckets());
-    m->duration_[i] = &duration_.Add(labels, DurationBuckets());
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<ModelMetrics>& m = models_[name];
+  if (m == nullptr) {
+    m = std::make_unique<ModelMetrics>();
+    m->name_ = name;
+    m->requests_ = &requests_;
+    for (MetricMode mode : kModes) {
+      const prometheus::Labels labels = {{"model", name},
+                                         {"mode", std::string(MetricModeName(mode))}};
+      const int i = static_cast<int>(mode);
+      m->samples_[i] = &samples_.Add(labels, SampleBuckets());
+      m->fraction_[i] = &fraction_.Add(labels, FractionBuckets());
+      m->duration_[i] = &duration_.Add(labels, DurationBuckets());
+    }
+    m->queue_duration_ = &queue_duration_.Add({{"model", name}}, QueueBuckets());
+    m->batch_size_ = &batch_size_.Add({{"model", name}}, BatchBuckets());
+    m->queued_ = &queue_size_.Add({{"model", name}});
+    m->sample_cost_ = &sample_cost_.Add({{"model", name}});
+    m->exact_batch_share_ = &exact_batch_share_.Add({{"model", name}});
+    m->audit_queries_ = &audit_queries_.Add({{"model", name}});
+    m->audit_failures_ = &audit_failures_.Add({{"model", name}});
+    m->exact_answers_ = &exact_answers_.Add({{"model", name}});
   }
-  m->queue_duration_ = &queue_duration_.Add({{"model", name}}, QueueBuckets());
-  m->batch_size_ = &batch_size_.Add({{"model", name}}, BatchBuckets());
-  m->queued_ = &queue_size_.Add({{"model", name}});
-  m->sample_cost_ = &sample_cost_.Add({{"model", name}});
-  m->exact_batch_share_ = &exact_batch_share_.Add({{"model", name}});
-  m->audit_queries_ = &audit_queries_.Add({{"model", name}});
-  m->audit_failures_ = &audit_failures_.Add({{"model", name}});
-  m->exact_answers_ = &exact_answers_.Add({{"model", name}});
-  model_info_
-      .Add({{"model", name}, {"n", absl::StrCat(n)}, {"d", absl::StrCat(d)}, {"dtype", dtype}})
-      .Set(1);
-  models_.push_back(std::move(m));
-  return models_.back().get();
+  if (m->info_ != nullptr) model_info_.Remove(m->info_);
+  m->info_ = &model_info_.Add(
+      {{"model", name}, {"n", absl::StrCat(n)}, {"d", absl::StrCat(d)}, {"dtype", dtype}});
+  m->info_->Set(1);
+  return m.get();
 }
+
+void Metrics::RemoveModel(const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = models_.find(name);
+  if (it == models_.end() || it->second->info_ == nullptr) return;
+  model_info_.Remove(it->second->info_);
+  it->second->info_ = nullptr;
+}
+
+void Metrics::CountReload(bool ok) { reloads_.Add({{"result", ok ? "ok" : "failed"}}).Increment(); }
 
 void Metrics::CountUnknownModelRequest(MetricMode mode, absl::StatusCode code) {
   requests_

@@ -8,7 +8,9 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
@@ -58,6 +60,7 @@ class ModelMetrics {
   prometheus::Counter* audit_queries_ = nullptr;
   prometheus::Counter* audit_failures_ = nullptr;
   prometheus::Counter* exact_answers_ = nullptr;
+  prometheus::Gauge* info_ = nullptr;  // null while the model is not served
 };
 
 // The service's metrics, registered in a caller-owned registry:
@@ -68,7 +71,7 @@ class ModelMetrics {
 //   adasoftmax_request_duration_seconds{model,mode}       histogram
 //   adasoftmax_queue_duration_seconds{model}              histogram
 //   adasoftmax_batch_size{model}                          histogram
-//   adasoftmax_model_info{model,n,d,dtype}                gauge = 1
+//   adasoftmax_model_info{model,n,d,dtype}                gauge = 1 (served models only)
 //   adasoftmax_queue_size{model}                          gauge: requests waiting for a batch
 //   adasoftmax_sample_cost{model}                         gauge: the exact fallback's price of
 //                                                         a sample, in streamed exact entries
@@ -78,6 +81,9 @@ class ModelMetrics {
 //   adasoftmax_audit_failures_total{model}                counter
 //   adasoftmax_adaptive_exact_answers_total{model}        counter: adaptive queries answered
 //                                                         exactly (fallback, or every entry read)
+//   adasoftmax_repository_reloads_total{result}           counter: reloads that changed or
+//                                                         failed to load a model; result "ok"
+//                                                         or "failed"
 // Thread-safe.
 class Metrics {
  public:
@@ -88,10 +94,15 @@ class Metrics {
   // REQUIRES: `registry` outlives this object.
   explicit Metrics(prometheus::Registry& registry);
 
-  // Registers a model's series (all at 0) and its info gauge. Returns a handle that lives as
-  // long as this object. REQUIRES: called once per model name.
+  // Registers a model's series (all at 0) and its info gauge, and returns their handle, which
+  // lives as long as this object. A name seen before gets the same handle (its series keep
+  // counting) with the info gauge labelled by the new shape and dtype.
   ModelMetrics* AddModel(const std::string& name, uint64_t n, uint64_t d,
                          const std::string& dtype);
+  // Drops the info gauge of a model no longer served; its other series keep their values.
+  void RemoveModel(const std::string& name);
+  // Counts a reload of the repository; `ok`: every changed model loaded.
+  void CountReload(bool ok);
 
   // Counts a request for a model that is not served.
   void CountUnknownModelRequest(MetricMode mode, absl::StatusCode code);
@@ -110,7 +121,9 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& audit_queries_;
   prometheus::Family<prometheus::Counter>& audit_failures_;
   prometheus::Family<prometheus::Counter>& exact_answers_;
-  std::vector<std::unique_ptr<ModelMetrics>> models_;
+  prometheus::Family<prometheus::Counter>& reloads_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
 };
 
 // The standard process metrics, read from /proc at scrape time: process_resident_memory_bytes,

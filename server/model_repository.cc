@@ -1,11 +1,13 @@
 #include "server/model_repository.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -178,6 +180,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     const std::function<void(const std::string&)>& log) {
   auto served = std::make_unique<ServedModel>();
   served->dir = dir;
+  served->fingerprint = ModelFingerprint(dir);
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
   std::ifstream in(config_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(config_path, ": cannot be read"));
@@ -344,23 +347,66 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(
   return model;
 }
 
-absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> LoadRepository(
-    const std::string& root, const RepositoryOptions& options,
-    const std::function<void(const std::string&)>& log,
-    const std::function<void(const ServedModel&)>& on_loaded) {
-  ASSIGN_OR_RETURN(const std::vector<std::string> dirs, ListModelDirs(root));
-  std::vector<std::unique_ptr<ServedModel>> models;
+std::string ModelFingerprint(const std::string& dir) {
+  const std::string config_path = (fs::path(dir) / kConfigFile).string();
+  std::ifstream in(config_path, std::ios::binary);
+  std::string fingerprint = in ? std::string(std::istreambuf_iterator<char>(in), {}) : "unreadable";
+  absl::StatusOr<v1::ModelConfig> config = ParseModelConfig(fingerprint, config_path);
+  if (!config.ok()) return fingerprint;
+  for (const std::string* file : {&config->weights(), &config->bias(), &config->labels(),
+                                  &config->calibration(), &config->sample_queries()}) {
+    if (file->empty()) continue;
+    struct stat st;
+    if (stat(Resolve(dir, *file).c_str(), &st) != 0) {
+      absl::StrAppend(&fingerprint, "\n", *file, ": missing");
+      continue;
+    }
+    absl::StrAppend(&fingerprint, "\n", *file, ": ", st.st_dev, ":", st.st_ino, ":", st.st_size,
+                    ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
+  }
+  return fingerprint;
+}
+
+ModelRepository::ModelRepository(std::string root, RepositoryOptions options, LogFn log)
+    : root_(std::move(root)), options_(std::move(options)), log_(std::move(log)) {}
+
+absl::StatusOr<ModelRepository::Changes> ModelRepository::Update() {
+  ASSIGN_OR_RETURN(const std::vector<std::string> dirs, ListModelDirs(root_));
+  absl::flat_hash_map<std::string, std::shared_ptr<const ServedModel>> previous;
+  for (const auto& m : models_) previous[m->dir] = m;
+
+  Changes changes;
+  std::vector<std::shared_ptr<const ServedModel>> models;
   std::set<std::string> names;
   for (const std::string& dir : dirs) {
-    ASSIGN_OR_RETURN(std::unique_ptr<ServedModel> model, LoadModel(dir, options, log));
-    if (!names.insert(model->name).second) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("model %s: the name '%s' is already taken", dir, model->name));
+    const auto before = previous.find(dir);
+    std::shared_ptr<const ServedModel> model = before == previous.end() ? nullptr : before->second;
+    const std::string fingerprint = ModelFingerprint(dir);
+    const auto failed = failed_.find(dir);
+    if ((model == nullptr || model->fingerprint != fingerprint) &&
+        (failed == failed_.end() || failed->second != fingerprint)) {
+      absl::StatusOr<std::unique_ptr<ServedModel>> loaded = LoadModel(dir, options_, log_);
+      if (loaded.ok() && names.contains((*loaded)->name)) {
+        loaded = absl::InvalidArgumentError(
+            absl::StrFormat("model %s: the name '%s' is already taken", dir, (*loaded)->name));
+      }
+      if (loaded.ok()) {
+        model = *std::move(loaded);
+        changes.loaded.push_back(model);
+        failed_.erase(dir);
+      } else {
+        changes.errors.push_back(loaded.status());
+        failed_[dir] = fingerprint;
+      }
     }
-    if (on_loaded) on_loaded(*model);
+    if (model == nullptr || !names.insert(model->name).second) continue;
     models.push_back(std::move(model));
   }
-  return models;
+  for (const auto& m : models_) {
+    if (!names.contains(m->name)) changes.unloaded.push_back(m->name);
+  }
+  models_ = std::move(models);
+  return changes;
 }
 
 absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path) {

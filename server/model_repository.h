@@ -2,8 +2,8 @@
 #define ADASOFTMAX_SERVER_MODEL_REPOSITORY_H_
 
 // The model repository: one folder per model, each holding a model.pbtxt (schema:
-// adasoftmax.v1.ModelConfig in proto/adasoftmax/v1/model_config.proto). Everything is loaded
-// once at start-up; a model that does not load stops start-up with a message naming it.
+// adasoftmax.v1.ModelConfig in proto/adasoftmax/v1/model_config.proto). ModelRepository loads
+// it and, on each Update, brings what it serves in line with the folders again.
 
 #include <functional>
 #include <memory>
@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "adasoftmax/v1/adasoftmax.pb.h"
 #include "adasoftmax/v1/model_config.pb.h"
@@ -56,6 +58,8 @@ struct ServedModel {
   std::string source;
   // Sample queries (.npy) for the start-up hint; empty when there are none.
   std::string sample_queries;
+  // ModelFingerprint(dir) just before the files were read.
+  std::string fingerprint;
 };
 
 // Parses a model.pbtxt; errors name `path`, the line and the column.
@@ -73,12 +77,46 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(
     const std::string& dir, const RepositoryOptions& options,
     const std::function<void(const std::string&)>& log = {});
 
-// Loads every model of the repository at `root`, in folder order, calling `on_loaded` after
-// each. Fails on the first model that does not load, and on duplicate model names.
-absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> LoadRepository(
-    const std::string& root, const RepositoryOptions& options,
-    const std::function<void(const std::string&)>& log = {},
-    const std::function<void(const ServedModel&)>& on_loaded = {});
+// What the files of a model folder amount to: the text of its model.pbtxt plus the identity
+// (device, inode, size, modification time) of every file the config names, or their absence.
+// Replacing, rewriting or touching any of them changes it. Never fails: an unreadable config
+// is part of the fingerprint too.
+std::string ModelFingerprint(const std::string& dir);
+
+// The models of a repository folder, kept in line with it. Not thread-safe.
+class ModelRepository {
+ public:
+  using LogFn = std::function<void(const std::string&)>;
+
+  // What one Update changed.
+  struct Changes {
+    std::vector<std::shared_ptr<const ServedModel>> loaded;  // new or changed, in folder order
+    std::vector<std::string> unloaded;                       // names no longer served
+    std::vector<absl::Status> errors;  // models that did not load, each naming its folder
+    bool changed() const { return !loaded.empty() || !unloaded.empty(); }
+  };
+
+  // `log` receives progress notes (e.g. "generating ..."); it may be empty.
+  ModelRepository(std::string root, RepositoryOptions options, LogFn log = {});
+
+  // Brings models() in line with the folders: loads the model of every new folder and of every
+  // folder whose fingerprint changed, drops those of removed folders and keeps the others (the
+  // same objects). A model that does not load, or whose name an earlier folder's model holds,
+  // leaves its folder's previous model (if any) in place, and its files are not tried again
+  // until their fingerprint changes. Fails, changing nothing, when `root` is not a directory
+  // (NotFound) or holds no model (FailedPrecondition).
+  absl::StatusOr<Changes> Update();
+
+  // The served models, in folder order, with distinct names.
+  const std::vector<std::shared_ptr<const ServedModel>>& models() const { return models_; }
+
+ private:
+  const std::string root_;
+  const RepositoryOptions options_;
+  const LogFn log_;
+  std::vector<std::shared_ptr<const ServedModel>> models_;
+  absl::flat_hash_map<std::string, std::string> failed_;  // folder -> fingerprint that failed
+};
 
 // Class names, one a line (a trailing newline is optional; "\r\n" endings are accepted).
 absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path);

@@ -49,6 +49,21 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(ssl);
 }
 
+// OK, or the first error's code with every error's message.
+absl::Status Join(const std::vector<absl::Status>& errors) {
+  if (errors.empty()) return absl::OkStatus();
+  return absl::Status(errors.front().code(),
+                      absl::StrJoin(errors, "; ", [](std::string* out, const absl::Status& e) {
+                        absl::StrAppend(out, e.message());
+                      }));
+}
+
+std::vector<std::string> Names(const std::vector<std::shared_ptr<const ServedModel>>& models) {
+  std::vector<std::string> names;
+  for (const auto& m : models) names.push_back(m->name);
+  return names;
+}
+
 }  // namespace
 
 std::string WithPort(const std::string& address, int port) {
@@ -66,7 +81,8 @@ Server::Server(const ServerOptions& options, LogFn log, const Clock* clock)
       clock_(clock != nullptr ? clock : &real_clock_),
       registry_(std::make_shared<prometheus::Registry>()),
       process_collector_(std::make_shared<ProcessCollector>()),
-      metrics_(std::make_unique<Metrics>(*registry_)) {}
+      metrics_(std::make_unique<Metrics>(*registry_)),
+      repository_(options.model_repository, options.repository, log_) {}
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, LogFn log,
                                                       const Clock* clock) {
@@ -126,26 +142,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Server::LoadModels() {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(const ModelRepository::Changes changes, repository_.Update());
+  RETURN_IF_ERROR(Join(changes.errors));
   std::vector<std::string> hints;
-  ASSIGN_OR_RETURN(
-      std::vector<std::unique_ptr<ServedModel>> models,
-      LoadRepository(options_.model_repository, options_.repository, log_,
-                     [&](const ServedModel& m) {
-                       if (log_) log_(DescribeModel(m));
-                       std::error_code ec;
-                       if (!m.sample_queries.empty() &&
-                           std::filesystem::exists(m.sample_queries, ec)) {
-                         hints.push_back(absl::StrFormat(
-                             "try: adasoftmax query --target %s --model %s --queries %s "
-                             "--limit 4 --k 3",
-                             address_, m.name, m.sample_queries));
-                       }
-                     }));
-  InferenceService::Options service_options;
-  service_options.threads = options_.threads;
-  ASSIGN_OR_RETURN(service_, InferenceService::Create(std::move(models), service_options, clock_,
-                                                      metrics_.get()));
-  grpc_service_.SetBackend(service_.get());
+  for (const auto& m : changes.loaded) {
+    if (log_) log_(DescribeModel(*m));
+    std::error_code ec;
+    if (!m->sample_queries.empty() && std::filesystem::exists(m->sample_queries, ec)) {
+      hints.push_back(absl::StrFormat(
+          "try: adasoftmax query --target %s --model %s --queries %s --limit 4 --k 3", address_,
+          m->name, m->sample_queries));
+    }
+  }
+  RETURN_IF_ERROR(Serve(repository_.models()));
   grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
   health->SetServingStatus(kServiceName, true);
   health->SetServingStatus(true);
@@ -156,7 +166,58 @@ absl::Status Server::LoadModels() {
   return absl::OkStatus();
 }
 
+absl::Status Server::ReloadModels() {
+  absl::MutexLock lock(&mu_);
+  if (service_ == nullptr || shut_down_) {
+    return absl::FailedPreconditionError("reload: the server is not serving");
+  }
+  absl::StatusOr<ModelRepository::Changes> changes = repository_.Update();
+  if (!changes.ok()) {
+    metrics_->CountReload(false);
+    return absl::Status(changes.status().code(),
+                        absl::StrCat("reload: ", changes.status().message()));
+  }
+  if (changes->changed()) {
+    for (const auto& m : changes->loaded) {
+      if (log_) log_(DescribeModel(*m));
+    }
+    RETURN_IF_ERROR(Serve(repository_.models()));
+    for (const std::string& name : changes->unloaded) {
+      metrics_->RemoveModel(name);
+      if (log_) log_(absl::StrCat("unloaded model ", name));
+    }
+    if (log_) {
+      log_(absl::StrCat("serving models ", absl::StrJoin(Names(repository_.models()), ", ")));
+    }
+  }
+  const absl::Status errors = Join(changes->errors);
+  if (changes->changed() || !errors.ok()) metrics_->CountReload(errors.ok());
+  if (!errors.ok()) {
+    return absl::Status(errors.code(), absl::StrCat("reload: ", errors.message(),
+                                                    " (its previous version, if any, stays)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Server::Serve(const std::vector<std::shared_ptr<const ServedModel>>& models) {
+  InferenceService::Options service_options;
+  service_options.threads = options_.threads;
+  ASSIGN_OR_RETURN(std::unique_ptr<InferenceService> service,
+                   InferenceService::Create(models, service_options, clock_, metrics_.get()));
+  grpc_service_.SetBackend(service.get());
+  // No request enters the previous service any more: it answers what it holds and stops.
+  std::unique_ptr<InferenceService> previous = std::exchange(service_, std::move(service));
+  if (previous != nullptr) previous->Shutdown();
+  return absl::OkStatus();
+}
+
+InferenceService& Server::service() {
+  absl::MutexLock lock(&mu_);
+  return *service_;
+}
+
 void Server::Shutdown(absl::Duration grace) {
+  absl::MutexLock lock(&mu_);
   if (shut_down_) return;
   shut_down_ = true;
   if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();

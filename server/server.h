@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/exposer.h"
@@ -45,7 +46,8 @@ struct ServerOptions {
 
 // The adasoftmax server: gRPC (SoftmaxService, grpc.health.v1.Health, server reflection) and
 // the Prometheus endpoint around an InferenceService. Lifecycle: Start (listening; health
-// NOT_SERVING, RPCs UNAVAILABLE) -> LoadModels (health SERVING) -> Shutdown. Thread-safe.
+// NOT_SERVING, RPCs UNAVAILABLE) -> LoadModels (health SERVING) -> ReloadModels, any number of
+// times -> Shutdown. Thread-safe.
 class Server {
  public:
   using LogFn = std::function<void(const std::string&)>;
@@ -55,14 +57,23 @@ class Server {
                                                        LogFn log = {}, const Clock* clock = nullptr);
   ~Server();
 
-  // Loads every model of the repository, then reports SERVING. On error nothing is served and
-  // the health stays NOT_SERVING. REQUIRES: called once.
-  absl::Status LoadModels();
+  // Loads every model of the repository, then reports SERVING. When a model does not load,
+  // nothing is served, the health stays NOT_SERVING and the error names every such model.
+  // REQUIRES: called once.
+  absl::Status LoadModels() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Reads the repository again (ModelRepository::Update) and, when a model changed, came or
+  // went, serves the new set while requests keep flowing: requests arriving from then on go to
+  // it, those already queued are answered by the previous set. Unchanged models are not read
+  // again; a changed one is held twice until the swap. The health stays SERVING. An error
+  // names every model that did not load (each keeps its previous version, if any), or says
+  // why the repository cannot be read (nothing changes). REQUIRES: LoadModels succeeded.
+  absl::Status ReloadModels() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Reports NOT_SERVING, answers every queued request at once and stops the workers (new
   // requests get UNAVAILABLE), then closes the listener, giving calls still open (streams) up
   // to `grace` before they are cancelled. Idempotent.
-  void Shutdown(absl::Duration grace);
+  void Shutdown(absl::Duration grace) ABSL_LOCKS_EXCLUDED(mu_);
 
   // The bound addresses, with the actual port when port 0 was asked for.
   const std::string& address() const { return address_; }
@@ -70,11 +81,15 @@ class Server {
   const std::string& metrics_address() const { return metrics_address_; }
 
   prometheus::Registry& registry() { return *registry_; }
-  // REQUIRES: LoadModels succeeded.
-  InferenceService& service() { return *service_; }
+  // REQUIRES: LoadModels succeeded; valid until the next reload.
+  InferenceService& service() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   Server(const ServerOptions& options, LogFn log, const Clock* clock);
+
+  // Serves `models` from a new InferenceService, then retires the previous one.
+  absl::Status Serve(const std::vector<std::shared_ptr<const ServedModel>>& models)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ServerOptions options_;
   const LogFn log_;
@@ -86,11 +101,13 @@ class Server {
   std::unique_ptr<prometheus::Exposer> exposer_;
   SoftmaxGrpcService grpc_service_;
   std::unique_ptr<grpc::Server> grpc_server_;
-  std::unique_ptr<InferenceService> service_;
   std::string address_;
   int port_ = 0;
   std::string metrics_address_;
-  bool shut_down_ = false;
+  absl::Mutex mu_;  // serialises loads, reloads and Shutdown
+  ModelRepository repository_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<InferenceService> service_ ABSL_GUARDED_BY(mu_);
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Replaces the port of "host:port" (host may be "[v6]").

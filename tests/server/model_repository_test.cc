@@ -1,11 +1,15 @@
 #include "server/model_repository.h"
 
+#include <chrono>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/calibration.h"
+#include "core/synth.h"
+#include "core/tensor_io.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_util.h"
@@ -215,25 +219,144 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
   }
 }
 
+std::vector<std::string> Names(const std::vector<std::shared_ptr<const ServedModel>>& models) {
+  std::vector<std::string> names;
+  for (const auto& m : models) names.push_back(m->name);
+  return names;
+}
+
 TEST_F(ModelRepositoryTest, RepositoryLoadsEveryModelInOrderAndRejectsDuplicates) {
   WriteModel(dir_.Sub("repo/b"), Tiny(1));
   WriteModel(dir_.Sub("repo/a"), Tiny(2));
   std::filesystem::create_directories(dir_.Sub("repo/not-a-model"));
-  std::vector<std::string> loaded;
-  auto models = LoadRepository(dir_.Sub("repo"), Options(), {},
-                               [&](const ServedModel& m) { loaded.push_back(m.name); });
-  ASSERT_TRUE(models.ok()) << models.status();
-  EXPECT_EQ(loaded, (std::vector<std::string>{"a", "b"}));
+  ModelRepository repository(dir_.Sub("repo"), Options());
+  auto changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(changes->unloaded.empty());
+  EXPECT_TRUE(changes->errors.empty());
+  EXPECT_EQ(Names(repository.models()), (std::vector<std::string>{"a", "b"}));
 
   WriteModel(dir_.Sub("repo/c"), Tiny(3), "name: \"a\"\n");
-  auto duplicate = LoadRepository(dir_.Sub("repo"), Options());
-  EXPECT_THAT(duplicate.status().message(), HasSubstr("already taken"));
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  ASSERT_EQ(changes->errors.size(), 1u);
+  EXPECT_THAT(changes->errors[0].message(), HasSubstr("repo/c: the name 'a' is already taken"));
+  EXPECT_FALSE(changes->changed());
+  EXPECT_EQ(Names(repository.models()), (std::vector<std::string>{"a", "b"}));
 
-  EXPECT_EQ(LoadRepository(dir_.Sub("nowhere"), Options()).status().code(),
+  EXPECT_EQ(ModelRepository(dir_.Sub("nowhere"), Options()).Update().status().code(),
             absl::StatusCode::kNotFound);
   std::filesystem::create_directories(dir_.Sub("empty"));
-  EXPECT_EQ(LoadRepository(dir_.Sub("empty"), Options()).status().code(),
+  EXPECT_EQ(ModelRepository(dir_.Sub("empty"), Options()).Update().status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Replaces `path` through a rename, as deployment tools do: a new file (inode) at the same path.
+void ReplaceNpy(const std::string& path, const Matrix& data) {
+  ASSERT_TRUE(WriteNpy(path + ".new", data).ok());
+  std::filesystem::rename(path + ".new", path);
+}
+
+TEST_F(ModelRepositoryTest, FingerprintFollowsTheConfigAndTheFilesItNames) {
+  const SynthData data = WriteModel(dir_.Sub("repo/m"), Tiny());
+  const std::string dir = dir_.Sub("repo/m");
+  const std::string original = ModelFingerprint(dir);
+  EXPECT_EQ(ModelFingerprint(dir), original);
+  WriteTextFile(dir + "/notes.txt", "not named by the config");
+  EXPECT_EQ(ModelFingerprint(dir), original);
+
+  // Touching a named file (same bytes, later modification time).
+  const auto labels = dir + "/labels.txt";
+  std::filesystem::last_write_time(
+      labels, std::filesystem::last_write_time(labels) + std::chrono::seconds(1));
+  const std::string touched = ModelFingerprint(dir);
+  EXPECT_NE(touched, original);
+  ReplaceNpy(dir + "/weights.npy", data.weights);  // same bytes, another file
+  const std::string replaced = ModelFingerprint(dir);
+  EXPECT_NE(replaced, touched);
+  std::filesystem::remove(dir + "/bias.npy");
+  const std::string missing = ModelFingerprint(dir);
+  EXPECT_NE(missing, replaced);
+  EXPECT_THAT(missing, HasSubstr("bias.npy: missing"));
+  WriteTextFile(dir + "/model.pbtxt", "weights: \"weights.npy\"\n");
+  EXPECT_NE(ModelFingerprint(dir), missing);
+  WriteTextFile(dir + "/model.pbtxt", "not a config");
+  EXPECT_EQ(ModelFingerprint(dir), "not a config");
+  std::filesystem::remove(dir + "/model.pbtxt");
+  EXPECT_EQ(ModelFingerprint(dir), "unreadable");
+}
+
+TEST_F(ModelRepositoryTest, UpdateReloadsWhatChangedAndKeepsTheRest) {
+  WriteModel(dir_.Sub("repo/a"), Tiny(1));
+  const SynthData b = WriteModel(dir_.Sub("repo/b"), Tiny(2));
+  ModelRepository repository(dir_.Sub("repo"), Options());
+  ASSERT_TRUE(repository.Update().ok());
+  const std::vector<std::shared_ptr<const ServedModel>> first = repository.models();
+  ASSERT_EQ(first.size(), 2u);
+
+  auto changes = repository.Update();  // nothing changed: nothing is read again
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_FALSE(changes->changed());
+  EXPECT_TRUE(changes->errors.empty());
+  EXPECT_EQ(repository.models(), first);
+
+  // A changed config reloads its model only.
+  WriteTextFile(dir_.Sub("repo/a/model.pbtxt"),
+                "weights: \"weights.npy\"\nbias: \"bias.npy\"\ndefault_epsilon: 0.2\n");
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), std::vector<std::string>{"a"});
+  ASSERT_EQ(repository.models().size(), 2u);
+  EXPECT_NE(repository.models()[0], first[0]);
+  EXPECT_EQ(repository.models()[0]->default_epsilon, 0.2);
+  EXPECT_EQ(repository.models()[1], first[1]);
+
+  // New weights under the same name reload their model.
+  const SynthData other = *Synthesize(Tiny(9));
+  ReplaceNpy(dir_.Sub("repo/b/weights.npy"), other.weights);
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), std::vector<std::string>{"b"});
+  EXPECT_EQ(repository.models()[1]->model->weight(7, 3), other.weights.at(7, 3));
+  EXPECT_NE(other.weights.at(7, 3), b.weights.at(7, 3));
+
+  // A removed folder unloads its model; a new one loads.
+  std::filesystem::remove_all(dir_.Sub("repo/a"));
+  WriteModel(dir_.Sub("repo/c"), Tiny(3));
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), std::vector<std::string>{"c"});
+  EXPECT_EQ(changes->unloaded, std::vector<std::string>{"a"});
+  EXPECT_EQ(Names(repository.models()), (std::vector<std::string>{"b", "c"}));
+
+  // A change that does not load keeps the previous model, and is not tried again until its
+  // files change once more.
+  const std::shared_ptr<const ServedModel> c = repository.models()[1];
+  const std::string good_config = testing::ReadTextFile(dir_.Sub("repo/c/model.pbtxt"));
+  WriteTextFile(dir_.Sub("repo/c/model.pbtxt"), "weights: \"missing.npy\"\n");
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_FALSE(changes->changed());
+  ASSERT_EQ(changes->errors.size(), 1u);
+  EXPECT_THAT(changes->errors[0].message(), HasSubstr("repo/c"));
+  EXPECT_THAT(changes->errors[0].message(), HasSubstr("missing.npy"));
+  EXPECT_EQ(repository.models()[1], c);
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_TRUE(changes->errors.empty());
+  EXPECT_FALSE(changes->changed());
+  WriteTextFile(dir_.Sub("repo/c/model.pbtxt"), good_config + "default_delta: 0.05\n");
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), std::vector<std::string>{"c"});
+  EXPECT_EQ(repository.models()[1]->default_delta, 0.05);
+
+  // An unreadable repository changes nothing.
+  const std::vector<std::shared_ptr<const ServedModel>> last = repository.models();
+  std::filesystem::rename(dir_.Sub("repo"), dir_.Sub("moved"));
+  EXPECT_EQ(repository.Update().status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(repository.models(), last);
 }
 
 // A synthetic model is generated once, reloaded from the cache afterwards, and regenerated
