@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -524,6 +525,57 @@ TEST(ServerShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   EXPECT_EQ(answered, kCalls);
   EXPECT_LT(absl::Now() - signalled, absl::Seconds(20));
   EXPECT_THAT(server.process->Stderr(), HasSubstr("draining"));
+}
+
+// SIGHUP reloads the repository: an added model is served, a removed one no longer is, and a
+// config that does not load is reported while its previous version keeps serving.
+TEST(ServerReloadTest, SighupLoadsAddedModelsAndUnloadsRemovedOnes) {
+  TempDir dir;
+  const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(23));
+  WriteModel(dir.Sub("repo/old"), SmallModel(24));
+  ServerProcess server = StartServerProcess(dir.Sub("repo"), dir.Sub("cache"));
+  ASSERT_FALSE(server.address.empty());
+  std::unique_ptr<Client> client = Connect(server.address);
+  ASSERT_TRUE(client->TopKSoftmax("old", QueryRow(data.queries, 0)).ok());
+
+  WriteModel(dir.Sub("repo/added"), SmallModel(25));
+  std::filesystem::remove_all(dir.Sub("repo/old"));
+  server.process->Signal(SIGHUP);
+  ASSERT_TRUE(server.process->WaitForLine("serving models added, small", absl::Seconds(60)))
+      << server.process->Stderr();
+  EXPECT_THAT(server.process->Stderr(), HasSubstr("unloaded model old"));
+  EXPECT_TRUE(client->TopKSoftmax("added", QueryRow(data.queries, 0)).ok());
+  EXPECT_EQ(client->TopKSoftmax("old", QueryRow(data.queries, 0)).status().code(),
+            absl::StatusCode::kNotFound);
+
+  WriteTextFile(dir.Sub("repo/small/model.pbtxt"), "weights: \"gone.npy\"\n");
+  server.process->Signal(SIGHUP);
+  ASSERT_TRUE(server.process->WaitForLine("gone.npy", absl::Seconds(60)))
+      << server.process->Stderr();
+  EXPECT_TRUE(client->TopKSoftmax("small", QueryRow(data.queries, 0)).ok());
+  EXPECT_EQ(*client->Health(), HealthStatus::kServing);
+  // An idle C++ channel acks the server's shutdown GOAWAY ping only at its 5-s backup poll.
+  client.reset();
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
+}
+
+TEST(ServerReloadTest, RepositoryPollLoadsChangesWithoutASignal) {
+  TempDir dir;
+  const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(23));
+  ServerProcess server =
+      StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {"--repository_poll_s=0.2"});
+  ASSERT_FALSE(server.address.empty());
+  EXPECT_THAT(server.process->Stderr(), HasSubstr("reloaded on SIGHUP and every 0.2 s"));
+  WriteModel(dir.Sub("repo/added"), SmallModel(25));
+  EXPECT_EQ(WaitForMetric(server.metrics_address, "adasoftmax_repository_reloads_total",
+                          {{"result", "ok"}}, 1),
+            1);
+  std::unique_ptr<Client> client = Connect(server.address);
+  EXPECT_TRUE(client->TopKSoftmax("added", QueryRow(data.queries, 0)).ok());
+  client.reset();
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
 }
 
 }  // namespace

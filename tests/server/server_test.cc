@@ -5,6 +5,7 @@
 #include "server/server.h"
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <regex>
@@ -37,6 +38,7 @@ using ::adasoftmax::testing::TempDir;
 using ::adasoftmax::testing::WriteModel;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr size_t kN = 600;
 constexpr size_t kD = 48;
@@ -459,6 +461,147 @@ TEST_F(ServerTest, ConcurrentCallersShareBatches) {
   }
   for (auto& t : callers) t.join();
   EXPECT_GT(largest.load(), 1u);
+}
+
+// Frozen fake clock: requests stay queued until their service shuts down. A reload answers
+// what the previous models queued (with those models) and sends what comes next, on open
+// streams too, to the new ones.
+TEST_F(ServerTest, ReloadAnswersQueuedRequestsWithTheOldModelsAndNewOnesWithTheNew) {
+  const std::string batching = "batching { max_batch_size: 8 batch_timeout_us: 1000 }\n";
+  const std::string files = "weights: \"weights.npy\"\nbias: \"bias.npy\"\n";
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"), files + batching);
+  StartAndLoad(&fake_clock_);
+  auto channel = client::MakeChannel(server_->address());
+  auto stub = v1::SoftmaxService::NewStub(*channel);
+  grpc::ClientContext stream_context;
+  auto stream = stub->TopKSoftmaxStream(&stream_context);
+  v1::TopKSoftmaxRequest request;
+  request.set_model("small");
+  request.set_k(1);
+  request.mutable_query()->Assign(Row(0).begin(), Row(0).end());
+  request.set_id("first");
+  ASSERT_TRUE(stream->Write(request));
+  absl::StatusOr<Result> unary_before, unary_after;
+  std::thread before([&] { unary_before = client_->TopKSoftmax("small", Row(1)); });
+  while (server_->service().queued("small") < 2) std::this_thread::yield();
+
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                         files + batching + "default_mode: MODE_EXACT\n");
+  ASSERT_TRUE(server_->ReloadModels().ok());
+  before.join();  // answered by the old model, whose default mode was adaptive
+  ASSERT_TRUE(unary_before.ok()) << unary_before.status();
+  EXPECT_EQ(unary_before->mode, v1::MODE_ADAPTIVE);
+  v1::TopKSoftmaxStreamResponse answer;
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.id(), "first");
+  EXPECT_EQ(answer.response().mode(), v1::MODE_ADAPTIVE);
+
+  request.set_id("second");
+  ASSERT_TRUE(stream->Write(request));
+  std::thread after([&] { unary_after = client_->TopKSoftmax("small", Row(1)); });
+  while (server_->service().queued("small") < 2) std::this_thread::yield();
+  stream->WritesDone();
+  server_->Shutdown(absl::Seconds(5));  // drains the new models' queue
+  after.join();
+  ASSERT_TRUE(unary_after.ok()) << unary_after.status();
+  EXPECT_EQ(unary_after->mode, v1::MODE_EXACT);
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.id(), "second");
+  EXPECT_EQ(answer.response().mode(), v1::MODE_EXACT);
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+// Reloads while callers keep asking, unary and streaming: no call fails, and each reload's
+// changes show in ListModels, the answers and the metrics.
+TEST_F(ServerTest, ReloadsUnderLoadDropNoCall) {
+  StartAndLoad();
+  std::atomic<bool> stop{false};
+  std::atomic<int> answered{0};  // requests answered OK
+  absl::Mutex mu;
+  std::vector<std::string> failures;
+  auto record = [&](const absl::Status& s) {
+    if (s.ok()) return;
+    absl::MutexLock lock(&mu);
+    failures.push_back(s.ToString());
+  };
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 3; ++t) {
+    callers.emplace_back([&, t] {
+      for (int i = 0; !stop; ++i) {
+        const absl::Status s = client_->TopKSoftmax("small", Row((t + 3 * i) % 40)).status();
+        record(s);
+        answered += s.ok();
+      }
+    });
+  }
+  callers.emplace_back([&] {
+    std::vector<absl::Span<const float>> queries;
+    for (size_t q = 0; q < 40; ++q) queries.push_back(Row(q));
+    while (!stop) {
+      auto results = client_->TopKSoftmaxStream("small", queries);
+      record(results.status());
+      if (!results.ok()) continue;
+      for (const auto& r : *results) {
+        record(r.status());
+        answered += r.ok();
+      }
+    }
+  });
+
+  const std::string files =
+      "weights: \"weights.npy\"\nbias: \"bias.npy\"\nlabels: \"labels.txt\"\n";
+  for (int reload = 0; reload < 6; ++reload) {
+    const int before = answered;
+    while (answered < before + 20) std::this_thread::yield();  // calls in flight
+    const double epsilon = reload % 2 == 0 ? 0.2 : 0.25;
+    testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                           absl::StrCat(files, "default_epsilon: ", epsilon, "\n"));
+    if (reload == 2) testing::WriteModel(dir_.Sub("repo/second"), SmallModel(5));
+    if (reload == 4) std::filesystem::remove_all(dir_.Sub("repo/second"));
+    ASSERT_TRUE(server_->ReloadModels().ok()) << reload;
+    auto models = client_->ListModels();
+    ASSERT_TRUE(models.ok()) << models.status();
+    ASSERT_EQ(models->size(), reload == 2 || reload == 3 ? 2u : 1u) << reload;
+    EXPECT_EQ(models->back().name(), "small");  // after "second"
+    EXPECT_EQ(models->back().default_epsilon(), epsilon) << reload;
+    if (reload == 2) EXPECT_TRUE(client_->TopKSoftmax("second", Row(0)).ok());
+  }
+  const int before = answered;
+  while (answered < before + 20) std::this_thread::yield();
+  stop = true;
+  for (auto& t : callers) t.join();
+  EXPECT_THAT(failures, ::testing::IsEmpty());
+  EXPECT_EQ(client_->TopKSoftmax("second", Row(0)).status().code(), absl::StatusCode::kNotFound);
+
+  const std::string metrics = MetricsText(server_->registry());
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_reloads_total{result=\"ok\"} 6"));
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_model_info{d=\"48\",dtype=\"float32\","
+                                 "model=\"small\",n=\"600\"} 1"));
+  EXPECT_THAT(metrics, Not(HasSubstr("model_info{d=\"48\",dtype=\"float32\",model=\"second\"")));
+  // The counters of a model carry on across reloads.
+  EXPECT_THAT(metrics, ::testing::ContainsRegex(
+                           absl::StrCat("adasoftmax_requests_total\\{code=\"OK\",mode=\"adaptive\","
+                                        "model=\"small\"\\} ",
+                                        answered.load())));
+}
+
+TEST_F(ServerTest, ReloadThatFailsKeepsThePreviousModelServing) {
+  StartAndLoad();
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"), "weights: \"gone.npy\"\n");
+  const absl::Status s = server_->ReloadModels();
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("repo/small"));
+  EXPECT_THAT(s.message(), HasSubstr("gone.npy"));
+  EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
+  absl::StatusOr<Result> r = client_->TopKSoftmax("small", Row(0));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->labels.size(), 1u);  // the previous version, with its labels
+  EXPECT_THAT(MetricsText(server_->registry()),
+              HasSubstr("adasoftmax_repository_reloads_total{result=\"failed\"} 1"));
+
+  std::filesystem::remove_all(dir_.Sub("repo"));
+  EXPECT_EQ(server_->ReloadModels().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(client_->TopKSoftmax("small", Row(0)).ok());
 }
 
 }  // namespace
