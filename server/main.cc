@@ -268,7 +268,11 @@ int main(int argc, char** argv) {
   int signal = 0;
   while ((signal = WaitForSignal(signals, poll)) != SIGTERM && signal != SIGINT) {
     if (signal == SIGHUP) Log("received SIGHUP: reloading the model repository");
-    if (absl::Status s = (*server)->ReloadModels(); !s.ok()) Log(std::string(s.message()));
+    if (absl::Status s = (*server)->ReloadModels(); !s.ok()) {
+      Log(std::string(s.message()));
+    } else if (signal == SIGHUP) {
+      Log("reload done");
+    }
   }
   Log(absl::StrCat("received ", signal == SIGTERM ? "SIGTERM" : "SIGINT",
                    ": draining (up to ", grace_s, " s)"));

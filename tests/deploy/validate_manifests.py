@@ -42,7 +42,7 @@ def check(cond, what):
 # ------------------------------------------------------------------------------------------
 # What the server exports (issue "gRPC service": exactly these names) and its defaults.
 COUNTERS = ["adasoftmax_requests_total", "adasoftmax_audit_queries_total",
-            "adasoftmax_audit_failures_total"]
+            "adasoftmax_audit_failures_total", "adasoftmax_repository_reloads_total"]
 HISTOGRAMS = ["adasoftmax_samples_per_query", "adasoftmax_sample_fraction",
               "adasoftmax_request_duration_seconds", "adasoftmax_queue_duration_seconds",
               "adasoftmax_batch_size"]
@@ -62,7 +62,8 @@ LABELS = {"adasoftmax_requests_total": {"model", "mode", "code"},
           "adasoftmax_exact_batch_share": {"model"},
           "adasoftmax_build_info": {"version"},
           "adasoftmax_audit_queries_total": {"model"},
-          "adasoftmax_audit_failures_total": {"model"}}
+          "adasoftmax_audit_failures_total": {"model"},
+          "adasoftmax_repository_reloads_total": {"result"}}
 GRPC_PORT = 50051
 METRICS_PORT = 9464
 # memory = model bytes x (LAYOUT_COPIES + SAMPLING_FRACTION x threads) + OVERHEAD (see the
