@@ -158,7 +158,8 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
         "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
         "adasoftmax_sample_cost", "adasoftmax_exact_batch_share", "adasoftmax_build_info",
-        "process_resident_memory_bytes", "process_start_time_seconds"}) {
+        "adasoftmax_repository_reloads_total", "process_resident_memory_bytes",
+        "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
@@ -167,6 +168,8 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
                        {{"model", "small"}, {"n", "2000"}, {"d", "64"}, {"dtype", "float32"}}),
             1.0);
   EXPECT_EQ(FindSample(samples, "adasoftmax_build_info", {{"version", kVersion}}), 1.0);
+  EXPECT_EQ(FindSample(samples, "adasoftmax_repository_reloads_total", {{"result", "failed"}}),
+            0.0);
   EXPECT_GE(*FindSample(samples, "adasoftmax_requests_total",
                         {{"model", "small"}, {"mode", "exact"}, {"code", "OK"}}),
             1.0);
