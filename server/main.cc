@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -138,14 +140,15 @@ int WaitForSignal(const sigset_t& signals, absl::Duration timeout) {
   const absl::Time end = absl::Now() + timeout;
   int number = 0;
   for (;;) {
+    const absl::Duration left = end - absl::Now();
+    const int ms = left == absl::InfiniteDuration()
+                       ? -1
+                       : static_cast<int>(std::clamp<int64_t>(
+                             absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1))), 0,
+                             std::numeric_limits<int>::max()));
     pollfd fd = {signal_pipe[0], POLLIN, 0};
-    const int ms =
-        timeout == absl::InfiniteDuration()
-            ? -1
-            : static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(
-                  std::max(end - absl::Now(), absl::ZeroDuration()), absl::Milliseconds(1))));
     const int ready = poll(&fd, 1, ms);
-    if (ready < 0 && errno == EINTR) continue;
+    if ((ready < 0 && errno == EINTR) || (ready == 0 && absl::Now() < end)) continue;
     char byte = 0;
     if (ready > 0 && read(signal_pipe[0], &byte, 1) == 1) number = byte;
     break;

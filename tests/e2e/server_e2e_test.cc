@@ -579,6 +579,12 @@ TEST(ServerReloadTest, RepositoryPollLoadsChangesWithoutASignal) {
   client.reset();
   server.process->Signal(SIGTERM);
   EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
+
+  for (const char* flag : {"--repository_poll_s=-1", "--repository_poll_s=nan"}) {
+    const CommandResult bad = RunCommand({BinDir() + "/adasoftmax-server", flag});
+    EXPECT_EQ(bad.exit_code, 2) << flag;
+    EXPECT_THAT(bad.err, HasSubstr("--repository_poll_s must be >= 0")) << flag;
+  }
 }
 
 }  // namespace
