@@ -20,7 +20,7 @@
 #   3. The server runs in a container from the image (`buildah run --isolation chroot`, host
 #      network) on free loopback ports; the host's build/bin/adasoftmax (built here if absent)
 #      checks health, queries "ocr" and "lm", and curl scrapes /metrics. The server process's
-#      Uid (from /proc) must be the image's non-root user.
+#      Uid (from /proc) must be the image's non-root user; a SIGHUP reloads and it keeps serving.
 #   4. The container is stopped and removed; image size and timings are printed.
 set -euo pipefail
 
@@ -376,6 +376,14 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 [ $(( rss_kib * 1024 )) -lt "$limit_bytes" ] \
   || die "server RSS $(( rss_kib / 1024 )) MiB exceeds the manifests' memory limit $(( limit_bytes / 1048576 )) MiB"
 log "server RSS $(( rss_kib / 1024 )) MiB, within the manifests' memory limit of $(( limit_bytes / 1048576 )) MiB"
+
+# SIGHUP reloads the repository (unchanged here) while serving: the server neither exits nor
+# stops answering.
+kill -HUP "$server_pid"
+for _ in $(seq 1 100); do grep -q "reload done" "$server_log" && break; sleep 0.1; done
+grep -q "reload done" "$server_log" || { tail -n 20 "$server_log" >&2; die "no 'reload done' after SIGHUP"; }
+"$client" health --target "127.0.0.1:$grpc_port" >/dev/null || die "not SERVING after SIGHUP"
+log "SIGHUP: the repository reloaded, still SERVING"
 
 # ---------------------------------------------------------------------------------------------
 # 4. Stop (SIGTERM drains and exits 0) and clean up.
