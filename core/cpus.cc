@@ -48,6 +48,11 @@ std::optional<double> V1Limit(const std::string& dir) {
                Number(FirstLine(dir + "/cpu.cfs_period_us")));
 }
 
+// Lowers `limit` to `found` when that is tighter (or the first found).
+void Tighten(std::optional<double>& limit, std::optional<double> found) {
+  if (found) limit = std::min(limit.value_or(*found), *found);
+}
+
 // The smallest limit of `mount` + `path` and its ancestors up to `mount` itself. Inside a
 // container the cgroup's own directory is usually mounted at `mount`, so that `path` (the
 // host's view) does not exist below it, and `mount`'s own files hold the limit.
@@ -55,9 +60,7 @@ template <typename LimitOf>
 std::optional<double> Tightest(const std::string& mount, std::string path, LimitOf limit_of) {
   std::optional<double> tightest;
   while (true) {
-    if (const std::optional<double> limit = limit_of(mount + path)) {
-      tightest = std::min(tightest.value_or(*limit), *limit);
-    }
+    Tighten(tightest, limit_of(mount + path));
     if (path.empty() || path == "/") return tightest;
     path.resize(path.rfind('/'));
   }
@@ -69,20 +72,17 @@ std::optional<double> CgroupCpuLimit(const std::string& root) {
   // Lines "<id>:<controllers>:<path>": v2's has no controllers, v1's cpu controller lists "cpu".
   std::ifstream in(root + "/proc/self/cgroup");
   std::optional<double> limit;
-  auto tighten = [&](std::optional<double> found) {
-    if (found) limit = std::min(limit.value_or(*found), *found);
-  };
   for (std::string line; std::getline(in, line);) {
     const std::vector<std::string> fields = absl::StrSplit(line, absl::MaxSplits(':', 2));
     if (fields.size() != 3) continue;
     if (fields[1].empty()) {
-      tighten(Tightest(root + "/sys/fs/cgroup", fields[2], V2Limit));
+      Tighten(limit, Tightest(root + "/sys/fs/cgroup", fields[2], V2Limit));
       continue;
     }
     const std::vector<std::string> controllers = absl::StrSplit(fields[1], ',');
     if (std::find(controllers.begin(), controllers.end(), "cpu") == controllers.end()) continue;
     for (const char* mount : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"}) {
-      tighten(Tightest(root + mount, fields[2], V1Limit));
+      Tighten(limit, Tightest(root + mount, fields[2], V1Limit));
     }
   }
   return limit;

@@ -34,7 +34,7 @@ constexpr int kStudentTDof = 3;
 // Runs work(first, step) for each first in [0, step), where step = min(tasks, 8, usable
 // CPUs), in parallel; work(first, step) handles tasks first, first + step, ... < tasks.
 void RunStrided(size_t tasks, const std::function<void(size_t, size_t)>& work) {
-  const size_t step = std::clamp<size_t>(UsableCpus(), 1, std::clamp<size_t>(tasks, 1, 8));
+  const size_t step = std::min(UsableCpus(), std::clamp<size_t>(tasks, 1, 8));
   std::vector<std::thread> workers;
   size_t first = 1;
   try {

@@ -225,9 +225,11 @@ ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
     m->audit_failures_ = &audit_failures_.Add({{"model", name}});
     m->exact_answers_ = &exact_answers_.Add({{"model", name}});
   }
-  if (m->info_ != nullptr) model_info_.Remove(m->info_);
-  m->info_ = &model_info_.Add(
+  // The same labels give the same gauge: a scrape never misses a model that stays.
+  prometheus::Gauge* info = &model_info_.Add(
       {{"model", name}, {"n", absl::StrCat(n)}, {"d", absl::StrCat(d)}, {"dtype", dtype}});
+  if (m->info_ != nullptr && m->info_ != info) model_info_.Remove(m->info_);
+  m->info_ = info;
   m->info_->Set(1);
   return m.get();
 }

@@ -180,7 +180,6 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     const std::function<void(const std::string&)>& log) {
   auto served = std::make_unique<ServedModel>();
   served->dir = dir;
-  served->fingerprint = ModelFingerprint(dir);
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
   std::ifstream in(config_path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(config_path, ": cannot be read"));
@@ -391,6 +390,7 @@ absl::StatusOr<ModelRepository::Changes> ModelRepository::Update() {
             absl::StrFormat("model %s: the name '%s' is already taken", dir, (*loaded)->name));
       }
       if (loaded.ok()) {
+        (*loaded)->fingerprint = fingerprint;
         model = *std::move(loaded);
         changes.loaded.push_back(model);
         failed_.erase(dir);

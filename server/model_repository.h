@@ -58,7 +58,7 @@ struct ServedModel {
   std::string source;
   // Sample queries (.npy) for the start-up hint; empty when there are none.
   std::string sample_queries;
-  // ModelFingerprint(dir) just before the files were read.
+  // ModelFingerprint(dir) just before the files were read (set by ModelRepository).
   std::string fingerprint;
 };
 
