@@ -152,14 +152,14 @@ absl::StatusOr<std::vector<absl::StatusOr<Result>>> Client::TopKSoftmaxStream(
   return results;
 }
 
-absl::StatusOr<std::vector<v1::ModelInfo>> Client::ListModels(absl::Duration timeout) const {
+absl::StatusOr<v1::ListModelsResponse> Client::ListModels(absl::Duration timeout) const {
   grpc::ClientContext context;
   SetDeadline(context, timeout);
   v1::ListModelsResponse response;
   if (grpc::Status s = stub_->ListModels(&context, v1::ListModelsRequest(), &response); !s.ok()) {
     return FromGrpcStatus(s);
   }
-  return std::vector<v1::ModelInfo>(response.models().begin(), response.models().end());
+  return response;
 }
 
 absl::StatusOr<HealthStatus> Client::Health(const std::string& service,

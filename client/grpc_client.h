@@ -84,7 +84,8 @@ class Client {
       std::string_view model, const std::vector<absl::Span<const float>>& queries,
       const TopKOptions& options = {}) const;
 
-  absl::StatusOr<std::vector<v1::ModelInfo>> ListModels(
+  // The served models, and the model folders that do not load.
+  absl::StatusOr<v1::ListModelsResponse> ListModels(
       absl::Duration timeout = absl::Seconds(10)) const;
 
   // The grpc.health.v1 status of `service` ("" = the whole server).

@@ -208,51 +208,65 @@ int ModelsCommand(int argc, char** argv) {
   ConnectionFlags conn;
   bool as_json = false;
   FlagSet flags("models", "[--target HOST:PORT] [--json]",
-                "Lists the models a running server serves, with their shapes and defaults.");
+                "Lists the models a running server serves, with their shapes and defaults, and "
+                "the model folders that do not load, with the reason.");
   AddConnectionFlags(flags, &conn, 10);
-  flags.AddBool("json", &as_json, "print a JSON array");
+  flags.AddBool("json", &as_json,
+                "print a JSON object: {\"models\": [...], \"unavailable\": [...]}");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   absl::StatusOr<Client> client = Connect(conn);
   if (!client.ok()) return flags.Error(client.status());
-  absl::StatusOr<std::vector<v1::ModelInfo>> models = client->ListModels(Timeout(conn));
-  if (!models.ok()) return flags.Error(models.status());
+  absl::StatusOr<v1::ListModelsResponse> list = client->ListModels(Timeout(conn));
+  if (!list.ok()) return flags.Error(list.status());
   if (as_json) {
-    json out = json::array();
-    for (const v1::ModelInfo& m : *models) {
-      out.push_back(json{{"name", m.name()},
-                         {"n", m.n()},
-                         {"d", m.d()},
-                         {"dtype", m.dtype()},
-                         {"sampling_dtype", m.sampling_dtype()},
-                         {"has_bias", m.has_bias()},
-                         {"has_labels", m.has_labels()},
-                         {"default_epsilon", m.default_epsilon()},
-                         {"default_delta", m.default_delta()},
-                         {"default_temperature", m.default_temperature()},
-                         {"default_mode", ModeName(m.default_mode())},
-                         {"calibration_mode", m.calibration_mode()},
-                         {"topk_multiplier", m.topk_multiplier()},
-                         {"normalizer_multiplier", m.normalizer_multiplier()},
-                         {"lognormal_correction", m.lognormal_correction()},
-                         {"warmup_fraction", m.warmup_fraction()},
-                         {"max_batch_size", m.max_batch_size()},
-                         {"batch_timeout_us", m.batch_timeout_us()},
-                         {"audit_fraction", m.audit_fraction()},
-                         {"memory_bytes", m.memory_bytes()},
-                         {"sample_cost", m.sample_cost()}});
+    json models = json::array();
+    for (const v1::ModelInfo& m : list->models()) {
+      models.push_back(json{{"name", m.name()},
+                            {"n", m.n()},
+                            {"d", m.d()},
+                            {"dtype", m.dtype()},
+                            {"sampling_dtype", m.sampling_dtype()},
+                            {"has_bias", m.has_bias()},
+                            {"has_labels", m.has_labels()},
+                            {"default_epsilon", m.default_epsilon()},
+                            {"default_delta", m.default_delta()},
+                            {"default_temperature", m.default_temperature()},
+                            {"default_mode", ModeName(m.default_mode())},
+                            {"calibration_mode", m.calibration_mode()},
+                            {"topk_multiplier", m.topk_multiplier()},
+                            {"normalizer_multiplier", m.normalizer_multiplier()},
+                            {"lognormal_correction", m.lognormal_correction()},
+                            {"warmup_fraction", m.warmup_fraction()},
+                            {"max_batch_size", m.max_batch_size()},
+                            {"batch_timeout_us", m.batch_timeout_us()},
+                            {"audit_fraction", m.audit_fraction()},
+                            {"memory_bytes", m.memory_bytes()},
+                            {"sample_cost", m.sample_cost()}});
     }
+    json unavailable = json::array();
+    for (const v1::UnavailableModel& u : list->unavailable()) {
+      unavailable.push_back(
+          json{{"folder", u.folder()}, {"reason", u.reason()}, {"serving", u.serving()}});
+    }
+    const json out = {{"models", models}, {"unavailable", unavailable}};
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
   std::printf("%-12s %8s %6s %-8s %-4s %-6s %-8s %-10s %7s %7s %5s %6s\n", "MODEL", "N", "D",
               "DTYPE", "BIAS", "LABELS", "MODE", "CALIBR.", "EPSILON", "DELTA", "TEMP", "BATCH");
-  for (const v1::ModelInfo& m : *models) {
+  for (const v1::ModelInfo& m : list->models()) {
     std::printf("%-12s %8llu %6llu %-8s %-4s %-6s %-8s %-10s %7g %7g %5g %6u\n", m.name().c_str(),
                 static_cast<unsigned long long>(m.n()), static_cast<unsigned long long>(m.d()),
                 m.dtype().c_str(), m.has_bias() ? "yes" : "no", m.has_labels() ? "yes" : "no",
                 std::string(ModeName(m.default_mode())).c_str(), m.calibration_mode().c_str(),
                 m.default_epsilon(), m.default_delta(), m.default_temperature(),
                 m.max_batch_size());
+  }
+  for (const v1::UnavailableModel& u : list->unavailable()) {
+    std::printf("unavailable: %s%s\n", u.reason().c_str(),
+                u.serving().empty()
+                    ? ""
+                    : absl::StrCat(" (its previous version serves as ", u.serving(), ")").c_str());
   }
   return 0;
 }

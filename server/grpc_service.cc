@@ -172,6 +172,11 @@ void SoftmaxGrpcService::SetBackend(InferenceService* backend) {
   backend_ = backend;
 }
 
+void SoftmaxGrpcService::SetUnavailable(std::vector<v1::UnavailableModel> unavailable) {
+  absl::WriterMutexLock lock(&mu_);
+  unavailable_ = std::move(unavailable);
+}
+
 void SoftmaxGrpcService::Forward(const v1::TopKSoftmaxRequest* request,
                                  v1::TopKSoftmaxResponse* response, CallContext call,
                                  InferenceService::DoneFn done) {
@@ -207,6 +212,7 @@ grpc::ServerUnaryReactor* SoftmaxGrpcService::ListModels(grpc::CallbackServerCon
     return reactor;
   }
   *response = backend_->ListModels();
+  response->mutable_unavailable()->Assign(unavailable_.begin(), unavailable_.end());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

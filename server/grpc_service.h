@@ -1,6 +1,8 @@
 #ifndef ADASOFTMAX_SERVER_GRPC_SERVICE_H_
 #define ADASOFTMAX_SERVER_GRPC_SERVICE_H_
 
+#include <vector>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "adasoftmax/v1/adasoftmax.grpc.pb.h"
@@ -19,6 +21,8 @@ class SoftmaxGrpcService final : public v1::SoftmaxService::CallbackService {
   // its Shutdown nothing refers to it. REQUIRES: `backend` lives until it is replaced or the
   // gRPC server this service is registered with has shut down.
   void SetBackend(InferenceService* backend) ABSL_LOCKS_EXCLUDED(mu_);
+  // The model folders ListModels reports as unavailable from now on.
+  void SetUnavailable(std::vector<v1::UnavailableModel> unavailable) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Forwards one request to the backend (see InferenceService::TopKSoftmax), or answers
   // UNAVAILABLE while there is none.
@@ -40,6 +44,7 @@ class SoftmaxGrpcService final : public v1::SoftmaxService::CallbackService {
   // Readers hold it while entering the backend, so that SetBackend waits for them.
   absl::Mutex mu_;
   InferenceService* backend_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<v1::UnavailableModel> unavailable_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace adasoftmax::server

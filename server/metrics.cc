@@ -188,16 +188,23 @@ Metrics::Metrics(prometheus::Registry& registry)
                          .Register(registry)),
       reloads_(prometheus::BuildCounter()
                    .Name("adasoftmax_repository_reloads_total")
-                   .Help("Reloads of the model repository that changed a model or failed to "
-                         "load one (result \"failed\": those kept their previous version).")
-                   .Register(registry)) {
+                   .Help("Reloads of the model repository that changed a model (result "
+                         "\"ok\"), failed to load one (\"failed\": it keeps its previous "
+                         "version) or could not read the repository (\"unreadable\").")
+                   .Register(registry)),
+      unavailable_(prometheus::BuildGauge()
+                       .Name("adasoftmax_repository_unavailable_models")
+                       .Help("Model folders whose current files do not load (each keeps its "
+                             "previous version, if any, until they do; see ListModels).")
+                       .Register(registry)
+                       .Add({})) {
   prometheus::BuildGauge()
       .Name("adasoftmax_build_info")
       .Help("The server's release (value 1).")
       .Register(registry)
       .Add({{"version", kVersion}})
       .Set(1);
-  for (const char* result : {"ok", "failed"}) reloads_.Add({{"result", result}});
+  for (const char* result : {"ok", "failed", "unreadable"}) reloads_.Add({{"result", result}});
 }
 
 ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
@@ -242,7 +249,12 @@ void Metrics::RemoveModel(const std::string& name) {
   it->second->info_ = nullptr;
 }
 
-void Metrics::CountReload(bool ok) { reloads_.Add({{"result", ok ? "ok" : "failed"}}).Increment(); }
+void Metrics::CountReload(ReloadResult result) {
+  static constexpr const char* kNames[] = {"ok", "failed", "unreadable"};
+  reloads_.Add({{"result", kNames[static_cast<int>(result)]}}).Increment();
+}
+
+void Metrics::SetUnavailableModels(size_t count) { unavailable_.Set(static_cast<double>(count)); }
 
 void Metrics::CountUnknownModelRequest(MetricMode mode, absl::StatusCode code) {
   requests_

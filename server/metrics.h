@@ -81,9 +81,12 @@ class ModelMetrics {
 //   adasoftmax_audit_failures_total{model}                counter
 //   adasoftmax_adaptive_exact_answers_total{model}        counter: adaptive queries answered
 //                                                         exactly (fallback, or every entry read)
-//   adasoftmax_repository_reloads_total{result}           counter: reloads that changed or
-//                                                         failed to load a model; result "ok"
-//                                                         or "failed"
+//   adasoftmax_repository_reloads_total{result}           counter: reloads that changed a
+//                                                         model ("ok"), failed to load one
+//                                                         ("failed") or could not read the
+//                                                         repository ("unreadable")
+//   adasoftmax_repository_unavailable_models              gauge: model folders whose current
+//                                                         files do not load
 // Thread-safe.
 class Metrics {
  public:
@@ -101,8 +104,11 @@ class Metrics {
                          const std::string& dtype);
   // Drops the info gauge of a model no longer served; its other series keep their values.
   void RemoveModel(const std::string& name);
-  // Counts a reload of the repository; `ok`: every changed model loaded.
-  void CountReload(bool ok);
+  enum class ReloadResult { kOk, kFailed, kUnreadable };
+  // Counts a reload of the repository.
+  void CountReload(ReloadResult result);
+  // Sets the number of model folders whose current files do not load.
+  void SetUnavailableModels(size_t count);
 
   // Counts a request for a model that is not served.
   void CountUnknownModelRequest(MetricMode mode, absl::StatusCode code);
@@ -122,6 +128,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& audit_failures_;
   prometheus::Family<prometheus::Counter>& exact_answers_;
   prometheus::Family<prometheus::Counter>& reloads_;
+  prometheus::Gauge& unavailable_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<ModelMetrics>> models_ ABSL_GUARDED_BY(mu_);
 };

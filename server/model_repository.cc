@@ -46,6 +46,11 @@ class ErrorCollector final : public google::protobuf::io::ErrorCollector {
   std::string errors_;
 };
 
+absl::Status NameTaken(const std::string& dir, const ServedModel& model) {
+  return absl::InvalidArgumentError(
+      absl::StrFormat("model %s: the name '%s' is already taken", dir, model.name));
+}
+
 std::string Resolve(const std::string& dir, const std::string& path) {
   if (path.empty() || fs::path(path).is_absolute()) return path;
   return (fs::path(dir) / path).string();
@@ -373,39 +378,49 @@ absl::StatusOr<ModelRepository::Changes> ModelRepository::Update() {
   ASSIGN_OR_RETURN(const std::vector<std::string> dirs, ListModelDirs(root_));
   absl::flat_hash_map<std::string, std::shared_ptr<const ServedModel>> previous;
   for (const auto& m : models_) previous[m->dir] = m;
+  absl::flat_hash_map<std::string, Failure> failed;
+  for (Failure& f : failures_) failed[f.dir] = std::move(f);
 
   Changes changes;
   std::vector<std::shared_ptr<const ServedModel>> models;
+  std::vector<Failure> failures;
   std::set<std::string> names;
   for (const std::string& dir : dirs) {
     const auto before = previous.find(dir);
     std::shared_ptr<const ServedModel> model = before == previous.end() ? nullptr : before->second;
-    const std::string fingerprint = ModelFingerprint(dir);
-    const auto failed = failed_.find(dir);
-    if ((model == nullptr || model->fingerprint != fingerprint) &&
-        (failed == failed_.end() || failed->second != fingerprint)) {
+    std::string fingerprint = ModelFingerprint(dir);
+    const auto failure = failed.find(dir);
+    if (failure != failed.end() && failure->second.fingerprint == fingerprint &&
+        (failure->second.taken_name.empty() || names.contains(failure->second.taken_name))) {
+      failures.push_back(std::move(failure->second));
+    } else if (model == nullptr || model->fingerprint != fingerprint) {
       absl::StatusOr<std::unique_ptr<ServedModel>> loaded = LoadModel(dir, options_, log_);
       if (loaded.ok() && names.contains((*loaded)->name)) {
-        loaded = absl::InvalidArgumentError(
-            absl::StrFormat("model %s: the name '%s' is already taken", dir, (*loaded)->name));
-      }
-      if (loaded.ok()) {
+        changes.errors.push_back(NameTaken(dir, **loaded));
+        failures.push_back({dir, std::move(fingerprint), changes.errors.back(), (*loaded)->name});
+      } else if (loaded.ok()) {
         (*loaded)->fingerprint = fingerprint;
         model = *std::move(loaded);
         changes.loaded.push_back(model);
-        failed_.erase(dir);
       } else {
         changes.errors.push_back(loaded.status());
-        failed_[dir] = fingerprint;
+        failures.push_back({dir, std::move(fingerprint), loaded.status(), {}});
       }
     }
-    if (model == nullptr || !names.insert(model->name).second) continue;
-    models.push_back(std::move(model));
+    if (model == nullptr) continue;
+    if (names.insert(model->name).second) {
+      models.push_back(std::move(model));
+    } else if (failures.empty() || failures.back().dir != dir) {
+      // Unchanged, but an earlier folder's new model took its name.
+      changes.errors.push_back(NameTaken(dir, *model));
+      failures.push_back({dir, std::move(fingerprint), changes.errors.back(), model->name});
+    }
   }
   for (const auto& m : models_) {
     if (!names.contains(m->name)) changes.unloaded.push_back(m->name);
   }
   models_ = std::move(models);
+  failures_ = std::move(failures);
   return changes;
 }
 

@@ -96,6 +96,14 @@ class ModelRepository {
     bool changed() const { return !loaded.empty() || !unloaded.empty(); }
   };
 
+  // A folder whose files did not load at their last attempt.
+  struct Failure {
+    std::string dir;
+    std::string fingerprint;  // of the files that failed
+    absl::Status status;      // names the folder
+    std::string taken_name;   // when an earlier folder's model holds the model's name
+  };
+
   // `log` receives progress notes (e.g. "generating ..."); it may be empty.
   ModelRepository(std::string root, RepositoryOptions options, LogFn log = {});
 
@@ -103,19 +111,24 @@ class ModelRepository {
   // folder whose fingerprint changed, drops those of removed folders and keeps the others (the
   // same objects). A model that does not load, or whose name an earlier folder's model holds,
   // leaves its folder's previous model (if any) in place, and its files are not tried again
-  // until their fingerprint changes. Fails, changing nothing, when `root` is not a directory
-  // (NotFound) or holds no model (FailedPrecondition).
+  // until their fingerprint changes or the name they clashed on is free. An unchanged model
+  // whose name an earlier folder's new model takes is unloaded and counts as failed. Fails,
+  // changing nothing, when `root` is not a directory (NotFound) or holds no model
+  // (FailedPrecondition).
   absl::StatusOr<Changes> Update();
 
   // The served models, in folder order, with distinct names.
   const std::vector<std::shared_ptr<const ServedModel>>& models() const { return models_; }
+  // The folders whose current files did not load, in folder order. Each folder of the last
+  // Update serves a model, is here, or both (its previous model keeps serving).
+  const std::vector<Failure>& failures() const { return failures_; }
 
  private:
   const std::string root_;
   const RepositoryOptions options_;
   const LogFn log_;
   std::vector<std::shared_ptr<const ServedModel>> models_;
-  absl::flat_hash_map<std::string, std::string> failed_;  // folder -> fingerprint that failed
+  std::vector<Failure> failures_;
 };
 
 // Class names, one a line (a trailing newline is optional; "\r\n" endings are accepted).

@@ -173,10 +173,11 @@ absl::Status Server::ReloadModels() {
   }
   absl::StatusOr<ModelRepository::Changes> changes = repository_.Update();
   if (!changes.ok()) {
-    metrics_->CountReload(false);
+    metrics_->CountReload(Metrics::ReloadResult::kUnreadable);
     return absl::Status(changes.status().code(),
                         absl::StrCat("reload: ", changes.status().message()));
   }
+  PublishFailures();
   if (changes->changed()) {
     for (const auto& m : changes->loaded) {
       if (log_) log_(DescribeModel(*m));
@@ -191,12 +192,29 @@ absl::Status Server::ReloadModels() {
     }
   }
   const absl::Status errors = Join(changes->errors);
-  if (changes->changed() || !errors.ok()) metrics_->CountReload(errors.ok());
+  if (changes->changed() || !errors.ok()) {
+    metrics_->CountReload(errors.ok() ? Metrics::ReloadResult::kOk
+                                      : Metrics::ReloadResult::kFailed);
+  }
   if (!errors.ok()) {
     return absl::Status(errors.code(), absl::StrCat("reload: ", errors.message(),
                                                     " (its previous version, if any, stays)"));
   }
   return absl::OkStatus();
+}
+
+void Server::PublishFailures() {
+  std::vector<v1::UnavailableModel> unavailable;
+  for (const ModelRepository::Failure& failure : repository_.failures()) {
+    v1::UnavailableModel& u = unavailable.emplace_back();
+    u.set_folder(failure.dir);
+    u.set_reason(std::string(failure.status.message()));
+    for (const auto& m : repository_.models()) {
+      if (m->dir == failure.dir) u.set_serving(m->name);
+    }
+  }
+  metrics_->SetUnavailableModels(unavailable.size());
+  grpc_service_.SetUnavailable(std::move(unavailable));
 }
 
 absl::Status Server::Serve(const std::vector<std::shared_ptr<const ServedModel>>& models) {

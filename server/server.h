@@ -66,8 +66,9 @@ class Server {
   // went, serves the new set while requests keep flowing: requests arriving from then on go to
   // it, those already queued are answered by the previous set. Unchanged models are not read
   // again; a changed one is held twice until the swap. The health stays SERVING. An error
-  // names every model that did not load (each keeps its previous version, if any), or says
-  // why the repository cannot be read (nothing changes). REQUIRES: LoadModels succeeded.
+  // names every model that did not load (each keeps its previous version, if any, and
+  // ListModels lists its folder as unavailable until its files change and load), or says why
+  // the repository cannot be read (nothing changes). REQUIRES: LoadModels succeeded.
   absl::Status ReloadModels() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Reports NOT_SERVING, answers every queued request at once and stops the workers (new
@@ -90,6 +91,9 @@ class Server {
   // Serves `models` from a new InferenceService, then retires the previous one.
   absl::Status Serve(const std::vector<std::shared_ptr<const ServedModel>>& models)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Tells ListModels and the metrics which folders of the repository do not load.
+  void PublishFailures() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const ServerOptions options_;
   const LogFn log_;

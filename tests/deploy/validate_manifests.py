@@ -47,7 +47,7 @@ HISTOGRAMS = ["adasoftmax_samples_per_query", "adasoftmax_sample_fraction",
               "adasoftmax_request_duration_seconds", "adasoftmax_queue_duration_seconds",
               "adasoftmax_batch_size"]
 GAUGES = ["adasoftmax_model_info", "adasoftmax_sample_cost", "adasoftmax_exact_batch_share",
-          "adasoftmax_build_info"]
+          "adasoftmax_build_info", "adasoftmax_repository_unavailable_models"]
 PROCESS = ["process_resident_memory_bytes", "process_virtual_memory_bytes",
            "process_start_time_seconds", "process_cpu_seconds_total", "process_open_fds",
            "process_max_fds"]
@@ -63,7 +63,8 @@ LABELS = {"adasoftmax_requests_total": {"model", "mode", "code"},
           "adasoftmax_build_info": {"version"},
           "adasoftmax_audit_queries_total": {"model"},
           "adasoftmax_audit_failures_total": {"model"},
-          "adasoftmax_repository_reloads_total": {"result"}}
+          "adasoftmax_repository_reloads_total": {"result"},
+          "adasoftmax_repository_unavailable_models": set()}
 GRPC_PORT = 50051
 METRICS_PORT = 9464
 # memory = model bytes x (LAYOUT_COPIES + SAMPLING_FRACTION x threads) + OVERHEAD (see the

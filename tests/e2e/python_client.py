@@ -99,6 +99,7 @@ class WireCompatibilityTest(unittest.TestCase):
         self.assertTrue(model.has_labels)
         self.assertAlmostEqual(model.default_epsilon, 0.3)
         self.assertEqual(model.default_mode, self.pb.MODE_ADAPTIVE)
+        self.assertEqual(list(reply.unavailable), [])  # every folder loads
 
     def test_exact_answers_match_numpy(self):
         for row in range(8):

@@ -158,8 +158,8 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
         "adasoftmax_model_info", "adasoftmax_audit_queries_total",
         "adasoftmax_audit_failures_total", "adasoftmax_adaptive_exact_answers_total",
         "adasoftmax_sample_cost", "adasoftmax_exact_batch_share", "adasoftmax_build_info",
-        "adasoftmax_repository_reloads_total", "process_resident_memory_bytes",
-        "process_start_time_seconds"}) {
+        "adasoftmax_repository_reloads_total", "adasoftmax_repository_unavailable_models",
+        "process_resident_memory_bytes", "process_start_time_seconds"}) {
     EXPECT_TRUE(names.count(name)) << name << " missing from\n" << text;
   }
   EXPECT_THAT(text, HasSubstr("# TYPE adasoftmax_samples_per_query histogram"));
@@ -170,6 +170,7 @@ TEST_F(ServerE2eTest, MetricsEndpointParsesAndHasEveryName) {
   EXPECT_EQ(FindSample(samples, "adasoftmax_build_info", {{"version", kVersion}}), 1.0);
   EXPECT_EQ(FindSample(samples, "adasoftmax_repository_reloads_total", {{"result", "failed"}}),
             0.0);
+  EXPECT_EQ(FindSample(samples, "adasoftmax_repository_unavailable_models", {}), 0.0);
   EXPECT_GE(*FindSample(samples, "adasoftmax_requests_total",
                         {{"model", "small"}, {"mode", "exact"}, {"code", "OK"}}),
             1.0);
@@ -345,7 +346,9 @@ TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
 TEST_F(ServerE2eTest, CliModelsHealthAndLoadgen) {
   CommandResult models = RunCommand({Cli(), "models", "--target", server_->address, "--json"});
   ASSERT_EQ(models.exit_code, 0) << models.err;
-  const nlohmann::json list = nlohmann::json::parse(models.out);
+  const nlohmann::json response = nlohmann::json::parse(models.out);
+  EXPECT_EQ(response["unavailable"], nlohmann::json::array());
+  const nlohmann::json& list = response["models"];
   ASSERT_EQ(list.size(), 3u);
   EXPECT_EQ(list[0]["name"], "audit");
   EXPECT_EQ(list[0]["calibration_mode"], "manual");
@@ -557,6 +560,22 @@ TEST(ServerReloadTest, SighupLoadsAddedModelsAndUnloadsRemovedOnes) {
       << server.process->Stderr();
   EXPECT_TRUE(client->TopKSoftmax("small", QueryRow(data.queries, 0)).ok());
   EXPECT_EQ(*client->Health(), HealthStatus::kServing);
+  // `adasoftmax models` shows the folder that does not load, and why.
+  const CommandResult text =
+      RunCommand({BinDir() + "/adasoftmax", "models", "--target", server.address});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_THAT(text.out, HasSubstr("unavailable: model " + dir.Sub("repo/small")));
+  EXPECT_THAT(text.out, HasSubstr("gone.npy"));
+  EXPECT_THAT(text.out, HasSubstr("(its previous version serves as small)"));
+  const CommandResult json =
+      RunCommand({BinDir() + "/adasoftmax", "models", "--target", server.address, "--json"});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const nlohmann::json unavailable = nlohmann::json::parse(json.out)["unavailable"];
+  ASSERT_EQ(unavailable.size(), 1u);
+  EXPECT_EQ(unavailable[0]["folder"], dir.Sub("repo/small"));
+  EXPECT_EQ(unavailable[0]["serving"], "small");
+  EXPECT_EQ(
+      WaitForMetric(server.metrics_address, "adasoftmax_repository_unavailable_models", {}, 1), 1);
   // An idle C++ channel acks the server's shutdown GOAWAY ping only at its 5-s backup poll.
   client.reset();
   server.process->Signal(SIGTERM);

@@ -21,6 +21,7 @@ using ::adasoftmax::testing::TempDir;
 using ::adasoftmax::testing::WriteModel;
 using ::adasoftmax::testing::WriteTextFile;
 using ::testing::HasSubstr;
+using ::testing::IsEmpty;
 
 SynthOptions Tiny(uint64_t seed = 5) {
   SynthOptions o;
@@ -225,6 +226,13 @@ std::vector<std::string> Names(const std::vector<std::shared_ptr<const ServedMod
   return names;
 }
 
+// The folder names of failures.
+std::vector<std::string> Folders(const std::vector<ModelRepository::Failure>& failures) {
+  std::vector<std::string> folders;
+  for (const auto& f : failures) folders.push_back(std::filesystem::path(f.dir).filename());
+  return folders;
+}
+
 TEST_F(ModelRepositoryTest, RepositoryLoadsEveryModelInOrderAndRejectsDuplicates) {
   WriteModel(dir_.Sub("repo/b"), Tiny(1));
   WriteModel(dir_.Sub("repo/a"), Tiny(2));
@@ -244,6 +252,38 @@ TEST_F(ModelRepositoryTest, RepositoryLoadsEveryModelInOrderAndRejectsDuplicates
   EXPECT_THAT(changes->errors[0].message(), HasSubstr("repo/c: the name 'a' is already taken"));
   EXPECT_FALSE(changes->changed());
   EXPECT_EQ(Names(repository.models()), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"c"});
+  EXPECT_EQ(repository.failures()[0].status, changes->errors[0]);
+
+  // Folder a's model takes b's name: b's model goes and its folder fails; c's name is free now,
+  // so c loads, though its files did not change.
+  const std::string a_config = testing::ReadTextFile(dir_.Sub("repo/a/model.pbtxt"));
+  WriteTextFile(dir_.Sub("repo/a/model.pbtxt"), a_config + "name: \"b\"\n");
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), (std::vector<std::string>{"b", "a"}));
+  ASSERT_EQ(changes->errors.size(), 1u);
+  EXPECT_THAT(changes->errors[0].message(), HasSubstr("repo/b: the name 'b' is already taken"));
+  EXPECT_EQ(Names(repository.models()), (std::vector<std::string>{"b", "a"}));
+  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"b"});
+  changes = repository.Update();  // the clash stays: nothing is tried again
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_FALSE(changes->changed());
+  EXPECT_TRUE(changes->errors.empty());
+  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"b"});
+
+  // And back: b loads again, c's model (named a) gives way to folder a's.
+  WriteTextFile(dir_.Sub("repo/a/model.pbtxt"), a_config);
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(changes->loaded), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(Names(repository.models()), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"c"});
+  std::filesystem::remove_all(dir_.Sub("repo/c"));
+  changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_FALSE(changes->changed());
+  EXPECT_THAT(repository.failures(), IsEmpty());
 
   EXPECT_EQ(ModelRepository(dir_.Sub("nowhere"), Options()).Update().status().code(),
             absl::StatusCode::kNotFound);
@@ -342,15 +382,19 @@ TEST_F(ModelRepositoryTest, UpdateReloadsWhatChangedAndKeepsTheRest) {
   EXPECT_THAT(changes->errors[0].message(), HasSubstr("repo/c"));
   EXPECT_THAT(changes->errors[0].message(), HasSubstr("missing.npy"));
   EXPECT_EQ(repository.models()[1], c);
+  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"c"});
   changes = repository.Update();
   ASSERT_TRUE(changes.ok()) << changes.status();
   EXPECT_TRUE(changes->errors.empty());
   EXPECT_FALSE(changes->changed());
+  ASSERT_EQ(Folders(repository.failures()), std::vector<std::string>{"c"});
+  EXPECT_THAT(repository.failures()[0].status.message(), HasSubstr("missing.npy"));
   WriteTextFile(dir_.Sub("repo/c/model.pbtxt"), good_config + "default_delta: 0.05\n");
   changes = repository.Update();
   ASSERT_TRUE(changes.ok()) << changes.status();
   EXPECT_EQ(Names(changes->loaded), std::vector<std::string>{"c"});
   EXPECT_EQ(repository.models()[1]->default_delta, 0.05);
+  EXPECT_THAT(repository.failures(), IsEmpty());
 
   // An unreadable repository changes nothing.
   const std::vector<std::shared_ptr<const ServedModel>> last = repository.models();

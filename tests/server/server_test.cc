@@ -334,8 +334,8 @@ TEST_F(ServerTest, ListModelsDescribesTheModels) {
   StartAndLoad();
   auto models = client_->ListModels();
   ASSERT_TRUE(models.ok()) << models.status();
-  ASSERT_EQ(models->size(), 2u);
-  const v1::ModelInfo& small = (*models)[0];
+  ASSERT_EQ(models->models_size(), 2);
+  const v1::ModelInfo& small = models->models(0);
   EXPECT_EQ(small.name(), "small");
   EXPECT_EQ(small.n(), kN);
   EXPECT_EQ(small.d(), kD);
@@ -349,7 +349,7 @@ TEST_F(ServerTest, ListModelsDescribesTheModels) {
   EXPECT_EQ(small.calibration_mode(), "theory");
   EXPECT_EQ(small.lognormal_correction(), 0);
   EXPECT_EQ(small.warmup_fraction(), 0.1);
-  const v1::ModelInfo& tuned = (*models)[1];
+  const v1::ModelInfo& tuned = models->models(1);
   EXPECT_EQ(tuned.name(), "tuned");
   EXPECT_EQ(tuned.default_epsilon(), 0.2);
   EXPECT_EQ(tuned.default_mode(), v1::MODE_EXACT);
@@ -561,9 +561,11 @@ TEST_F(ServerTest, ReloadsUnderLoadDropNoCall) {
     ASSERT_TRUE(server_->ReloadModels().ok()) << reload;
     auto models = client_->ListModels();
     ASSERT_TRUE(models.ok()) << models.status();
-    ASSERT_EQ(models->size(), reload == 2 || reload == 3 ? 2u : 1u) << reload;
-    EXPECT_EQ(models->back().name(), "small");  // after "second"
-    EXPECT_EQ(models->back().default_epsilon(), epsilon) << reload;
+    ASSERT_EQ(models->models_size(), reload == 2 || reload == 3 ? 2 : 1) << reload;
+    const v1::ModelInfo& small = *models->models().rbegin();  // after "second"
+    EXPECT_EQ(small.name(), "small");
+    EXPECT_EQ(small.default_epsilon(), epsilon) << reload;
+    EXPECT_THAT(models->unavailable(), ::testing::IsEmpty());
     if (reload == 2) EXPECT_TRUE(client_->TopKSoftmax("second", Row(0)).ok());
   }
   const int before = answered;
@@ -587,17 +589,46 @@ TEST_F(ServerTest, ReloadsUnderLoadDropNoCall) {
 
 TEST_F(ServerTest, ReloadThatFailsKeepsThePreviousModelServing) {
   StartAndLoad();
+  const std::string config = testing::ReadTextFile(dir_.Sub("repo/small/model.pbtxt"));
   testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"), "weights: \"gone.npy\"\n");
+  testing::WriteTextFile(dir_.Sub("repo/broken/model.pbtxt"), "weights: \"none.npy\"\n");
   const absl::Status s = server_->ReloadModels();
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(s.message(), HasSubstr("repo/small"));
   EXPECT_THAT(s.message(), HasSubstr("gone.npy"));
+  EXPECT_THAT(s.message(), HasSubstr("none.npy"));
   EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
   absl::StatusOr<Result> r = client_->TopKSoftmax("small", Row(0));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->labels.size(), 1u);  // the previous version, with its labels
-  EXPECT_THAT(MetricsText(server_->registry()),
-              HasSubstr("adasoftmax_repository_reloads_total{result=\"failed\"} 1"));
+  std::string metrics = MetricsText(server_->registry());
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_reloads_total{result=\"failed\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_unavailable_models 2"));
+
+  // ListModels names both folders, why they do not load and what each still serves.
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->models_size(), 1);
+  ASSERT_EQ(models->unavailable_size(), 2);
+  EXPECT_EQ(models->unavailable(0).folder(), dir_.Sub("repo/broken"));
+  EXPECT_THAT(models->unavailable(0).reason(), HasSubstr("none.npy"));
+  EXPECT_EQ(models->unavailable(0).serving(), "");
+  EXPECT_EQ(models->unavailable(1).folder(), dir_.Sub("repo/small"));
+  EXPECT_THAT(models->unavailable(1).reason(), HasSubstr("gone.npy"));
+  EXPECT_EQ(models->unavailable(1).serving(), "small");
+
+  // Mended, and the broken folder gone: the list empties.
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"), config + "default_epsilon: 0.2\n");
+  std::filesystem::remove_all(dir_.Sub("repo/broken"));
+  ASSERT_TRUE(server_->ReloadModels().ok());
+  models = client_->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->models_size(), 1);
+  EXPECT_EQ(models->models(0).default_epsilon(), 0.2);
+  EXPECT_THAT(models->unavailable(), ::testing::IsEmpty());
+  metrics = MetricsText(server_->registry());
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_unavailable_models 0"));
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_reloads_total{result=\"ok\"} 1"));
 
   std::filesystem::remove_all(dir_.Sub("repo"));
   EXPECT_EQ(server_->ReloadModels().code(), absl::StatusCode::kNotFound);
