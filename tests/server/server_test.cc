@@ -633,6 +633,9 @@ TEST_F(ServerTest, ReloadThatFailsKeepsThePreviousModelServing) {
   std::filesystem::remove_all(dir_.Sub("repo"));
   EXPECT_EQ(server_->ReloadModels().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(client_->TopKSoftmax("small", Row(0)).ok());
+  metrics = MetricsText(server_->registry());
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_reloads_total{result=\"unreadable\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("adasoftmax_repository_reloads_total{result=\"failed\"} 1"));
 }
 
 }  // namespace
