@@ -259,7 +259,11 @@ absl::StatusOr<Inputs> LoadInputs(
     take("delta", c.delta, &in.query.delta, true);
     take("temperature", c.temperature, &in.query.temperature, false);
   }
-  ModelFiles files{f.weights, f.tensor, f.bias, f.bias_tensor, std::nullopt, std::nullopt};
+  ModelFiles files;
+  files.weights = f.weights;
+  files.tensor = f.tensor;
+  files.bias = f.bias;
+  files.bias_tensor = f.bias_tensor;
   ASSIGN_OR_RETURN(files.dtype, ParseDTypeSetting("--dtype", f.dtype));
   ASSIGN_OR_RETURN(files.sampling_dtype, ParseDTypeSetting("--sampling-dtype", f.sampling_dtype));
   ASSIGN_OR_RETURN(in.queries, ReadQueries(f.queries));

@@ -36,12 +36,14 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files
     }
   }
   const DType dtype = files.dtype.value_or(weights.dtype);
-  return Build(std::move(weights), std::move(bias), dtype, files.sampling_dtype, files.weights);
+  return Build(std::move(weights), std::move(bias), dtype, files.sampling_dtype, files.weights,
+               files.max_bytes);
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::vector<float> bias,
                                                            DType dtype,
-                                                           std::optional<DType> sampling_dtype) {
+                                                           std::optional<DType> sampling_dtype,
+                                                           std::optional<size_t> max_bytes) {
   auto owner = std::make_shared<const Matrix>(std::move(weights));
   // Braced initialisers run in order: owner is read before it moves.
   RawMatrix raw{.dtype = DType::kFloat32,
@@ -50,13 +52,14 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Create(Matrix weights, std::
                 .layout = owner->layout(),
                 .data = owner->data(),
                 .keepalive = std::move(owner)};
-  return Build(std::move(raw), std::move(bias), dtype, sampling_dtype, "weights");
+  return Build(std::move(raw), std::move(bias), dtype, sampling_dtype, "weights", max_bytes);
 }
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
                                                           std::vector<float> bias, DType dtype,
                                                           std::optional<DType> sampling_dtype,
-                                                          const std::string& source) {
+                                                          const std::string& source,
+                                                          std::optional<size_t> max_bytes) {
   if (weights.rows == 0 || weights.cols == 0) {
     return absl::InvalidArgumentError("weights are empty");
   }
@@ -69,8 +72,19 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
       return absl::InvalidArgumentError(absl::StrFormat("bias[%d] is not finite", i));
     }
   }
-  std::shared_ptr<Model> model(new Model);
   const size_t n = weights.rows, d = weights.cols, size = ElementBytes(dtype);
+  // Checked before each layout is allocated; first with the copy's least possible dtype.
+  auto fits = [&](DType copy) -> absl::Status {
+    const size_t bytes = n * d * (size + ElementBytes(copy));
+    if (!max_bytes || bytes <= *max_bytes) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "%s: the model would hold %.1f MiB (%d x %d x (%d + %d) bytes), more than the %.1f MiB "
+        "it may",
+        source, bytes / 1048576.0, n, d, size, ElementBytes(copy), *max_bytes / 1048576.0));
+  };
+  RETURN_IF_ERROR(
+      fits(sampling_dtype.value_or(dtype == DType::kFloat32 ? DType::kFloat16 : dtype)));
+  std::shared_ptr<Model> model(new Model);
   model->n_ = n;
   model->d_ = d;
   model->dtype_ = dtype;
@@ -102,6 +116,7 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
   if (!sampling_dtype.has_value()) {
     sampling_dtype = DefaultSamplingDType(dtype, model->rows_.data(), n * d);
   }
+  RETURN_IF_ERROR(fits(*sampling_dtype));
   model->sampling_dtype_ = *sampling_dtype;
   model->panels_.Reset(model->panels() * n * kPanelWidth * ElementBytes(*sampling_dtype));
   // Row by row: widened, rounded to the copy's dtype, widened back for its error.

@@ -26,6 +26,9 @@ struct ModelFiles {
   // The dtype of the sampler's copy. None: float16 for float32 weights that float16 holds
   // (every |A_ij| < 65520), else the weights' dtype.
   std::optional<DType> sampling_dtype;
+  // The most memory_bytes() may come to: a model whose layouts would take more fails to load
+  // (ResourceExhausted, before it allocates them). None: no bound.
+  std::optional<size_t> max_bytes;
 };
 
 // The weights A (n x d) in one dtype (float32, float16 or bfloat16), optional float32 bias b
@@ -53,10 +56,11 @@ class Model {
   static absl::StatusOr<std::shared_ptr<const Model>> Load(const ModelFiles& files);
   // REQUIRES: bias is empty or has weights.rows() entries; all values finite and, once rounded
   // to `dtype` and to `sampling_dtype`, still finite (else InvalidArgument naming the entry).
-  // sampling_dtype: as ModelFiles'.
+  // sampling_dtype and max_bytes: as ModelFiles'.
   static absl::StatusOr<std::shared_ptr<const Model>> Create(
       Matrix weights, std::vector<float> bias, DType dtype = DType::kFloat32,
-      std::optional<DType> sampling_dtype = std::nullopt);
+      std::optional<DType> sampling_dtype = std::nullopt,
+      std::optional<size_t> max_bytes = std::nullopt);
 
   size_t n() const { return n_; }
   size_t d() const { return d_; }
@@ -95,7 +99,8 @@ class Model {
   static absl::StatusOr<std::shared_ptr<const Model>> Build(RawMatrix weights,
                                                             std::vector<float> bias, DType dtype,
                                                             std::optional<DType> sampling_dtype,
-                                                            const std::string& source);
+                                                            const std::string& source,
+                                                            std::optional<size_t> max_bytes);
 
   size_t n_ = 0;
   size_t d_ = 0;

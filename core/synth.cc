@@ -12,8 +12,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "core/blas.h"
-#include "core/cpus.h"
 #include "core/random.h"
+#include "core/resources.h"
 
 namespace adasoftmax {
 namespace {

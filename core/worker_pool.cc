@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
-#include "core/cpus.h"
+#include "core/resources.h"
 
 namespace adasoftmax {
 namespace {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,9 +29,10 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "core/blas_kernels.h"
-#include "core/cpus.h"
+#include "core/resources.h"
 #include "core/version.h"
 #include "core/worker_pool.h"
 #include "server/server.h"
@@ -55,6 +57,10 @@ ABSL_FLAG(int, batch_threads, 0,
 ABSL_FLAG(double, repository_poll_s, 0,
           "seconds between checks of the model repository for new, changed and removed models, "
           "which are then loaded or unloaded while serving (0: only on SIGHUP)");
+ABSL_FLAG(int64_t, memory_limit_mb, -1,
+          "memory the server may hold, in MiB: a model whose layouts do not fit in what the "
+          "process holds leaves of it is not loaded (-1: its cgroup's memory limit, if any; 0: "
+          "no bound)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
 ABSL_FLAG(double, audit_fraction, 0.01,
@@ -88,11 +94,12 @@ void Log(const std::string& line) { std::fprintf(stderr, "adasoftmax-server: %s\
 // Sets every flag that the command line does not give from ADASOFTMAX_<NAME>. Must run before
 // absl::ParseCommandLine, which then overrides these values.
 bool ApplyEnvironment() {
-  constexpr const char* kFlags[] = {
-      "model_repository", "address",        "metrics_address", "max_batch_size",
-      "batch_timeout_us", "max_queue_size", "threads",         "batch_threads",
-      "shutdown_grace_s", "audit_fraction", "cache_dir",       "max_message_bytes",
-      "tls_cert",         "tls_key",        "tls_client_ca",   "repository_poll_s"};
+  constexpr const char* kFlags[] = {"model_repository",  "address",          "metrics_address",
+                                    "max_batch_size",    "batch_timeout_us", "max_queue_size",
+                                    "threads",           "batch_threads",    "shutdown_grace_s",
+                                    "audit_fraction",    "cache_dir",        "max_message_bytes",
+                                    "tls_cert",          "tls_key",          "tls_client_ca",
+                                    "repository_poll_s", "memory_limit_mb"};
   for (const char* name : kFlags) {
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string var = absl::StrCat("ADASOFTMAX_", absl::AsciiStrToUpper(name));
@@ -240,6 +247,21 @@ int main(int argc, char** argv) {
   options.repository.batching.max_batch_size = static_cast<size_t>(max_batch);
   options.repository.batching.max_queue_size = static_cast<size_t>(max_queue);
   options.repository.batching.batch_timeout = absl::Microseconds(timeout_us);
+  const int64_t memory_limit_mb = absl::GetFlag(FLAGS_memory_limit_mb);
+  if (memory_limit_mb < -1 || memory_limit_mb > (int64_t{1} << 40)) {
+    Log("--memory_limit_mb must be -1 (the cgroup's limit), 0 (no bound) or a size in MiB");
+    return 2;
+  }
+  std::string memory_limit = "none";
+  if (memory_limit_mb > 0) {
+    options.repository.memory_limit_bytes = static_cast<size_t>(memory_limit_mb) << 20;
+    memory_limit = absl::StrCat(memory_limit_mb, " MiB");
+  } else if (memory_limit_mb == -1) {
+    if (const std::optional<size_t> limit = adasoftmax::CgroupMemoryLimit()) {
+      options.repository.memory_limit_bytes = *limit;
+      memory_limit = absl::StrFormat("%.1f MiB (the cgroup's)", *limit / 1048576.0);
+    }
+  }
   const double grace_s = absl::GetFlag(FLAGS_shutdown_grace_s);
   const double poll_s = absl::GetFlag(FLAGS_repository_poll_s);
   if (!(grace_s >= 0) || !(poll_s >= 0)) {
@@ -256,6 +278,7 @@ int main(int argc, char** argv) {
                    poll_s > 0 ? absl::StrCat(" and every ", poll_s, " s") : "", ")"));
   Log(absl::StrCat("threads ", threads, " a batch, ", options.threads, " batch threads (CPUs: ",
                    usable_cpus, " usable of ", std::thread::hardware_concurrency(), " online)"));
+  Log(absl::StrCat("memory limit ", memory_limit));
   auto server = adasoftmax::server::Server::Start(options, Log);
   if (!server.ok()) {
     Log(std::string(server.status().message()));

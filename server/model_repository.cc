@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/calibration.h"
+#include "core/resources.h"
 #include "core/sample_cost_meter.h"
 #include "core/status_macros.h"
 #include "core/synth.h"
@@ -121,10 +122,12 @@ absl::Status WriteNpyAtomically(const std::string& path, const T& data) {
 absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::string& dir,
                                                                  const SynthOptions& o,
                                                                  std::optional<DType> dtype,
-                                                                 std::optional<DType> sampling) {
+                                                                 std::optional<DType> sampling,
+                                                                 std::optional<size_t> max_bytes) {
   ModelFiles files;
   files.dtype = dtype;
   files.sampling_dtype = sampling;
+  files.max_bytes = max_bytes;
   files.weights = (fs::path(dir) / "weights.npy").string();
   if (o.bias) files.bias = (fs::path(dir) / "bias.npy").string();
   // The queries are written last: their presence marks a complete cache.
@@ -141,15 +144,15 @@ absl::StatusOr<std::shared_ptr<const Model>> ReadCachedSynthetic(const std::stri
 
 absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     const std::string& name, const v1::SyntheticModel& synthetic, const std::string& cache_dir,
-    std::optional<DType> dtype, std::optional<DType> sampling,
+    std::optional<DType> dtype, std::optional<DType> sampling, std::optional<size_t> max_bytes,
     const std::function<void(const std::string&)>& log, std::string* source, std::string* queries) {
   ASSIGN_OR_RETURN(const SynthOptions o, ToSynthOptions(synthetic));
   if (cache_dir.empty()) return absl::InvalidArgumentError("synthetic: no --cache_dir to cache it in");
   const std::string dir = SyntheticCacheDir(cache_dir, name, synthetic);
   *queries = (fs::path(dir) / "queries.npy").string();
   absl::StatusOr<std::shared_ptr<const Model>> cached =
-      ReadCachedSynthetic(dir, o, dtype, sampling);
-  if (cached.ok()) {
+      ReadCachedSynthetic(dir, o, dtype, sampling, max_bytes);
+  if (cached.ok() || absl::IsResourceExhausted(cached.status())) {
     *source = absl::StrCat("synthetic, cached in ", dir);
     return cached;
   }
@@ -177,11 +180,11 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     if (log) log(absl::StrCat("model ", name, ": could not cache: ", written.message()));
   }
   return Model::Create(std::move(data.weights), std::move(data.bias),
-                       dtype.value_or(DType::kFloat32), sampling);
+                       dtype.value_or(DType::kFloat32), sampling, max_bytes);
 }
 
 absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
-    const std::string& dir, const RepositoryOptions& options,
+    const std::string& dir, const RepositoryOptions& options, std::optional<size_t> max_bytes,
     const std::function<void(const std::string&)>& log) {
   auto served = std::make_unique<ServedModel>();
   served->dir = dir;
@@ -207,14 +210,15 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModelImpl(
     if (!c.bias().empty()) return absl::InvalidArgumentError("bias: not allowed with `synthetic`");
     ASSIGN_OR_RETURN(served->model,
                      LoadSynthetic(served->name, c.synthetic(), options.cache_dir, dtype, sampling,
-                                   log, &served->source, &served->sample_queries));
+                                   max_bytes, log, &served->source, &served->sample_queries));
   } else {
     const ModelFiles files{Resolve(dir, c.weights()),
                            c.weights_tensor(),
                            Resolve(dir, c.bias()),
                            c.bias_tensor(),
                            dtype,
-                           sampling};
+                           sampling,
+                           max_bytes};
     ASSIGN_OR_RETURN(served->model, Model::Load(files));
     served->source = files.weights;
     served->sample_queries = Resolve(dir, c.sample_queries());
@@ -343,10 +347,19 @@ absl::StatusOr<std::vector<std::string>> ListModelDirs(const std::string& root) 
 absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(
     const std::string& dir, const RepositoryOptions& options,
     const std::function<void(const std::string&)>& log) {
-  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadModelImpl(dir, options, log);
+  std::optional<size_t> max_bytes;
+  std::string memory;  // explains max_bytes
+  if (options.memory_limit_bytes > 0) {
+    const size_t held = ResidentAnonymousBytes(), limit = options.memory_limit_bytes;
+    max_bytes = limit > held ? limit - held : 0;
+    memory = absl::StrFormat(" (the memory limit is %.1f MiB, of which the process holds %.1f MiB)",
+                             limit / 1048576.0, held / 1048576.0);
+  }
+  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadModelImpl(dir, options, max_bytes, log);
   if (!model.ok()) {
     return absl::Status(model.status().code(),
-                        absl::StrCat("model ", dir, ": ", model.status().message()));
+                        absl::StrCat("model ", dir, ": ", model.status().message(),
+                                     absl::IsResourceExhausted(model.status()) ? memory : ""));
   }
   return model;
 }

@@ -109,6 +109,28 @@ TEST(ModelTest, SamplingCopyInAnyDtypeAndFloat32WhereFloat16FallsShort) {
               AllOf(HasSubstr("100000"), HasSubstr("row 1, column 1"), HasSubstr("float16")));
 }
 
+// max_bytes bounds both layouts, checked before each is allocated: the copy's dtype, when
+// the weights decide it, only once the rows are read.
+TEST(ModelTest, AModelLargerThanMaxBytesIsRefusedNamingItsSize) {
+  constexpr size_t kHalfCopy = 37 * 11 * (4 + 2), kFullCopy = 37 * 11 * (4 + 4);
+  EXPECT_TRUE(Model::Create(Ramp(37, 11), {}, DType::kFloat32, std::nullopt, kHalfCopy).ok());
+  const absl::StatusOr<std::shared_ptr<const Model>> over =
+      Model::Create(Ramp(37, 11), {}, DType::kFloat32, std::nullopt, kHalfCopy - 1);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(over.status().message()),
+              AllOf(HasSubstr("37 x 11 x (4 + 2) bytes"), HasSubstr("more than")));
+  EXPECT_EQ(
+      Model::Create(Ramp(37, 11), {}, DType::kFloat32, DType::kFloat32, kHalfCopy).status().code(),
+      absl::StatusCode::kResourceExhausted);
+  Matrix wide = Ramp(37, 11);
+  wide.mutable_data()[3] = 1e5f;  // beyond float16: the copy is float32
+  const absl::StatusOr<std::shared_ptr<const Model>> kept =
+      Model::Create(wide.Copy(Layout::kRowMajor), {}, DType::kFloat32, std::nullopt, kHalfCopy);
+  EXPECT_EQ(kept.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(kept.status().message()), HasSubstr("37 x 11 x (4 + 4) bytes"));
+  EXPECT_TRUE(Model::Create(std::move(wide), {}, DType::kFloat32, std::nullopt, kFullCopy).ok());
+}
+
 TEST(ModelTest, KeepsTheLargestRowNormAndBias) {
   Matrix m = Matrix::Owned(3, 2, Layout::kRowMajor);
   const float values[] = {3, 4, -1, 1, 0, -6};  // row norms 5, sqrt(2), 6

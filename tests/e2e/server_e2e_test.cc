@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -604,6 +605,65 @@ TEST(ServerReloadTest, RepositoryPollLoadsChangesWithoutASignal) {
     EXPECT_EQ(bad.exit_code, 2) << flag;
     EXPECT_THAT(bad.err, HasSubstr("--repository_poll_s must be >= 0")) << flag;
   }
+}
+
+// A repository whose one model (4096 x 4096 float32: 96 MiB in memory) does not fit under a
+// memory limit: start-up fails naming the model, its size and the limit, and exits 1.
+class ServerMemoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::filesystem::create_directories(dir_.Sub("repo/big"));
+    ASSERT_TRUE(
+        WriteNpy(dir_.Sub("repo/big/weights.npy"), Matrix::Owned(4096, 4096, Layout::kRowMajor))
+            .ok());
+    WriteTextFile(dir_.Sub("repo/big/model.pbtxt"), "weights: \"weights.npy\"\n");
+  }
+  CommandResult Start(const std::string& memory_flag) {
+    return RunCommand({BinDir() + "/adasoftmax-server", "--model_repository=" + dir_.Sub("repo"),
+                       "--address=127.0.0.1:0", "--metrics_address=", memory_flag});
+  }
+  TempDir dir_;
+};
+
+TEST_F(ServerMemoryTest, AModelBeyondTheMemoryLimitStopsStartUp) {
+  const CommandResult small = Start("--memory_limit_mb=16");
+  EXPECT_EQ(small.exit_code, 1) << small.err;
+  EXPECT_THAT(small.err, HasSubstr("memory limit 16 MiB"));
+  EXPECT_THAT(small.err, HasSubstr("repo/big"));
+  EXPECT_THAT(small.err, HasSubstr("4096 x 4096 x (4 + 2) bytes"));
+  EXPECT_THAT(small.err, HasSubstr("the memory limit is 16.0 MiB"));
+  const CommandResult negative = Start("--memory_limit_mb=-2");
+  EXPECT_EQ(negative.exit_code, 2) << negative.err;
+  EXPECT_THAT(negative.err, HasSubstr("--memory_limit_mb must be -1"));
+}
+
+// The limit defaults to the cgroup's: the server started in a cgroup v1 limited to 64 MiB (when
+// this process may make one: root and a writable memory hierarchy, as on the CI machine) reads
+// it and refuses the model instead of being killed loading it.
+TEST_F(ServerMemoryTest, TheLimitIsTheCgroupsByDefault) {
+  const std::string parent = "/sys/fs/cgroup/memory";
+  std::ifstream self("/proc/self/cgroup");
+  std::string home;
+  for (std::string line; std::getline(self, line);) {
+    const size_t at = line.find(":memory:");
+    if (at != std::string::npos) home = line.substr(at + 8);
+  }
+  const std::string cgroup =
+      absl::StrCat(parent, home == "/" ? "" : home, "/adasoftmax-e2e-", getpid());
+  std::error_code ec;
+  if (home.empty() || geteuid() != 0 || !std::filesystem::create_directory(cgroup, ec)) {
+    GTEST_SKIP() << "needs root and a writable cgroup v1 memory hierarchy at " << parent;
+  }
+  std::ofstream(cgroup + "/memory.limit_in_bytes") << (64 << 20);
+  // The server inherits the cgroup of this process while it spawns it.
+  std::ofstream(cgroup + "/cgroup.procs") << getpid();
+  const CommandResult r = Start("--memory_limit_mb=-1");
+  std::ofstream(absl::StrCat(parent, home == "/" ? "" : home, "/cgroup.procs")) << getpid();
+  std::filesystem::remove(cgroup, ec);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("memory limit 64.0 MiB (the cgroup's)"));
+  EXPECT_THAT(r.err, HasSubstr("4096 x 4096 x (4 + 2) bytes"));
+  EXPECT_THAT(r.err, HasSubstr("the memory limit is 64.0 MiB"));
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/calibration.h"
+#include "core/resources.h"
 #include "core/synth.h"
 #include "core/tensor_io.h"
 #include "gmock/gmock.h"
@@ -20,6 +21,7 @@ namespace {
 using ::adasoftmax::testing::TempDir;
 using ::adasoftmax::testing::WriteModel;
 using ::adasoftmax::testing::WriteTextFile;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
@@ -290,6 +292,34 @@ TEST_F(ModelRepositoryTest, RepositoryLoadsEveryModelInOrderAndRejectsDuplicates
   std::filesystem::create_directories(dir_.Sub("empty"));
   EXPECT_EQ(ModelRepository(dir_.Sub("empty"), Options()).Update().status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Under a memory limit, a model whose layouts do not fit in what the process leaves of it fails
+// to load, before it allocates them, and its folder is listed as failed.
+TEST_F(ModelRepositoryTest, AModelBeyondTheMemoryLimitIsNotLoaded) {
+  WriteModel(dir_.Sub("repo/a"), Tiny(1));
+  std::filesystem::create_directories(dir_.Sub("repo/big"));
+  ASSERT_TRUE(
+      WriteNpy(dir_.Sub("repo/big/weights.npy"), Matrix::Owned(2048, 4096, Layout::kRowMajor))
+          .ok());  // 32 MiB
+  WriteTextFile(dir_.Sub("repo/big/model.pbtxt"), "weights: \"weights.npy\"\n");
+  RepositoryOptions options = Options();
+  options.memory_limit_bytes = ResidentAnonymousBytes() + (32 << 20);  // big needs 48 MiB
+  ModelRepository repository(dir_.Sub("repo"), options);
+  auto changes = repository.Update();
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  EXPECT_EQ(Names(repository.models()), std::vector<std::string>{"a"});
+  ASSERT_EQ(changes->errors.size(), 1u);
+  EXPECT_EQ(changes->errors[0].code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(changes->errors[0].message(),
+              AllOf(HasSubstr("repo/big"), HasSubstr("2048 x 4096 x (4 + 2) bytes"),
+                    HasSubstr("the memory limit is")));
+  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"big"});
+
+  options.memory_limit_bytes = 0;  // no bound
+  ModelRepository unbounded(dir_.Sub("repo"), options);
+  ASSERT_TRUE(unbounded.Update().ok());
+  EXPECT_EQ(Names(unbounded.models()), (std::vector<std::string>{"a", "big"}));
 }
 
 // Replaces `path` through a rename, as deployment tools do: a new file (inode) at the same path.

@@ -1,13 +1,15 @@
-#include "core/cpus.h"
+#include "core/resources.h"
 
 #include <sched.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <initializer_list>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 
@@ -48,6 +50,20 @@ std::optional<double> V1Limit(const std::string& dir) {
                Number(FirstLine(dir + "/cpu.cfs_period_us")));
 }
 
+// Memory: v2's memory.max holds bytes or "max"; v1's memory.limit_in_bytes holds bytes, about
+// 2^63 when unlimited.
+std::optional<double> Bytes(const std::optional<std::string>& text) {
+  const std::optional<double> bytes = Number(text);
+  if (!bytes || !(*bytes > 0) || *bytes >= 0x1p62) return std::nullopt;
+  return bytes;
+}
+std::optional<double> V2MemoryLimit(const std::string& dir) {
+  return Bytes(FirstLine(dir + "/memory.max"));
+}
+std::optional<double> V1MemoryLimit(const std::string& dir) {
+  return Bytes(FirstLine(dir + "/memory.limit_in_bytes"));
+}
+
 // Lowers `limit` to `found` when that is tighter (or the first found).
 void Tighten(std::optional<double>& limit, std::optional<double> found) {
   if (found) limit = std::min(limit.value_or(*found), *found);
@@ -56,7 +72,8 @@ void Tighten(std::optional<double>& limit, std::optional<double> found) {
 // The smallest limit of `mount` + `path` and its ancestors up to `mount` itself. Inside a
 // container the cgroup's own directory is usually mounted at `mount`, so that `path` (the
 // host's view) does not exist below it, and `mount`'s own files hold the limit.
-template <typename LimitOf>
+using LimitOf = std::optional<double> (*)(const std::string& dir);
+
 std::optional<double> Tightest(const std::string& mount, std::string path, LimitOf limit_of) {
   std::optional<double> tightest;
   while (true) {
@@ -66,26 +83,57 @@ std::optional<double> Tightest(const std::string& mount, std::string path, Limit
   }
 }
 
-}  // namespace
-
-std::optional<double> CgroupCpuLimit(const std::string& root) {
-  // Lines "<id>:<controllers>:<path>": v2's has no controllers, v1's cpu controller lists "cpu".
+// The tightest limit of the process's cgroups: limit_of(directory) of its v2 cgroup, and of its
+// v1 cgroup holding `controller` under each of `v1_mounts`.
+std::optional<double> CgroupLimit(const std::string& root, const std::string& controller,
+                                  std::initializer_list<const char*> v1_mounts, LimitOf v2_limit_of,
+                                  LimitOf v1_limit_of) {
+  // Lines "<id>:<controllers>:<path>": v2's has no controllers.
   std::ifstream in(root + "/proc/self/cgroup");
   std::optional<double> limit;
   for (std::string line; std::getline(in, line);) {
     const std::vector<std::string> fields = absl::StrSplit(line, absl::MaxSplits(':', 2));
     if (fields.size() != 3) continue;
     if (fields[1].empty()) {
-      Tighten(limit, Tightest(root + "/sys/fs/cgroup", fields[2], V2Limit));
+      Tighten(limit, Tightest(root + "/sys/fs/cgroup", fields[2], v2_limit_of));
       continue;
     }
     const std::vector<std::string> controllers = absl::StrSplit(fields[1], ',');
-    if (std::find(controllers.begin(), controllers.end(), "cpu") == controllers.end()) continue;
-    for (const char* mount : {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"}) {
-      Tighten(limit, Tightest(root + mount, fields[2], V1Limit));
+    if (std::find(controllers.begin(), controllers.end(), controller) == controllers.end()) {
+      continue;
+    }
+    for (const char* mount : v1_mounts) {
+      Tighten(limit, Tightest(root + mount, fields[2], v1_limit_of));
     }
   }
   return limit;
+}
+
+}  // namespace
+
+std::optional<double> CgroupCpuLimit(const std::string& root) {
+  return CgroupLimit(root, "cpu", {"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"}, V2Limit,
+                     V1Limit);
+}
+
+std::optional<size_t> CgroupMemoryLimit(const std::string& root) {
+  const std::optional<double> bytes =
+      CgroupLimit(root, "memory", {"/sys/fs/cgroup/memory"}, V2MemoryLimit, V1MemoryLimit);
+  if (!bytes) return std::nullopt;
+  return static_cast<size_t>(*bytes);
+}
+
+size_t ResidentAnonymousBytes() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);) {
+    // "RssAnon:	  123456 kB"
+    if (!absl::StartsWith(line, "RssAnon:")) continue;
+    const std::vector<std::string> fields =
+        absl::StrSplit(line.substr(8), absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    size_t kib = 0;
+    if (!fields.empty() && absl::SimpleAtoi(fields[0], &kib)) return kib * 1024;
+  }
+  return 0;
 }
 
 size_t UsableCpus() {

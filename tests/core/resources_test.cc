@@ -1,4 +1,4 @@
-#include "core/cpus.h"
+#include "core/resources.h"
 
 #include <sched.h>
 #include <unistd.h>
@@ -66,6 +66,35 @@ TEST(CgroupCpuLimitTest, MissingOrMalformedFilesSetNoLimit) {
   }
 }
 
+TEST(CgroupMemoryLimitTest, TakesTheTightestLimitOfV2AndV1) {
+  TempDir root;
+  EXPECT_EQ(CgroupMemoryLimit(root.path()), std::nullopt);  // no /proc/self/cgroup
+  Put(root, "/proc/self/cgroup", "0::/kubepods/pod1/app");
+  Put(root, "/sys/fs/cgroup/kubepods/pod1/app/memory.max", "max");
+  Put(root, "/sys/fs/cgroup/kubepods/pod1/memory.max", "1073741824");
+  Put(root, "/sys/fs/cgroup/kubepods/memory.max", "4294967296");
+  EXPECT_EQ(CgroupMemoryLimit(root.path()), size_t{1} << 30);
+  Put(root, "/sys/fs/cgroup/kubepods/pod1/memory.max", "max");
+  Put(root, "/sys/fs/cgroup/kubepods/memory.max", "garbage");
+  EXPECT_EQ(CgroupMemoryLimit(root.path()), std::nullopt);
+
+  // v1: an unlimited cgroup reads about 2^63; the container's own directory at the mount.
+  Put(root, "/proc/self/cgroup", "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/");
+  Put(root, "/sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712");
+  EXPECT_EQ(CgroupMemoryLimit(root.path()), std::nullopt);
+  Put(root, "/sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912");
+  EXPECT_EQ(CgroupMemoryLimit(root.path()), size_t{512} << 20);
+}
+
+TEST(ResidentAnonymousBytesTest, GrowsWithTouchedHeapMemory) {
+  const size_t before = ResidentAnonymousBytes();
+  EXPECT_GT(before, 0u);
+  constexpr size_t kBytes = 64 << 20;
+  std::vector<char> held(kBytes, 1);  // written, so resident
+  EXPECT_GE(ResidentAnonymousBytes(), before + kBytes * 9 / 10);
+  EXPECT_EQ(held[kBytes / 2], 1);
+}
+
 // The process's affinity mask, set for the test and restored.
 class AffinityTest : public ::testing::Test {
  protected:
@@ -112,6 +141,30 @@ TEST(CgroupTest, AQuotaOfOneCpuLeavesOneUsable) {
   std::ofstream(dir + "/cgroup.procs") << getpid();
   EXPECT_EQ(CgroupCpuLimit(), 1.0);
   EXPECT_EQ(UsableCpus(), 1u);
+  std::ofstream(back) << getpid();
+  std::filesystem::remove(dir, ec);
+  EXPECT_FALSE(ec) << ec.message();
+}
+
+// The same for memory: the process moved into a cgroup limited to 512 MiB reads that limit.
+TEST(CgroupTest, AMemoryLimitIsRead) {
+  const std::string parent = "/sys/fs/cgroup/memory";
+  std::ifstream self("/proc/self/cgroup");
+  std::string home;
+  for (std::string line; std::getline(self, line);) {
+    const size_t at = line.find(":memory:");
+    if (at != std::string::npos) home = line.substr(at + 8);
+  }
+  const std::string dir =
+      absl::StrCat(parent, home == "/" ? "" : home, "/adasoftmax-test-", getpid());
+  std::error_code ec;
+  if (home.empty() || geteuid() != 0 || !std::filesystem::create_directory(dir, ec)) {
+    GTEST_SKIP() << "needs root and a writable cgroup v1 memory hierarchy at " << parent;
+  }
+  const std::string back = absl::StrCat(parent, home == "/" ? "" : home, "/cgroup.procs");
+  std::ofstream(dir + "/memory.limit_in_bytes") << (512 << 20);
+  std::ofstream(dir + "/cgroup.procs") << getpid();
+  EXPECT_EQ(CgroupMemoryLimit(), size_t{512} << 20);
   std::ofstream(back) << getpid();
   std::filesystem::remove(dir, ec);
   EXPECT_FALSE(ec) << ec.message();
