@@ -1,21 +1,22 @@
 #include "core/resources.h"
 
 #include <sched.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/temp_dir.h"
+#include "tests/test_cgroup.h"
 
 namespace adasoftmax {
 namespace {
 
 using ::adasoftmax::testing::TempDir;
+using ::adasoftmax::testing::TestCgroup;
 
 // Writes `text` to root + path, making its directories.
 void Put(const TempDir& root, const std::string& path, const std::string& text) {
@@ -119,55 +120,25 @@ TEST_F(AffinityTest, UsableCpusFollowTheAffinityMask) {
   EXPECT_EQ(UsableCpus(), 1u);
 }
 
-// A real cgroup with a quota of one CPU, when this process may make one (root, a writable
-// cgroup v1 cpu hierarchy, as on the CI machine): the process moved into it sees 1 usable CPU.
+// A real cgroup with a quota of one CPU, when this process may make one: the process moved
+// into it sees 1 usable CPU.
 TEST(CgroupTest, AQuotaOfOneCpuLeavesOneUsable) {
-  const std::string parent = "/sys/fs/cgroup/cpu";
-  std::ifstream self("/proc/self/cgroup");
-  std::string home;  // this process's cgroup in that hierarchy
-  for (std::string line; std::getline(self, line);) {
-    const size_t at = line.find(":cpu:");
-    if (at != std::string::npos) home = line.substr(at + 5);
-  }
-  const std::string dir =
-      absl::StrCat(parent, home == "/" ? "" : home, "/adasoftmax-test-", getpid());
-  std::error_code ec;
-  if (home.empty() || geteuid() != 0 || !std::filesystem::create_directory(dir, ec)) {
-    GTEST_SKIP() << "needs root and a writable cgroup v1 cpu hierarchy at " << parent;
-  }
-  const std::string back = absl::StrCat(parent, home == "/" ? "" : home, "/cgroup.procs");
-  std::ofstream(dir + "/cpu.cfs_period_us") << 100000;
-  std::ofstream(dir + "/cpu.cfs_quota_us") << 100000;
-  std::ofstream(dir + "/cgroup.procs") << getpid();
+  std::unique_ptr<TestCgroup> cgroup = TestCgroup::Make("cpu");
+  if (cgroup == nullptr) GTEST_SKIP() << "needs root and a writable cgroup v1 cpu hierarchy";
+  cgroup->Set("cpu.cfs_period_us", 100000);
+  cgroup->Set("cpu.cfs_quota_us", 100000);
+  cgroup->Enter();
   EXPECT_EQ(CgroupCpuLimit(), 1.0);
   EXPECT_EQ(UsableCpus(), 1u);
-  std::ofstream(back) << getpid();
-  std::filesystem::remove(dir, ec);
-  EXPECT_FALSE(ec) << ec.message();
 }
 
 // The same for memory: the process moved into a cgroup limited to 512 MiB reads that limit.
 TEST(CgroupTest, AMemoryLimitIsRead) {
-  const std::string parent = "/sys/fs/cgroup/memory";
-  std::ifstream self("/proc/self/cgroup");
-  std::string home;
-  for (std::string line; std::getline(self, line);) {
-    const size_t at = line.find(":memory:");
-    if (at != std::string::npos) home = line.substr(at + 8);
-  }
-  const std::string dir =
-      absl::StrCat(parent, home == "/" ? "" : home, "/adasoftmax-test-", getpid());
-  std::error_code ec;
-  if (home.empty() || geteuid() != 0 || !std::filesystem::create_directory(dir, ec)) {
-    GTEST_SKIP() << "needs root and a writable cgroup v1 memory hierarchy at " << parent;
-  }
-  const std::string back = absl::StrCat(parent, home == "/" ? "" : home, "/cgroup.procs");
-  std::ofstream(dir + "/memory.limit_in_bytes") << (512 << 20);
-  std::ofstream(dir + "/cgroup.procs") << getpid();
+  std::unique_ptr<TestCgroup> cgroup = TestCgroup::Make("memory");
+  if (cgroup == nullptr) GTEST_SKIP() << "needs root and a writable cgroup v1 memory hierarchy";
+  cgroup->Set("memory.limit_in_bytes", 512 << 20);
+  cgroup->Enter();
   EXPECT_EQ(CgroupMemoryLimit(), size_t{512} << 20);
-  std::ofstream(back) << getpid();
-  std::filesystem::remove(dir, ec);
-  EXPECT_FALSE(ec) << ec.message();
 }
 
 }  // namespace

@@ -32,6 +32,7 @@
 #include "tests/e2e/server_process.h"
 #include "tests/e2e/subprocess.h"
 #include "tests/server/test_util.h"
+#include "tests/test_cgroup.h"
 
 namespace adasoftmax::testing {
 namespace {
@@ -641,25 +642,12 @@ TEST_F(ServerMemoryTest, AModelBeyondTheMemoryLimitStopsStartUp) {
 // this process may make one: root and a writable memory hierarchy, as on the CI machine) reads
 // it and refuses the model instead of being killed loading it.
 TEST_F(ServerMemoryTest, TheLimitIsTheCgroupsByDefault) {
-  const std::string parent = "/sys/fs/cgroup/memory";
-  std::ifstream self("/proc/self/cgroup");
-  std::string home;
-  for (std::string line; std::getline(self, line);) {
-    const size_t at = line.find(":memory:");
-    if (at != std::string::npos) home = line.substr(at + 8);
-  }
-  const std::string cgroup =
-      absl::StrCat(parent, home == "/" ? "" : home, "/adasoftmax-e2e-", getpid());
-  std::error_code ec;
-  if (home.empty() || geteuid() != 0 || !std::filesystem::create_directory(cgroup, ec)) {
-    GTEST_SKIP() << "needs root and a writable cgroup v1 memory hierarchy at " << parent;
-  }
-  std::ofstream(cgroup + "/memory.limit_in_bytes") << (64 << 20);
-  // The server inherits the cgroup of this process while it spawns it.
-  std::ofstream(cgroup + "/cgroup.procs") << getpid();
+  std::unique_ptr<TestCgroup> cgroup = TestCgroup::Make("memory");
+  if (cgroup == nullptr) GTEST_SKIP() << "needs root and a writable cgroup v1 memory hierarchy";
+  cgroup->Set("memory.limit_in_bytes", 64 << 20);
+  cgroup->Enter();  // the server inherits it
   const CommandResult r = Start("--memory_limit_mb=-1");
-  std::ofstream(absl::StrCat(parent, home == "/" ? "" : home, "/cgroup.procs")) << getpid();
-  std::filesystem::remove(cgroup, ec);
+  cgroup->Leave();
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("memory limit 64.0 MiB (the cgroup's)"));
   EXPECT_THAT(r.err, HasSubstr("4096 x 4096 x (4 + 2) bytes"));
