@@ -22,10 +22,35 @@ DType DefaultSamplingDType(DType dtype, const void* weights, size_t entries) {
   return largest < 65520.0f ? DType::kFloat16 : dtype;
 }
 
+// The least bytes an entry of the sampler's copy may take.
+DType LeastCopyDType(DType dtype, std::optional<DType> sampling_dtype) {
+  return sampling_dtype.value_or(dtype == DType::kFloat32 ? DType::kFloat16 : dtype);
+}
+
+// OK when the memory loading a model takes fits in max_bytes (none: no bound): its row-major
+// copy in `dtype` alongside the larger of the stored data (`stored_bytes` an entry, while it is
+// copied; 0 once it is in memory) and the sampler's copy in `copy`.
+absl::Status CheckFits(const std::string& source, size_t n, size_t d, size_t stored_bytes,
+                       DType dtype, DType copy, std::optional<size_t> max_bytes) {
+  const size_t size = ElementBytes(dtype), other = std::max(stored_bytes, ElementBytes(copy));
+  const size_t bytes = n * d * (size + other);
+  if (!max_bytes || bytes <= *max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrFormat(
+      "%s: loading the model takes %.1f MiB (%d x %d x (%d + %d) bytes), more than the %.1f MiB "
+      "it may",
+      source, bytes / 1048576.0, n, d, size, other, *max_bytes / 1048576.0));
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
-  ASSIGN_OR_RETURN(RawMatrix weights, ReadRawMatrix(files.weights, files.tensor));
+  // Checked before the file's data is read: it is held with the row-major copy while copied.
+  auto admit = [&](const RawMatrix& stored) {
+    const DType dtype = files.dtype.value_or(stored.dtype);
+    return CheckFits(files.weights, stored.rows, stored.cols, ElementBytes(stored.dtype), dtype,
+                     LeastCopyDType(dtype, files.sampling_dtype), files.max_bytes);
+  };
+  ASSIGN_OR_RETURN(RawMatrix weights, ReadRawMatrix(files.weights, files.tensor, admit));
   std::vector<float> bias;
   if (!files.bias.empty()) {
     ASSIGN_OR_RETURN(bias, ReadVector(files.bias, files.bias_tensor));
@@ -74,22 +99,14 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
   }
   const size_t n = weights.rows, d = weights.cols, size = ElementBytes(dtype);
   // Checked before each layout is allocated; first with the copy's least possible dtype.
-  auto fits = [&](DType copy) -> absl::Status {
-    const size_t bytes = n * d * (size + ElementBytes(copy));
-    if (!max_bytes || bytes <= *max_bytes) return absl::OkStatus();
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "%s: the model would hold %.1f MiB (%d x %d x (%d + %d) bytes), more than the %.1f MiB "
-        "it may",
-        source, bytes / 1048576.0, n, d, size, ElementBytes(copy), *max_bytes / 1048576.0));
-  };
   RETURN_IF_ERROR(
-      fits(sampling_dtype.value_or(dtype == DType::kFloat32 ? DType::kFloat16 : dtype)));
+      CheckFits(source, n, d, 0, dtype, LeastCopyDType(dtype, sampling_dtype), max_bytes));
   std::shared_ptr<Model> model(new Model);
   model->n_ = n;
   model->d_ = d;
   model->dtype_ = dtype;
   // The rows are copied, converted and transposed as needed, into huge pages: the sampler reads
-  // single rows at random, and a 4 KB page of a mapped file would miss the TLB for each.
+  // single rows at random, and a 4 KB page of the file's data would miss the TLB for each.
   model->rows_.Reset(n * d * size);
   if (weights.dtype == dtype && weights.layout == Layout::kRowMajor) {
     std::memcpy(model->rows_.data(), weights.data, n * d * size);
@@ -112,11 +129,11 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Build(RawMatrix weights,
       return absl::OkStatus();
     }));
   }
-  weights = {};  // unmaps a weights file now, before the panels add to the memory
+  weights = {};  // frees the file's data now, before the panels add to the memory
   if (!sampling_dtype.has_value()) {
     sampling_dtype = DefaultSamplingDType(dtype, model->rows_.data(), n * d);
   }
-  RETURN_IF_ERROR(fits(*sampling_dtype));
+  RETURN_IF_ERROR(CheckFits(source, n, d, 0, dtype, *sampling_dtype, max_bytes));
   model->sampling_dtype_ = *sampling_dtype;
   model->panels_.Reset(model->panels() * n * kPanelWidth * ElementBytes(*sampling_dtype));
   // Row by row: widened, rounded to the copy's dtype, widened back for its error.

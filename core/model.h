@@ -26,8 +26,9 @@ struct ModelFiles {
   // The dtype of the sampler's copy. None: float16 for float32 weights that float16 holds
   // (every |A_ij| < 65520), else the weights' dtype.
   std::optional<DType> sampling_dtype;
-  // The most memory_bytes() may come to: a model whose layouts would take more fails to load
-  // (ResourceExhausted, before it allocates them). None: no bound.
+  // The most memory loading the model may take: its layouts (memory_bytes()), and the file's
+  // data alongside the row-major copy while that is copied. A model that would take more fails
+  // to load (ResourceExhausted), before the data is read. None: no bound.
   std::optional<size_t> max_bytes;
 };
 
@@ -36,7 +37,7 @@ struct ModelFiles {
 // the exact path and for the sampler's exact arms, plus a copy in column panels for the
 // sampler's sweeps, in sampling_dtype(); both owned and in huge pages, i.e. about n x d x
 // (ElementBytes(dtype) + ElementBytes(sampling_dtype)) bytes, plus O(n + d). Loading peaks at
-// the larger of that and the weights file plus the row-major matrix: the file is unmapped in
+// the larger of that and the file's data plus the row-major matrix: the data is freed in
 // between.
 //
 // The sampling copy: a float16 copy of float32 weights halves the bytes the sampler's sweeps

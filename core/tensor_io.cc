@@ -1,7 +1,6 @@
 #include "core/tensor_io.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -27,7 +27,7 @@
 namespace adasoftmax {
 
 static_assert(std::endian::native == std::endian::little,
-              "tensor_io maps little-endian file data directly into memory");
+              "tensor_io reads little-endian file data directly into memory");
 
 namespace {
 
@@ -78,57 +78,85 @@ std::optional<uint64_t> ByteSize(const std::vector<uint64_t>& shape, DType dtype
   return bytes;
 }
 
-// A whole file mapped read-only; unmapped on destruction.
-class MappedFile {
+// An open tensor file, read with pread rather than memory-mapped: a mapping faults with SIGBUS,
+// ending the process, when another process truncates the file (as `cp` over it does).
+class TensorFile {
  public:
-  static absl::StatusOr<std::shared_ptr<const MappedFile>> Open(const std::string& path) {
+  static absl::StatusOr<std::shared_ptr<const TensorFile>> Open(const std::string& path) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ErrnoError(path, "cannot open", errno);
-    struct stat st;
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      return ErrnoError(path, "cannot stat", err);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      return Invalid(path, "not a regular file");
-    }
-    if (st.st_size == 0) {
-      ::close(fd);
-      return Invalid(path, "empty file");
-    }
-    const size_t size = static_cast<size_t>(st.st_size);
-    void* data = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int err = errno;
-    ::close(fd);
-    if (data == MAP_FAILED) return ErrnoError(path, "cannot memory-map", err);
-    return std::shared_ptr<const MappedFile>(new MappedFile(static_cast<uint8_t*>(data), size));
+    std::shared_ptr<TensorFile> file(new TensorFile(path, fd));
+    if (::fstat(fd, &file->opened_) != 0) return ErrnoError(path, "cannot stat", errno);
+    if (!S_ISREG(file->opened_.st_mode)) return Invalid(path, "not a regular file");
+    if (file->size() == 0) return Invalid(path, "empty file");
+    return file;
   }
 
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  ~MappedFile() { ::munmap(data_, size_); }
+  TensorFile(const TensorFile&) = delete;
+  TensorFile& operator=(const TensorFile&) = delete;
+  ~TensorFile() { ::close(fd_); }
 
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
+  size_t size() const { return static_cast<size_t>(opened_.st_size); }
+
+  // Reads [offset, offset + length) into `out`, then checks that the file is still as opened
+  // (size and modification time): else, or when it ends sooner now, Aborted("<path>: changed
+  // while being read"). REQUIRES: offset + length <= size().
+  absl::Status ReadAt(uint64_t offset, size_t length, void* out) const {
+    auto* p = static_cast<uint8_t*>(out);
+    while (length > 0) {
+      const ssize_t got = ::pread(fd_, p, std::min<size_t>(length, size_t{1} << 30), offset);
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return ErrnoError(path_, "cannot read", errno);
+      if (got == 0) return Changed();
+      p += got;
+      offset += got;
+      length -= got;
+    }
+    struct stat now;
+    if (::fstat(fd_, &now) != 0) return ErrnoError(path_, "cannot stat", errno);
+    if (now.st_size != opened_.st_size || now.st_mtim.tv_sec != opened_.st_mtim.tv_sec ||
+        now.st_mtim.tv_nsec != opened_.st_mtim.tv_nsec) {
+      return Changed();
+    }
+    return absl::OkStatus();
+  }
 
  private:
-  MappedFile(uint8_t* data, size_t size) : data_(data), size_(size) {}
+  TensorFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  absl::Status Changed() const {
+    return absl::AbortedError(absl::StrCat(path_, ": changed while being read"));
+  }
 
-  uint8_t* data_;
-  size_t size_;
+  const std::string path_;
+  const int fd_;
+  struct stat opened_ = {};
 };
 
-// A tensor located inside a mapped file; `data` holds exactly ByteSize(shape, dtype) bytes.
+// A tensor located inside a file: ByteSize(shape, dtype) bytes at `offset`, read into memory
+// by ReadData.
 struct StoredTensor {
-  std::shared_ptr<const MappedFile> file;
+  std::shared_ptr<const TensorFile> file;
   DType dtype = DType::kFloat32;
   std::vector<uint64_t> shape;
   bool fortran_order = false;
-  const uint8_t* data = nullptr;
+  uint64_t offset = 0;
+  const uint8_t* data = nullptr;          // set by ReadData
+  std::shared_ptr<const void> keepalive;  // owns `data`
   std::string label;  // "tensor 'name': " inside a .safetensors file, else empty
 };
+
+// Reads the tensor's data into memory, allocated but not touched beforehand.
+absl::Status ReadData(StoredTensor& tensor) {
+  const size_t bytes = *ByteSize(tensor.shape, tensor.dtype);  // validated when located
+  uint8_t* data = new uint8_t[std::max<size_t>(bytes, 1)];
+  tensor.keepalive.reset(data, [](const void* p) { delete[] static_cast<const uint8_t*>(p); });
+  RETURN_IF_ERROR(tensor.file->ReadAt(tensor.offset, bytes, data));
+  tensor.data = data;
+  return absl::OkStatus();
+}
+
+// Headers longer than this are rejected rather than read (safetensors' own limit is 100 MB).
+constexpr uint64_t kMaxHeaderBytes = uint64_t{100} << 20;
 
 // ---------------------------------------------------------------------------------------------
 // .npy
@@ -272,9 +300,10 @@ std::string HeaderSays(const std::vector<uint64_t>& shape, DType dtype, uint64_t
 }
 
 absl::StatusOr<StoredTensor> LocateNpy(const std::string& path,
-                                       std::shared_ptr<const MappedFile> file) {
-  const uint8_t* p = file->data();
+                                       std::shared_ptr<const TensorFile> file) {
   const size_t size = file->size();
+  uint8_t p[12] = {};  // magic, version and header length
+  RETURN_IF_ERROR(file->ReadAt(0, std::min(size, sizeof(p)), p));
   const size_t magic_bytes = std::min(size, kNpyMagic.size());
   if (std::memcmp(p, kNpyMagic.data(), magic_bytes) != 0) {
     return Invalid(path, "not a .npy file (bad magic)");
@@ -295,7 +324,11 @@ absl::StatusOr<StoredTensor> LocateNpy(const std::string& path,
     return Invalid(path, absl::StrCat("truncated header: header length ", header_length,
                                       " exceeds the ", size - prefix, " bytes that follow"));
   }
-  const std::string_view text(reinterpret_cast<const char*>(p + prefix), header_length);
+  if (header_length > kMaxHeaderBytes) {
+    return Invalid(path, absl::StrCat("header length ", header_length, " is too large"));
+  }
+  std::string text(header_length, '\0');
+  RETURN_IF_ERROR(file->ReadAt(prefix, header_length, text.data()));
   ASSIGN_OR_RETURN(NpyHeader header, NpyHeaderParser(path, text).Parse());
 
   StoredTensor tensor;
@@ -325,7 +358,7 @@ absl::StatusOr<StoredTensor> LocateNpy(const std::string& path,
   tensor.file = std::move(file);
   tensor.shape = std::move(header.shape);
   tensor.fortran_order = header.fortran_order;
-  tensor.data = p + data_offset;
+  tensor.offset = data_offset;
   return tensor;
 }
 
@@ -354,9 +387,11 @@ std::optional<uint64_t> UnsignedOrNull(const nlohmann::json& value) {
 }
 
 // Validates the header entry of tensor `name` and locates its data.
-absl::StatusOr<StoredTensor> LocateSafetensorsEntry(
-    const std::string& path, std::shared_ptr<const MappedFile> file, const std::string& name,
-    const nlohmann::json& entry, const uint8_t* data_section, uint64_t data_size) {
+absl::StatusOr<StoredTensor> LocateSafetensorsEntry(const std::string& path,
+                                                    std::shared_ptr<const TensorFile> file,
+                                                    const std::string& name,
+                                                    const nlohmann::json& entry,
+                                                    uint64_t data_section, uint64_t data_size) {
   const std::string what = absl::StrCat("tensor '", name, "'");
   auto malformed = [&](absl::string_view problem) {
     return Invalid(path, absl::StrCat("malformed safetensors header: ", what, ": ", problem));
@@ -409,30 +444,34 @@ absl::StatusOr<StoredTensor> LocateSafetensorsEntry(
                            ShapeString(tensor.shape), " ", dtype_name, " needs ", *bytes));
   }
   tensor.file = std::move(file);
-  tensor.data = data_section + *begin;
+  tensor.offset = data_section + *begin;
   tensor.label = what + ": ";
   return tensor;
 }
 
 absl::StatusOr<StoredTensor> LocateSafetensors(const std::string& path,
-                                               std::shared_ptr<const MappedFile> file,
+                                               std::shared_ptr<const TensorFile> file,
                                                const std::string& tensor_name) {
-  const uint8_t* p = file->data();
   const size_t size = file->size();
   if (size < 8) {
     return Invalid(path, absl::StrCat("truncated header: the file has ", size,
                                       " bytes, fewer than the 8-byte header length"));
   }
-  const uint64_t header_length = ReadLittleEndian(p, 8);
+  uint8_t length[8];
+  RETURN_IF_ERROR(file->ReadAt(0, 8, length));
+  const uint64_t header_length = ReadLittleEndian(length, 8);
   if (header_length > size - 8) {
     return Invalid(path, absl::StrCat("truncated header: header length ", header_length,
                                       " exceeds the ", size - 8, " bytes that follow"));
   }
-  const char* text = reinterpret_cast<const char*>(p + 8);
+  if (header_length > kMaxHeaderBytes) {
+    return Invalid(path, absl::StrCat("header length ", header_length, " is too large"));
+  }
+  std::string text(header_length, '\0');
+  RETURN_IF_ERROR(file->ReadAt(8, header_length, text.data()));
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(text, text + header_length, /*cb=*/nullptr,
-                                   /*allow_exceptions=*/false);
+    header = nlohmann::json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
   } catch (const std::exception& e) {  // Only allocation failures are expected here.
     return Invalid(path, absl::StrCat("malformed safetensors header: ", e.what()));
   }
@@ -458,7 +497,7 @@ absl::StatusOr<StoredTensor> LocateSafetensors(const std::string& path,
     return absl::NotFoundError(
         absl::StrCat(path, ": no tensor '", name, "' (available: ", ListNames(header), ")"));
   }
-  return LocateSafetensorsEntry(path, std::move(file), name, *entry, p + 8 + header_length,
+  return LocateSafetensorsEntry(path, std::move(file), name, *entry, 8 + header_length,
                                 size - 8 - header_length);
 }
 
@@ -474,7 +513,7 @@ absl::StatusOr<StoredTensor> OpenTensor(const std::string& path, const std::stri
     return Invalid(path, absl::StrCat(".npy files hold one unnamed tensor, but tensor '", tensor,
                                       "' was requested"));
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<const MappedFile> file, MappedFile::Open(path));
+  ASSIGN_OR_RETURN(std::shared_ptr<const TensorFile> file, TensorFile::Open(path));
   if (npy) return LocateNpy(path, std::move(file));
   return LocateSafetensors(path, std::move(file), tensor);
 }
@@ -530,14 +569,13 @@ absl::Status CheckFinite(const std::string& path, const StoredTensor& tensor, si
 }
 
 // The stored data as a float32 rows x cols matrix in `layout` (which must match the storage
-// order): a view of the mapping for aligned float32, an owned decoded copy otherwise.
+// order): a view of the data read for float32, an owned decoded copy otherwise.
 absl::StatusOr<Matrix> ToMatrix(const std::string& path, const StoredTensor& tensor, size_t rows,
                                 size_t cols, Layout layout, bool is_vector) {
   RETURN_IF_ERROR(CheckFinite(path, tensor, rows, cols, layout, is_vector));
-  if (tensor.dtype == DType::kFloat32 &&
-      reinterpret_cast<uintptr_t>(tensor.data) % alignof(float) == 0) {
+  if (tensor.dtype == DType::kFloat32) {  // ReadData's buffer is aligned for floats
     return Matrix::View(reinterpret_cast<const float*>(tensor.data), rows, cols, layout,
-                        tensor.file);
+                        tensor.keepalive);
   }
   Matrix m = Matrix::Owned(rows, cols, layout);
   float* out = m.mutable_data();
@@ -610,27 +648,34 @@ absl::Status WriteNpyData(const std::string& path, absl::string_view shape, bool
 }  // namespace
 
 absl::StatusOr<LoadedMatrix> ReadMatrix(const std::string& path, std::string_view tensor) {
-  ASSIGN_OR_RETURN(const StoredTensor stored, OpenMatrixTensor(path, tensor));
+  ASSIGN_OR_RETURN(StoredTensor stored, OpenMatrixTensor(path, tensor));
+  RETURN_IF_ERROR(ReadData(stored));
   const Layout layout = stored.fortran_order ? Layout::kColMajor : Layout::kRowMajor;
   ASSIGN_OR_RETURN(Matrix matrix, ToMatrix(path, stored, stored.shape[0], stored.shape[1], layout,
                                            /*is_vector=*/false));
   return LoadedMatrix{std::move(matrix), DTypeName(stored.dtype)};
 }
 
-absl::StatusOr<RawMatrix> ReadRawMatrix(const std::string& path, std::string_view tensor) {
-  ASSIGN_OR_RETURN(const StoredTensor stored, OpenMatrixTensor(path, tensor));
+absl::StatusOr<RawMatrix> ReadRawMatrix(
+    const std::string& path, std::string_view tensor,
+    const std::function<absl::Status(const RawMatrix&)>& admit) {
+  ASSIGN_OR_RETURN(StoredTensor stored, OpenMatrixTensor(path, tensor));
   RawMatrix raw{.dtype = stored.dtype,
                 .rows = stored.shape[0],
                 .cols = stored.shape[1],
                 .layout = stored.fortran_order ? Layout::kColMajor : Layout::kRowMajor,
-                .data = stored.data,
-                .keepalive = stored.file};
+                .data = nullptr,
+                .keepalive = nullptr};
+  if (admit) RETURN_IF_ERROR(admit(raw));
+  RETURN_IF_ERROR(ReadData(stored));
   RETURN_IF_ERROR(CheckFinite(path, stored, raw.rows, raw.cols, raw.layout, /*is_vector=*/false));
+  raw.data = stored.data;
+  raw.keepalive = std::move(stored.keepalive);
   return raw;
 }
 
 absl::StatusOr<std::vector<float>> ReadVector(const std::string& path, std::string_view tensor) {
-  ASSIGN_OR_RETURN(const StoredTensor stored, OpenTensor(path, std::string(tensor)));
+  ASSIGN_OR_RETURN(StoredTensor stored, OpenTensor(path, std::string(tensor)));
   const std::vector<uint64_t>& shape = stored.shape;
   const bool vector_like =
       shape.size() == 1 || (shape.size() == 2 && (shape[0] == 1 || shape[1] == 1));
@@ -645,6 +690,7 @@ absl::StatusOr<std::vector<float>> ReadVector(const std::string& path, std::stri
     return Invalid(
         path, absl::StrCat(stored.label, "zero-sized dimension in shape ", ShapeString(shape)));
   }
+  RETURN_IF_ERROR(ReadData(stored));
   // Element order is the same in C and Fortran order for a vector.
   ASSIGN_OR_RETURN(const Matrix m, ToMatrix(path, stored, n, 1, Layout::kRowMajor,
                                             /*is_vector=*/true));

@@ -6,13 +6,14 @@
 // Readers validate every header field against the file size before touching data, reject
 // unsupported dtypes, wrong ranks, zero-sized dimensions and non-finite values, and report
 // errors as "<path>: <problem>": absl::NotFoundError for a missing file or tensor,
-// absl::InvalidArgumentError for bad content. Float32 little-endian data whose address is
-// 4-byte aligned is memory-mapped read-only rather than copied (the returned Matrix is then a
-// view whose keepalive unmaps the file); float16 and bfloat16 are decoded into owned float32.
-// A mapped file must not be truncated while a view of it is alive. All functions are
-// thread-safe.
+// absl::InvalidArgumentError for bad content, absl::AbortedError when the file changes while it
+// is read (e.g. copied over). Files are read, not memory-mapped: a mapping would fault with
+// SIGBUS, ending the process, when another process truncates the file. Only the requested
+// tensor's bytes are read (and a safetensors file's header); float32 data is then used as read,
+// float16 and bfloat16 are decoded into owned float32. All functions are thread-safe.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -38,8 +39,8 @@ struct LoadedMatrix {
 // Fortran-order data a Layout::kColMajor one.
 absl::StatusOr<LoadedMatrix> ReadMatrix(const std::string& path, std::string_view tensor = "");
 
-// A rank-2 tensor's elements in their stored dtype: a view of the mapped file, alive while
-// `keepalive` is. `data` need not be aligned (safetensors data offsets are arbitrary).
+// A rank-2 tensor's elements in their stored dtype, read from the file, alive while
+// `keepalive` is.
 struct RawMatrix {
   DType dtype = DType::kFloat32;
   size_t rows = 0;
@@ -49,8 +50,11 @@ struct RawMatrix {
   std::shared_ptr<const void> keepalive;
 };
 
-// Like ReadMatrix (same checks, same errors) without decoding.
-absl::StatusOr<RawMatrix> ReadRawMatrix(const std::string& path, std::string_view tensor = "");
+// Like ReadMatrix (same checks, same errors) without decoding. `admit`, when given, is shown the
+// header (data null) before the data is read, and an error it returns is returned instead.
+absl::StatusOr<RawMatrix> ReadRawMatrix(
+    const std::string& path, std::string_view tensor = "",
+    const std::function<absl::Status(const RawMatrix&)>& admit = {});
 
 // Reads a rank-1 tensor (shape (n,)); also accepts shapes (n,1) and (1,n).
 absl::StatusOr<std::vector<float>> ReadVector(const std::string& path,

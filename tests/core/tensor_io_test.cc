@@ -1,5 +1,6 @@
 #include "core/tensor_io.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -123,7 +124,7 @@ TEST(HalfConversionTest, BFloat16KnownValues) {
   EXPECT_TRUE(std::signbit(Widen(BFloat16{0x8000})));
 }
 
-TEST(NpyTest, RoundTripRowMajorIsMapped) {
+TEST(NpyTest, RoundTripRowMajorIsReadWithoutDecoding) {
   const Matrix m = MakeMatrix(3, 5, Layout::kRowMajor);
   const std::string path = TempPath("m.npy");
   ASSERT_TRUE(WriteNpy(path, m).ok());
@@ -234,7 +235,8 @@ TEST(NpyTest, Versions2And3AndOldStyleHeaders) {
   EXPECT_EQ(loaded->matrix.at(1, 0), 3.0f);
 }
 
-TEST(NpyTest, UnalignedFloat32IsCopied) {
+// Data at an offset that is no multiple of 4 in the file is read into aligned memory.
+TEST(NpyTest, UnalignedFloat32IsReadIntoAlignedMemory) {
   const std::vector<float> values = {1, 2, 3, 4, 5, 6};
   const std::string dict = NpyDict("<f4", "(2, 3)");
   std::string file = NpyFile(dict, Bytes(values), 1, /*align=*/1);
@@ -242,8 +244,44 @@ TEST(NpyTest, UnalignedFloat32IsCopied) {
   ASSERT_NE((file.size() - 24) % 4, 0u);
   absl::StatusOr<LoadedMatrix> loaded = ReadMatrix(WriteBytes("u.npy", file));
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_TRUE(loaded->matrix.owned());
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(loaded->matrix.data()) % alignof(float), 0u);
   EXPECT_EQ(loaded->matrix.at(1, 2), 6.0f);
+}
+
+// A file rewritten between its header and its data being read (as `cp` over it does) fails
+// with Aborted, whether it got shorter or kept its size; the header is checked first, so a file
+// too large for the caller is never read.
+TEST(NpyTest, AFileChangedWhileBeingReadFailsAndTheCallerMayRefuseItFirst) {
+  const Matrix m = MakeMatrix(64, 32, Layout::kRowMajor);
+  const std::string path = TempPath("changing.npy");
+  ASSERT_TRUE(WriteNpy(path, m).ok());
+  const auto truncate = [&](const RawMatrix& header) {
+    EXPECT_EQ(header.data, nullptr);
+    std::filesystem::resize_file(path, 100);
+    return absl::OkStatus();
+  };
+  ExpectError(ReadRawMatrix(path, "", truncate).status(), absl::StatusCode::kAborted, path,
+              "changed while being read");
+
+  ASSERT_TRUE(WriteNpy(path, m).ok());
+  const auto rewrite = [&](const RawMatrix&) {
+    EXPECT_TRUE(WriteNpy(path, MakeMatrix(64, 32, Layout::kColMajor)).ok());  // same size
+    std::filesystem::last_write_time(
+        path, std::filesystem::last_write_time(path) + std::chrono::seconds(1));
+    return absl::OkStatus();
+  };
+  ExpectError(ReadRawMatrix(path, "", rewrite).status(), absl::StatusCode::kAborted, path,
+              "changed while being read");
+
+  const auto refuse = [](const RawMatrix& header) {
+    EXPECT_EQ(header.rows, 64u);
+    EXPECT_EQ(header.cols, 32u);
+    EXPECT_EQ(header.dtype, DType::kFloat32);
+    return absl::ResourceExhaustedError("too large");
+  };
+  EXPECT_EQ(ReadRawMatrix(path, "", refuse).status().code(), absl::StatusCode::kResourceExhausted);
+  absl::StatusOr<RawMatrix> raw = ReadRawMatrix(path);
+  ASSERT_TRUE(raw.ok()) << raw.status();
 }
 
 TEST(SafetensorsTest, RoundTripSeveralTensorsByName) {

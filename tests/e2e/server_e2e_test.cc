@@ -584,6 +584,35 @@ TEST(ServerReloadTest, SighupLoadsAddedModelsAndUnloadsRemovedOnes) {
   EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
 }
 
+// Weights copied over in place (truncated, then written, as `cp` does) while the server polls:
+// a load that reads a file mid-copy fails and is retried, and the server never crashes (a
+// memory-mapped file truncated under a load used to end it with SIGBUS).
+TEST(ServerReloadTest, WeightsCopiedOverWhileItPollsNeverCrashTheServer) {
+  TempDir dir;
+  std::string versions[2];
+  for (int v = 0; v < 2; ++v) {
+    Matrix weights = Matrix::Owned(4096, 2048, Layout::kRowMajor);  // 32 MiB
+    weights.mutable_data()[0] = static_cast<float>(v);
+    ASSERT_TRUE(WriteNpy(dir.Sub("v.npy"), weights).ok());
+    versions[v] = ReadTextFile(dir.Sub("v.npy"));
+  }
+  WriteTextFile(dir.Sub("repo/m/model.pbtxt"), "weights: \"weights.npy\"\n");
+  WriteTextFile(dir.Sub("repo/m/weights.npy"), versions[0]);
+  ServerProcess server =
+      StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {"--repository_poll_s=0.01"});
+  ASSERT_FALSE(server.address.empty()) << server.process->Stderr();
+  for (int i = 0; i < 40; ++i) {
+    WriteTextFile(dir.Sub("repo/m/weights.npy"), versions[i % 2]);
+    absl::SleepFor(absl::Milliseconds(20 + 10 * (i % 4)));
+  }
+  std::unique_ptr<Client> client = Connect(server.address);
+  EXPECT_EQ(*client->Health(), HealthStatus::kServing) << server.process->Stderr();
+  EXPECT_TRUE(client->TopKSoftmax("m", std::vector<float>(2048, 1.0f)).ok());
+  client.reset();
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
+}
+
 TEST(ServerReloadTest, RepositoryPollLoadsChangesWithoutASignal) {
   TempDir dir;
   const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(23));
@@ -608,7 +637,7 @@ TEST(ServerReloadTest, RepositoryPollLoadsChangesWithoutASignal) {
   }
 }
 
-// A repository whose one model (4096 x 4096 float32: 96 MiB in memory) does not fit under a
+// A repository whose one model (4096 x 4096 float32: 128 MiB to load) does not fit under a
 // memory limit: start-up fails naming the model, its size and the limit, and exits 1.
 class ServerMemoryTest : public ::testing::Test {
  protected:
@@ -631,7 +660,7 @@ TEST_F(ServerMemoryTest, AModelBeyondTheMemoryLimitStopsStartUp) {
   EXPECT_EQ(small.exit_code, 1) << small.err;
   EXPECT_THAT(small.err, HasSubstr("memory limit 16 MiB"));
   EXPECT_THAT(small.err, HasSubstr("repo/big"));
-  EXPECT_THAT(small.err, HasSubstr("4096 x 4096 x (4 + 2) bytes"));
+  EXPECT_THAT(small.err, HasSubstr("4096 x 4096 x (4 + 4) bytes"));
   EXPECT_THAT(small.err, HasSubstr("the memory limit is 16.0 MiB"));
   const CommandResult negative = Start("--memory_limit_mb=-2");
   EXPECT_EQ(negative.exit_code, 2) << negative.err;
@@ -650,7 +679,7 @@ TEST_F(ServerMemoryTest, TheLimitIsTheCgroupsByDefault) {
   cgroup->Leave();
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("memory limit 64.0 MiB (the cgroup's)"));
-  EXPECT_THAT(r.err, HasSubstr("4096 x 4096 x (4 + 2) bytes"));
+  EXPECT_THAT(r.err, HasSubstr("4096 x 4096 x (4 + 4) bytes"));
   EXPECT_THAT(r.err, HasSubstr("the memory limit is 64.0 MiB"));
 }
 

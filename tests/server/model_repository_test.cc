@@ -304,7 +304,7 @@ TEST_F(ModelRepositoryTest, AModelBeyondTheMemoryLimitIsNotLoaded) {
           .ok());  // 32 MiB
   WriteTextFile(dir_.Sub("repo/big/model.pbtxt"), "weights: \"weights.npy\"\n");
   RepositoryOptions options = Options();
-  options.memory_limit_bytes = ResidentAnonymousBytes() + (32 << 20);  // big needs 48 MiB
+  options.memory_limit_bytes = ResidentAnonymousBytes() + (32 << 20);  // big needs 64 MiB to load
   ModelRepository repository(dir_.Sub("repo"), options);
   auto changes = repository.Update();
   ASSERT_TRUE(changes.ok()) << changes.status();
@@ -312,7 +312,7 @@ TEST_F(ModelRepositoryTest, AModelBeyondTheMemoryLimitIsNotLoaded) {
   ASSERT_EQ(changes->errors.size(), 1u);
   EXPECT_EQ(changes->errors[0].code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(changes->errors[0].message(),
-              AllOf(HasSubstr("repo/big"), HasSubstr("2048 x 4096 x (4 + 2) bytes"),
+              AllOf(HasSubstr("repo/big"), HasSubstr("2048 x 4096 x (4 + 4) bytes"),
                     HasSubstr("the memory limit is")));
   EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"big"});
 
