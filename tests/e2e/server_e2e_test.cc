@@ -601,12 +601,14 @@ TEST(ServerReloadTest, WeightsCopiedOverWhileItPollsNeverCrashTheServer) {
   ServerProcess server =
       StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {"--repository_poll_s=0.01"});
   ASSERT_FALSE(server.address.empty()) << server.process->Stderr();
-  for (int i = 0; i < 40; ++i) {
+  for (int i = 0; i < 60; ++i) {
     WriteTextFile(dir.Sub("repo/m/weights.npy"), versions[i % 2]);
     absl::SleepFor(absl::Milliseconds(20 + 10 * (i % 4)));
   }
   std::unique_ptr<Client> client = Connect(server.address);
-  EXPECT_EQ(*client->Health(), HealthStatus::kServing) << server.process->Stderr();
+  const absl::StatusOr<HealthStatus> health = client->Health();
+  ASSERT_TRUE(health.ok()) << health.status() << "\n" << server.process->Stderr();
+  EXPECT_EQ(*health, HealthStatus::kServing);
   EXPECT_TRUE(client->TopKSoftmax("m", std::vector<float>(2048, 1.0f)).ok());
   client.reset();
   server.process->Signal(SIGTERM);
