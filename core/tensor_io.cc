@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <new>
 #include <optional>
 #include <system_error>
 
@@ -96,6 +97,7 @@ class TensorFile {
   TensorFile& operator=(const TensorFile&) = delete;
   ~TensorFile() { ::close(fd_); }
 
+  const std::string& path() const { return path_; }
   size_t size() const { return static_cast<size_t>(opened_.st_size); }
 
   // Reads [offset, offset + length) into `out`, then checks that the file is still as opened
@@ -148,7 +150,11 @@ struct StoredTensor {
 // Reads the tensor's data into memory, allocated but not touched beforehand.
 absl::Status ReadData(StoredTensor& tensor) {
   const size_t bytes = *ByteSize(tensor.shape, tensor.dtype);  // validated when located
-  uint8_t* data = new uint8_t[std::max<size_t>(bytes, 1)];
+  uint8_t* data = new (std::nothrow) uint8_t[std::max<size_t>(bytes, 1)];
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(tensor.file->path(), ": ", tensor.label,
+                                                     "cannot allocate ", bytes, " bytes to read"));
+  }
   tensor.keepalive.reset(data, [](const void* p) { delete[] static_cast<const uint8_t*>(p); });
   RETURN_IF_ERROR(tensor.file->ReadAt(tensor.offset, bytes, data));
   tensor.data = data;
