@@ -58,9 +58,9 @@ ABSL_FLAG(double, repository_poll_s, 0,
           "seconds between checks of the model repository for new, changed and removed models, "
           "which are then loaded or unloaded while serving (0: only on SIGHUP)");
 ABSL_FLAG(int64_t, memory_limit_mb, -1,
-          "memory the server may hold, in MiB: a model whose layouts do not fit in what the "
-          "process holds leaves of it is not loaded (-1: its cgroup's memory limit, if any; 0: "
-          "no bound)");
+          "memory the server may hold, in MiB: a model whose loading would take more than the "
+          "process leaves of it is not loaded (-1: its cgroup's memory limit, if any; 0: no "
+          "bound)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
 ABSL_FLAG(double, audit_fraction, 0.01,

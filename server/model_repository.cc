@@ -152,10 +152,11 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
   *queries = (fs::path(dir) / "queries.npy").string();
   absl::StatusOr<std::shared_ptr<const Model>> cached =
       ReadCachedSynthetic(dir, o, dtype, sampling, max_bytes);
-  if (cached.ok() || absl::IsResourceExhausted(cached.status())) {
+  if (cached.ok()) {
     *source = absl::StrCat("synthetic, cached in ", dir);
     return cached;
   }
+  if (absl::IsResourceExhausted(cached.status())) return cached.status();  // as generated
   if (log) {
     log(absl::StrFormat("model %s: generating a synthetic %d x %d head into %s (%s)", name, o.n, o.d,
                         dir, cached.status().message()));

@@ -33,10 +33,10 @@ struct RepositoryOptions {
   BatchingOptions batching;
   // Audit fraction of models whose config sets none. REQUIRES: in [0, 1]. Default: 0.01.
   double audit_fraction = 0.01;
-  // The memory the process may hold, in bytes; 0: no bound. A model loads only when its layouts
-  // (Model::memory_bytes) fit in what the process's resident anonymous memory leaves of it;
-  // else it fails to load (ResourceExhausted) rather than the kernel's OOM killer ending the
-  // process. Serving adds to that (see the README's Resource sizing).
+  // The memory the process may hold, in bytes; 0: no bound. A model loads only when loading it
+  // (see ModelFiles::max_bytes) fits in what the process's resident anonymous memory leaves of
+  // it; else it fails to load (ResourceExhausted) rather than the kernel's OOM killer ending
+  // the process. Serving adds to that (see the README's Resource sizing).
   size_t memory_limit_bytes = 0;
 };
 
