@@ -61,6 +61,9 @@ ABSL_FLAG(int64_t, memory_limit_mb, -1,
           "memory the server may hold, in MiB: a model whose loading would take more than the "
           "process leaves of it is not loaded (-1: its cgroup's memory limit, if any; 0: no "
           "bound)");
+ABSL_FLAG(bool, exit_on_model_error, true,
+          "exit when a model of the repository does not load at start-up; false: serve the "
+          "others and list it as unavailable, as after a reload (exit when none loads)");
 ABSL_FLAG(double, shutdown_grace_s, 10,
           "on SIGTERM, seconds in-flight calls get to finish before they are cancelled");
 ABSL_FLAG(double, audit_fraction, 0.01,
@@ -99,7 +102,7 @@ bool ApplyEnvironment() {
                                     "threads",           "batch_threads",    "shutdown_grace_s",
                                     "audit_fraction",    "cache_dir",        "max_message_bytes",
                                     "tls_cert",          "tls_key",          "tls_client_ca",
-                                    "repository_poll_s", "memory_limit_mb"};
+                                    "repository_poll_s", "memory_limit_mb",  "exit_on_model_error"};
   for (const char* name : kFlags) {
     absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
     const std::string var = absl::StrCat("ADASOFTMAX_", absl::AsciiStrToUpper(name));
@@ -231,6 +234,7 @@ int main(int argc, char** argv) {
   adasoftmax::SetParallelWidth(threads);
   options.threads = batch_threads > 0 ? batch_threads : threads;
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.require_every_model = absl::GetFlag(FLAGS_exit_on_model_error);
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);

@@ -144,7 +144,12 @@ Server::~Server() { Shutdown(absl::ZeroDuration()); }
 absl::Status Server::LoadModels() {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(const ModelRepository::Changes changes, repository_.Update());
-  RETURN_IF_ERROR(Join(changes.errors));
+  const absl::Status errors = Join(changes.errors);
+  if (!errors.ok() && (options_.require_every_model || repository_.models().empty())) {
+    return errors;
+  }
+  if (!errors.ok() && log_) log_(absl::StrCat("serving without: ", errors.message()));
+  PublishFailures();
   std::vector<std::string> hints;
   for (const auto& m : changes.loaded) {
     if (log_) log_(DescribeModel(*m));

@@ -37,6 +37,10 @@ struct ServerOptions {
   // Largest request message accepted; larger ones get RESOURCE_EXHAUSTED from gRPC.
   // Default: 4 MiB.
   int max_message_bytes = 4 << 20;
+  // What LoadModels does when some model does not load: fail (true), or serve the models that
+  // load and list the others as unavailable, as after a reload (false; it still fails when no
+  // model loads). Default: true.
+  bool require_every_model = true;
   // PEM files. With a certificate and key the server speaks TLS only; with a client CA as well
   // it requires and verifies client certificates (mTLS).
   std::string tls_cert;
@@ -58,7 +62,8 @@ class Server {
   ~Server();
 
   // Loads every model of the repository, then reports SERVING. When a model does not load,
-  // nothing is served, the health stays NOT_SERVING and the error names every such model.
+  // the error names every such model, and with require_every_model nothing is served and the
+  // health stays NOT_SERVING; without, the others are served (see ServerOptions).
   // REQUIRES: called once.
   absl::Status LoadModels() ABSL_LOCKS_EXCLUDED(mu_);
 

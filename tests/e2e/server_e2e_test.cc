@@ -615,6 +615,35 @@ TEST(ServerReloadTest, WeightsCopiedOverWhileItPollsNeverCrashTheServer) {
   EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
 }
 
+// --exit_on_model_error=false: a model that does not load at start-up is listed, the others
+// serve; the variable sets it too.
+TEST(ServerReloadTest, WithoutExitOnModelErrorTheOthersServe) {
+  TempDir dir;
+  const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(23));
+  WriteTextFile(dir.Sub("repo/broken/model.pbtxt"), "weights: \"missing.npy\"\n");
+  ServerProcess server =
+      StartServerProcess(dir.Sub("repo"), dir.Sub("cache"), {"--exit_on_model_error=false"});
+  ASSERT_FALSE(server.address.empty());
+  EXPECT_THAT(server.process->Stderr(),
+              HasSubstr("serving without: model " + dir.Sub("repo/broken")));
+  std::unique_ptr<Client> client = Connect(server.address);
+  EXPECT_TRUE(client->TopKSoftmax("small", QueryRow(data.queries, 0)).ok());
+  const absl::StatusOr<v1::ListModelsResponse> models = client->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->unavailable_size(), 1);
+  EXPECT_THAT(models->unavailable(0).reason(), HasSubstr("missing.npy"));
+  client.reset();
+  server.process->Signal(SIGTERM);
+  EXPECT_EQ(server.process->Wait(), 0) << server.process->Stderr();
+
+  // By default the model stops start-up.
+  const CommandResult strict =
+      RunCommand({BinDir() + "/adasoftmax-server", "--model_repository=" + dir.Sub("repo"),
+                  "--address=127.0.0.1:0", "--metrics_address="});
+  EXPECT_EQ(strict.exit_code, 1);
+  EXPECT_THAT(strict.err, HasSubstr("start-up failed: model " + dir.Sub("repo/broken")));
+}
+
 TEST(ServerReloadTest, RepositoryPollLoadsChangesWithoutASignal) {
   TempDir dir;
   const SynthData data = WriteModel(dir.Sub("repo/small"), SmallModel(23));

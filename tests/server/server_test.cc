@@ -71,6 +71,7 @@ class ServerTest : public ::testing::Test {
     o.max_message_bytes = max_message_bytes;
     o.repository.cache_dir = dir_.Sub("cache");
     o.repository.batching.batch_timeout = absl::Microseconds(200);
+    o.require_every_model = require_every_model_;
     auto server = Server::Start(o, {}, clock);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -88,6 +89,7 @@ class ServerTest : public ::testing::Test {
 
   TempDir dir_;
   SynthData data_;
+  bool require_every_model_ = true;
   FakeClock fake_clock_;  // outlives server_
   std::unique_ptr<Server> server_;
   std::unique_ptr<Client> client_;
@@ -114,6 +116,37 @@ TEST_F(ServerTest, ModelThatFailsToLoadStopsStartUpAndStaysNotServing) {
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(s.message(), HasSubstr("broken"));
   EXPECT_THAT(s.message(), HasSubstr("missing.npy"));
+  EXPECT_EQ(*client_->Health(), HealthStatus::kNotServing);
+}
+
+// Not requiring every model, the server starts with those that load and lists the others as
+// reloads do; with none loaded it still fails.
+TEST_F(ServerTest, WithoutRequiringEveryModelTheOthersServe) {
+  testing::WriteTextFile(dir_.Sub("repo/broken/model.pbtxt"), "weights: \"missing.npy\"\n");
+  require_every_model_ = false;
+  StartServer();
+  ASSERT_TRUE(server_->LoadModels().ok());
+  EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
+  EXPECT_TRUE(client_->TopKSoftmax("small", Row(0)).ok());
+  auto models = client_->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->models_size(), 1);
+  ASSERT_EQ(models->unavailable_size(), 1);
+  EXPECT_EQ(models->unavailable(0).folder(), dir_.Sub("repo/broken"));
+  EXPECT_THAT(models->unavailable(0).reason(), HasSubstr("missing.npy"));
+  EXPECT_THAT(MetricsText(server_->registry()),
+              HasSubstr("adasoftmax_repository_unavailable_models 1"));
+  // Mended, a reload serves it.
+  testing::WriteModel(dir_.Sub("repo/broken"), SmallModel(3), "name: \"mended\"\n");
+  ASSERT_TRUE(server_->ReloadModels().ok());
+  EXPECT_TRUE(client_->TopKSoftmax("mended", Row(0)).ok());
+  server_.reset();
+
+  std::filesystem::remove_all(dir_.Sub("repo/small"));
+  std::filesystem::remove_all(dir_.Sub("repo/broken"));
+  testing::WriteTextFile(dir_.Sub("repo/broken/model.pbtxt"), "weights: \"missing.npy\"\n");
+  StartServer();
+  EXPECT_THAT(server_->LoadModels().message(), HasSubstr("missing.npy"));
   EXPECT_EQ(*client_->Health(), HealthStatus::kNotServing);
 }
 
