@@ -61,10 +61,10 @@ class Server {
                                                        LogFn log = {}, const Clock* clock = nullptr);
   ~Server();
 
-  // Loads every model of the repository, then reports SERVING. When a model does not load,
-  // the error names every such model, and with require_every_model nothing is served and the
-  // health stays NOT_SERVING; without, the others are served (see ServerOptions).
-  // REQUIRES: called once.
+  // Loads every model of the repository, then reports SERVING. When a model does not load:
+  // with require_every_model, nothing is served, the health stays NOT_SERVING and the error
+  // names every such model; without, the others are served and it is listed as unavailable
+  // (the same error when none loads). REQUIRES: called once.
   absl::Status LoadModels() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Reads the repository again (ModelRepository::Update) and, when a model changed, came or
