@@ -69,11 +69,12 @@ void Tighten(std::optional<double>& limit, std::optional<double> found) {
   if (found) limit = std::min(limit.value_or(*found), *found);
 }
 
+// One cgroup directory's limit, such as V2Limit.
+using LimitOf = std::optional<double> (*)(const std::string& dir);
+
 // The smallest limit of `mount` + `path` and its ancestors up to `mount` itself. Inside a
 // container the cgroup's own directory is usually mounted at `mount`, so that `path` (the
 // host's view) does not exist below it, and `mount`'s own files hold the limit.
-using LimitOf = std::optional<double> (*)(const std::string& dir);
-
 std::optional<double> Tightest(const std::string& mount, std::string path, LimitOf limit_of) {
   std::optional<double> tightest;
   while (true) {

@@ -19,6 +19,9 @@
 namespace adasoftmax::server {
 namespace {
 
+// The result label of each Metrics::ReloadResult, in its order.
+constexpr const char* kReloadResults[] = {"ok", "failed", "unreadable"};
+
 using prometheus::Histogram;
 
 // `count` buckets from `start`, each `factor` times the previous one.
@@ -204,7 +207,7 @@ Metrics::Metrics(prometheus::Registry& registry)
       .Register(registry)
       .Add({{"version", kVersion}})
       .Set(1);
-  for (const char* result : {"ok", "failed", "unreadable"}) reloads_.Add({{"result", result}});
+  for (const char* result : kReloadResults) reloads_.Add({{"result", result}});
 }
 
 ModelMetrics* Metrics::AddModel(const std::string& name, uint64_t n, uint64_t d,
@@ -250,8 +253,7 @@ void Metrics::RemoveModel(const std::string& name) {
 }
 
 void Metrics::CountReload(ReloadResult result) {
-  static constexpr const char* kNames[] = {"ok", "failed", "unreadable"};
-  reloads_.Add({{"result", kNames[static_cast<int>(result)]}}).Increment();
+  reloads_.Add({{"result", kReloadResults[static_cast<int>(result)]}}).Increment();
 }
 
 void Metrics::SetUnavailableModels(size_t count) { unavailable_.Set(static_cast<double>(count)); }
