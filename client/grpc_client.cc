@@ -55,6 +55,14 @@ Result ToResult(const v1::TopKSoftmaxResponse& r) {
   return out;
 }
 
+// One request's outcome on a stream or in a batch.
+absl::StatusOr<Result> ToResultOrError(const v1::TopKSoftmaxStreamResponse& r) {
+  if (r.has_error()) {
+    return absl::Status(static_cast<absl::StatusCode>(r.error().code()), r.error().message());
+  }
+  return ToResult(r.response());
+}
+
 }  // namespace
 
 absl::Status FromGrpcStatus(const grpc::Status& status) {
@@ -140,15 +148,34 @@ absl::StatusOr<std::vector<absl::StatusOr<Result>>> Client::TopKSoftmaxStream(
   while (stream->Read(&response)) {
     size_t i = 0;
     if (!absl::SimpleAtoi(response.id(), &i) || i >= results.size()) continue;
-    if (response.has_error()) {
-      results[i] = absl::Status(static_cast<absl::StatusCode>(response.error().code()),
-                                response.error().message());
-    } else {
-      results[i] = ToResult(response.response());
-    }
+    results[i] = ToResultOrError(response);
   }
   writer.join();
   if (grpc::Status s = stream->Finish(); !s.ok()) return FromGrpcStatus(s);
+  return results;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Result>>> Client::TopKSoftmaxBatch(
+    std::string_view model, const std::vector<absl::Span<const float>>& queries,
+    const TopKOptions& options) const {
+  v1::TopKSoftmaxBatchRequest request;
+  for (absl::Span<const float> query : queries) {
+    *request.add_requests() = MakeRequest(model, query, options);
+  }
+  v1::TopKSoftmaxBatchResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, options.timeout);
+  if (grpc::Status s = stub_->TopKSoftmaxBatch(&context, request, &response); !s.ok()) {
+    return FromGrpcStatus(s);
+  }
+  if (response.results_size() != request.requests_size()) {
+    return absl::InternalError(absl::StrCat("the server answered ", response.results_size(), " of ",
+                                            request.requests_size(), " requests"));
+  }
+  std::vector<absl::StatusOr<Result>> results;
+  for (const v1::TopKSoftmaxStreamResponse& r : response.results()) {
+    results.push_back(ToResultOrError(r));
+  }
   return results;
 }
 

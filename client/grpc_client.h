@@ -84,6 +84,12 @@ class Client {
       std::string_view model, const std::vector<absl::Span<const float>>& queries,
       const TopKOptions& options = {}) const;
 
+  // The same answers from one unary call (TopKSoftmaxBatch), which fails as a whole only when
+  // the call does (e.g. a message beyond the server's limit, the deadline).
+  absl::StatusOr<std::vector<absl::StatusOr<Result>>> TopKSoftmaxBatch(
+      std::string_view model, const std::vector<absl::Span<const float>>& queries,
+      const TopKOptions& options = {}) const;
+
   // The served models, and the model folders that do not load.
   absl::StatusOr<v1::ListModelsResponse> ListModels(
       absl::Duration timeout = absl::Seconds(10)) const;

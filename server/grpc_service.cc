@@ -1,5 +1,6 @@
 #include "server/grpc_service.h"
 
+#include <atomic>
 #include <deque>
 #include <memory>
 #include <utility>
@@ -22,6 +23,15 @@ CallContext ContextOf(grpc::CallbackServerContext* context) {
   }
   call.cancelled = [context] { return context->IsCancelled(); };
   return call;
+}
+
+// Records a request's outcome in `out`: its response stays unless `status` is an error, which
+// replaces it.
+void SetOutcome(const absl::Status& status, v1::TopKSoftmaxStreamResponse& out) {
+  if (status.ok()) return;
+  v1::Error* error = out.mutable_error();  // clears the response
+  error->set_code(static_cast<int>(ToGrpcStatus(status).error_code()));
+  error->set_message(std::string(status.message()));
 }
 
 // One bidirectional stream. Each read request becomes a call of the backend; answers are
@@ -103,11 +113,7 @@ class StreamReactor final
   }
 
   void Answered(Item* item, absl::Status status) {
-    if (!status.ok()) {
-      v1::Error* error = item->out.mutable_error();  // clears the response
-      error->set_code(static_cast<int>(ToGrpcStatus(status).error_code()));
-      error->set_message(std::string(status.message()));
-    }
+    SetOutcome(status, item->out);
     std::unique_ptr<Item> owned(item);
     Item* write = nullptr;
     bool resume_reading = false;
@@ -165,6 +171,41 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   SoftmaxGrpcService* const service_;
 };
 
+// A batch call: each of its requests is forwarded as a call of its own, and the reactor
+// finishes once every one is answered.
+class BatchReactor final : public grpc::ServerUnaryReactor {
+ public:
+  // Forwards every request of `request`; the answers go to `response`, one result a request.
+  BatchReactor(grpc::CallbackServerContext* context, SoftmaxGrpcService* service,
+               const v1::TopKSoftmaxBatchRequest& request, v1::TopKSoftmaxBatchResponse& response)
+      : service_(service), pending_(request.requests_size() + 1) {
+    // Every result exists before the first request is forwarded: answers are written from the
+    // workers into results that no longer move.
+    for (const v1::TopKSoftmaxRequest& r : request.requests())
+      response.add_results()->set_id(r.id());
+    for (int i = 0; i < request.requests_size(); ++i) {
+      v1::TopKSoftmaxStreamResponse* out = response.mutable_results(i);
+      service_->Forward(&request.requests(i), out->mutable_response(), ContextOf(context),
+                        [this, out](absl::Status status) {
+                          SetOutcome(status, *out);
+                          Answered();
+                        });
+    }
+    Answered();  // the constructor's share: the call cannot finish while it still forwards
+  }
+
+  void OnCancel() override { service_->NotifyCancelled(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void Answered() {
+    if (pending_.fetch_sub(1) == 1) Finish(grpc::Status::OK);
+  }
+
+  SoftmaxGrpcService* const service_;
+  std::atomic<int> pending_;  // requests unanswered, plus one until all are forwarded
+};
+
 }  // namespace
 
 void SoftmaxGrpcService::SetBackend(InferenceService* backend) {
@@ -200,6 +241,12 @@ grpc::ServerUnaryReactor* SoftmaxGrpcService::TopKSoftmax(grpc::CallbackServerCo
   Forward(request, response, ContextOf(context),
           [reactor](absl::Status status) { reactor->Finish(ToGrpcStatus(status)); });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* SoftmaxGrpcService::TopKSoftmaxBatch(
+    grpc::CallbackServerContext* context, const v1::TopKSoftmaxBatchRequest* request,
+    v1::TopKSoftmaxBatchResponse* response) {
+  return new BatchReactor(context, this, *request, *response);
 }
 
 grpc::ServerUnaryReactor* SoftmaxGrpcService::ListModels(grpc::CallbackServerContext* context,

@@ -34,6 +34,9 @@ class SoftmaxGrpcService final : public v1::SoftmaxService::CallbackService {
   grpc::ServerUnaryReactor* TopKSoftmax(grpc::CallbackServerContext* context,
                                         const v1::TopKSoftmaxRequest* request,
                                         v1::TopKSoftmaxResponse* response) override;
+  grpc::ServerUnaryReactor* TopKSoftmaxBatch(grpc::CallbackServerContext* context,
+                                             const v1::TopKSoftmaxBatchRequest* request,
+                                             v1::TopKSoftmaxBatchResponse* response) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;

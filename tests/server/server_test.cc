@@ -358,6 +358,93 @@ TEST_F(ServerTest, StreamAnswersEveryRequestAndReportsErrorsPerRequest) {
   EXPECT_THAT((*results)[30].status().message(), HasSubstr("query:"));
 }
 
+// A batch call answers each request as its own call would, in order, and a bad request gets
+// its own error while the others are answered.
+TEST_F(ServerTest, BatchCallAnswersEachRequestInOrderAndErrorsPerRequest) {
+  StartAndLoad();
+  auto channel = client::MakeChannel(server_->address());
+  auto stub = v1::SoftmaxService::NewStub(*channel);
+  auto add = [](v1::TopKSoftmaxBatchRequest& batch, const std::string& model,
+                absl::Span<const float> query, uint32_t k, v1::Mode mode, uint64_t seed) {
+    v1::TopKSoftmaxRequest* r = batch.add_requests();
+    r->set_model(model);
+    r->mutable_query()->Assign(query.begin(), query.end());
+    r->set_k(k);
+    r->set_mode(mode);
+    r->set_seed(seed);
+    r->set_id(absl::StrCat("id", batch.requests_size() - 1));
+  };
+  const std::vector<float> short_query(kD - 1, 0.5f);
+  v1::TopKSoftmaxBatchRequest batch;
+  for (size_t q = 0; q < 12; ++q) add(batch, "small", Row(q), 3, v1::MODE_EXACT, 0);
+  add(batch, "small", short_query, 3, v1::MODE_EXACT, 0);  // 12
+  add(batch, "nope", Row(0), 3, v1::MODE_EXACT, 0);        // 13
+  add(batch, "small", Row(1), 0, v1::MODE_EXACT, 0);       // 14
+  for (size_t q = 0; q < 4; ++q) add(batch, "small", Row(q), 2, v1::MODE_ADAPTIVE, 11 + q);
+  v1::TopKSoftmaxBatchResponse response;
+  grpc::ClientContext context;
+  ASSERT_TRUE(stub->TopKSoftmaxBatch(&context, batch, &response).ok());
+  ASSERT_EQ(response.results_size(), batch.requests_size());
+  for (int i = 0; i < response.results_size(); ++i) {
+    EXPECT_EQ(response.results(i).id(), absl::StrCat("id", i));
+  }
+  auto expect_error = [&](int i, grpc::StatusCode code, const std::string& field) {
+    ASSERT_TRUE(response.results(i).has_error()) << i;
+    EXPECT_EQ(response.results(i).error().code(), code) << i;
+    EXPECT_THAT(response.results(i).error().message(), HasSubstr(field)) << i;
+  };
+  expect_error(12, grpc::StatusCode::INVALID_ARGUMENT, "query:");
+  expect_error(13, grpc::StatusCode::NOT_FOUND, "nope");
+  expect_error(14, grpc::StatusCode::INVALID_ARGUMENT, "k:");
+  // The others, against single calls: exact answers, and seeded adaptive ones bit for bit.
+  for (int i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16, 17, 18}) {
+    const v1::TopKSoftmaxRequest& r = batch.requests(i);
+    ASSERT_TRUE(response.results(i).has_response())
+        << i << ": " << response.results(i).error().message();
+    const v1::TopKSoftmaxResponse& answer = response.results(i).response();
+    TopKOptions o;
+    o.k = r.k();
+    o.mode = r.mode();
+    o.seed = r.seed();
+    absl::StatusOr<Result> single =
+        client_->TopKSoftmax("small", absl::MakeConstSpan(r.query().data(), r.query().size()), o);
+    ASSERT_TRUE(single.ok()) << single.status();
+    EXPECT_THAT(answer.indices(), ::testing::ElementsAreArray(single->indices)) << i;
+    // Exact answers may round differently in a batch's SGEMM than in a single query's pass.
+    const double tolerance = r.mode() == v1::MODE_EXACT ? 1e-6 : 0;
+    EXPECT_THAT(answer.probabilities(),
+                ::testing::Pointwise(::testing::DoubleNear(tolerance), single->probabilities))
+        << i;
+    EXPECT_EQ(answer.mode(), r.mode()) << i;
+  }
+  // An empty batch is answered with no results.
+  grpc::ClientContext empty_context;
+  v1::TopKSoftmaxBatchResponse empty;
+  ASSERT_TRUE(stub->TopKSoftmaxBatch(&empty_context, v1::TopKSoftmaxBatchRequest(), &empty).ok());
+  EXPECT_EQ(empty.results_size(), 0);
+}
+
+// The requests of a batch call join the model's batches together: under a frozen fake clock no
+// batch times out, so the call is answered only because its 16 requests formed a full batch.
+TEST_F(ServerTest, BatchCallRequestsShareTheModelsBatches) {
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                         "weights: \"weights.npy\"\nbias: \"bias.npy\"\n"
+                         "batching { max_batch_size: 16 batch_timeout_us: 1000 }\n");
+  StartAndLoad(&fake_clock_);
+  std::vector<absl::Span<const float>> queries;
+  for (size_t q = 0; q < 16; ++q) queries.push_back(Row(q));
+  TopKOptions o;
+  o.timeout = absl::Seconds(30);
+  auto results = client_->TopKSoftmaxBatch("small", queries, o);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), 16u);
+  for (const absl::StatusOr<Result>& r : *results) {
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->batch_size, 16u);
+    EXPECT_EQ(r->model, "small");
+  }
+}
+
 TEST_F(ServerTest, ListModelsDescribesTheModels) {
   testing::WriteModel(dir_.Sub("repo/tuned"), SmallModel(9),
                       "name: \"tuned\"\ndefault_epsilon: 0.2\ndefault_mode: MODE_EXACT\n"
