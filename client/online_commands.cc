@@ -152,6 +152,21 @@ double Percentile(const std::vector<double>& sorted, double p) {
   return sorted[std::clamp<size_t>(static_cast<size_t>(rank), 1, sorted.size()) - 1];
 }
 
+// The answers to rows [first, end) of `queries`: one TopKSoftmax call for a single row, else
+// one TopKSoftmaxBatch call.
+absl::StatusOr<std::vector<absl::StatusOr<Result>>> Send(const Client& client,
+                                                         const std::string& model,
+                                                         const Matrix& queries, size_t first,
+                                                         size_t end, const TopKOptions& options) {
+  if (end - first == 1) {
+    return std::vector<absl::StatusOr<Result>>{
+        client.TopKSoftmax(model, Row(queries, first), options)};
+  }
+  std::vector<absl::Span<const float>> rows;
+  for (size_t q = first; q < end; ++q) rows.push_back(Row(queries, q));
+  return client.TopKSoftmaxBatch(model, rows, options);
+}
+
 }  // namespace
 
 int QueryCommand(int argc, char** argv) {
@@ -161,6 +176,7 @@ int QueryCommand(int argc, char** argv) {
   std::vector<double> vector;
   bool as_json = false;
   uint64_t limit = 0;
+  uint64_t batch_size = 1;
   FlagSet flags("query", "--model NAME (--vector V1,V2,... | --queries Q.npy) [flags]",
                 "Asks a running server for the top-k softmax of each query and prints the "
                 "classes (with their labels when the model has them), probabilities and samples "
@@ -170,6 +186,8 @@ int QueryCommand(int argc, char** argv) {
   flags.AddDoubleList("vector", &vector, "one query, d comma-separated numbers");
   flags.AddString("queries", &queries_path, ".npy matrix with one query a row").Placeholder("PATH");
   flags.AddUint64("limit", &limit, "answer only the first N rows of --queries (0: all)");
+  flags.AddUint64("batch-size", &batch_size, "queries sent in one call (TopKSoftmaxBatch when > 1)")
+      .Min(1);
   AddRequestFlags(flags, &req);
   flags.AddBool("json", &as_json, "print one JSON object per query");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
@@ -192,13 +210,22 @@ int QueryCommand(int argc, char** argv) {
   absl::StatusOr<Client> client = Connect(conn);
   if (!client.ok()) return flags.Error(client.status());
   const size_t rows = limit > 0 ? std::min<size_t>(limit, queries.rows()) : queries.rows();
-  for (size_t q = 0; q < rows; ++q) {
-    absl::StatusOr<Result> result = client->TopKSoftmax(model, Row(queries, q), options);
-    if (!result.ok()) return flags.Error(result.status());
-    if (as_json) {
-      std::printf("%s\n", ResultJson(q, *result).dump().c_str());
-    } else {
-      PrintResult(q, *result);
+  for (size_t first = 0; first < rows; first += batch_size) {
+    const size_t end = std::min<size_t>(rows, first + batch_size);
+    absl::StatusOr<std::vector<absl::StatusOr<Result>>> results =
+        Send(*client, model, queries, first, end, options);
+    if (!results.ok()) return flags.Error(results.status());
+    for (size_t q = first; q < end; ++q) {
+      const absl::StatusOr<Result>& result = (*results)[q - first];
+      if (!result.ok()) {
+        return flags.Error(absl::Status(
+            result.status().code(), absl::StrCat("query ", q, ": ", result.status().message())));
+      }
+      if (as_json) {
+        std::printf("%s\n", ResultJson(q, *result).dump().c_str());
+      } else {
+        PrintResult(q, *result);
+      }
     }
   }
   return 0;
@@ -293,11 +320,13 @@ int LoadgenCommand(int argc, char** argv) {
   RequestFlags req;
   std::string model, queries_path;
   uint64_t concurrency = 1;
+  uint64_t batch_size = 1;
   double duration_s = 10;
   FlagSet flags("loadgen", "--model NAME --queries Q.npy [--concurrency C] [--duration-s S]",
-                "Closed-loop load: C callers each send the next query as soon as the previous "
-                "answer arrives, cycling through the rows of Q.npy, for S seconds. Prints QPS, "
-                "latency percentiles, mean samples per query and error counts as JSON.");
+                "Closed-loop load: C callers each send the next query (or the next B, with "
+                "--batch-size B) as soon as the previous answer arrives, cycling through the rows "
+                "of Q.npy, for S seconds. Prints QPS (queries answered a second), call latency "
+                "percentiles, mean samples per query and error counts as JSON.");
   AddConnectionFlags(flags, &conn, 30);
   flags.AddString("model", &model, "model name").Required();
   flags.AddString("queries", &queries_path, ".npy matrix with one query a row")
@@ -305,6 +334,7 @@ int LoadgenCommand(int argc, char** argv) {
       .Required();
   flags.AddUint64("concurrency", &concurrency, "concurrent callers").Min(1).Max(4096);
   flags.AddDouble("duration-s", &duration_s, "how long to send, in seconds").Min(0, true);
+  flags.AddUint64("batch-size", &batch_size, "queries a call (TopKSoftmaxBatch when > 1)").Min(1);
   AddRequestFlags(flags, &req);
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   TopKOptions options;
@@ -316,7 +346,8 @@ int LoadgenCommand(int argc, char** argv) {
   if (!client.ok()) return flags.Error(client.status());
 
   struct Stats {
-    std::vector<double> latency_ms;
+    std::vector<double> latency_ms;  // a call's
+    uint64_t answered = 0;
     double samples = 0;
     double fraction = 0;
     uint64_t exact = 0;  // answers computed exactly (exact mode or the exact fallback)
@@ -331,20 +362,40 @@ int LoadgenCommand(int argc, char** argv) {
   for (size_t t = 0; t < concurrency; ++t) {
     callers.emplace_back([&, t] {
       Stats& s = stats[t];
-      for (size_t i = t; absl::Now() < end; i += concurrency) {
+      auto count_error = [&s](const absl::Status& status) {
+        ++s.errors[std::string(absl::StatusCodeToString(status.code()))];
+        if (s.first_error.empty()) s.first_error = std::string(status.message());
+      };
+      for (size_t call = t; absl::Now() < end; call += concurrency) {
+        // The call's rows, cycling through the file.
+        Matrix rows = Matrix::Owned(batch_size, queries->cols(), Layout::kRowMajor);
+        for (size_t b = 0; b < batch_size; ++b) {
+          const absl::Span<const float> row =
+              Row(*queries, (call * batch_size + b) % queries->rows());
+          std::copy(row.begin(), row.end(), rows.mutable_data() + b * queries->cols());
+        }
         const absl::Time sent = absl::Now();
-        absl::StatusOr<Result> r =
-            client->TopKSoftmax(model, Row(*queries, i % queries->rows()), options);
-        if (!r.ok()) {
-          ++s.errors[std::string(absl::StatusCodeToString(r.status().code()))];
-          if (s.first_error.empty()) s.first_error = std::string(r.status().message());
+        absl::StatusOr<std::vector<absl::StatusOr<Result>>> answers =
+            Send(*client, model, rows, 0, batch_size, options);
+        const double latency_ms = absl::ToDoubleMilliseconds(absl::Now() - sent);
+        if (!answers.ok()) {
+          count_error(answers.status());
           continue;
         }
-        s.latency_ms.push_back(absl::ToDoubleMilliseconds(absl::Now() - sent));
-        s.samples += static_cast<double>(r->samples);
-        s.fraction += r->sample_fraction;
-        s.exact += r->exact;
-        s.batch_size += r->batch_size;
+        bool any = false;
+        for (const absl::StatusOr<Result>& r : *answers) {
+          if (!r.ok()) {
+            count_error(r.status());
+            continue;
+          }
+          any = true;
+          ++s.answered;
+          s.samples += static_cast<double>(r->samples);
+          s.fraction += r->sample_fraction;
+          s.exact += r->exact;
+          s.batch_size += r->batch_size;
+        }
+        if (any) s.latency_ms.push_back(latency_ms);
       }
     });
   }
@@ -354,6 +405,7 @@ int LoadgenCommand(int argc, char** argv) {
   Stats all;
   for (Stats& s : stats) {
     all.latency_ms.insert(all.latency_ms.end(), s.latency_ms.begin(), s.latency_ms.end());
+    all.answered += s.answered;
     all.samples += s.samples;
     all.fraction += s.fraction;
     all.exact += s.exact;
@@ -362,18 +414,20 @@ int LoadgenCommand(int argc, char** argv) {
     if (all.first_error.empty()) all.first_error = s.first_error;
   }
   std::sort(all.latency_ms.begin(), all.latency_ms.end());
-  const double ok = static_cast<double>(all.latency_ms.size());
+  const double ok = static_cast<double>(all.answered);
   uint64_t error_count = 0;
   for (const auto& [code, count] : all.errors) error_count += count;
   double mean_ms = 0;
   for (double l : all.latency_ms) mean_ms += l;
+  const double calls = static_cast<double>(all.latency_ms.size());  // with an answer
   json out = {
       {"target", conn.target},
       {"model", model},
       {"concurrency", concurrency},
+      {"batch_size", batch_size},
       {"duration_s", elapsed},
-      {"requests", all.latency_ms.size() + error_count},
-      {"ok", all.latency_ms.size()},
+      {"requests", all.answered + error_count},
+      {"ok", all.answered},
       {"errors", error_count},
       {"errors_by_code", all.errors},
       {"qps", ok / elapsed},
@@ -381,7 +435,7 @@ int LoadgenCommand(int argc, char** argv) {
        {{"p50", Percentile(all.latency_ms, 0.5)},
         {"p90", Percentile(all.latency_ms, 0.9)},
         {"p99", Percentile(all.latency_ms, 0.99)},
-        {"mean", ok > 0 ? mean_ms / ok : 0},
+        {"mean", calls > 0 ? mean_ms / calls : 0},
         {"max", all.latency_ms.empty() ? 0 : all.latency_ms.back()}}},
       {"mean_samples_per_query", ok > 0 ? all.samples / ok : 0},
       {"mean_sample_fraction", ok > 0 ? all.fraction / ok : 0},

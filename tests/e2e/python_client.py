@@ -171,6 +171,27 @@ class WireCompatibilityTest(unittest.TestCase):
         self.assertEqual(replies["bad"].error.code, self.grpc.StatusCode.INVALID_ARGUMENT.value[0])
         self.assertIn("k:", replies["bad"].error.message)
 
+    def test_batch(self):
+        batch = self.pb.TopKSoftmaxBatchRequest()
+        for row in range(12):
+            batch.requests.append(self.request(row, k=2, mode=self.pb.MODE_EXACT, id="row-%d" % row))
+        bad = self.request(0, k=0, id="bad")
+        batch.requests.insert(5, bad)
+        reply = self.stub.TopKSoftmaxBatch(batch, timeout=30)
+        self.assertEqual([r.id for r in reply.results], [r.id for r in batch.requests])
+        for request, result in zip(batch.requests, reply.results):
+            if request.id == "bad":
+                self.assertEqual(result.WhichOneof("result"), "error")
+                self.assertEqual(result.error.code, self.grpc.StatusCode.INVALID_ARGUMENT.value[0])
+                self.assertIn("k:", result.error.message)
+                continue
+            self.assertEqual(result.WhichOneof("result"), "response")
+            logits, log_z = self.reference(np.array(request.query, dtype=np.float32))
+            want = np.argsort(-logits, kind="stable")[:2]
+            self.assertEqual(list(result.response.indices), want.tolist())
+            np.testing.assert_allclose(result.response.probabilities,
+                                       np.exp(logits[want] - log_z), rtol=1e-4)
+
     def test_reflection_lists_the_services(self):
         import reflection_pb2
         import reflection_pb2_grpc

@@ -32,7 +32,7 @@ TEST(PythonClientTest, GeneratedStubsTalkToTheServer) {
                                 "--out", dir.Sub("stubs")},
                                absl::Seconds(120));
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  EXPECT_THAT(r.err, ::testing::HasSubstr("Ran 7 tests"));
+  EXPECT_THAT(r.err, ::testing::HasSubstr("Ran 8 tests"));
   EXPECT_THAT(r.err, ::testing::EndsWith("OK\n"));
 }
 

@@ -338,6 +338,24 @@ TEST_F(ServerE2eTest, CliQueryPrintsLabelsAndJson) {
     ++lines;
   }
   EXPECT_EQ(lines, 64);
+  // In calls of 10 queries (the last of 4), the same answers in the same order.
+  CommandResult batched =
+      RunCommand({Cli(), "query", "--target", server_->address, "--model", "small", "--queries",
+                  dir_->Sub("repo/small/queries.npy"), "--k", "2", "--mode", "exact", "--json",
+                  "--batch-size", "10"});
+  ASSERT_EQ(batched.exit_code, 0) << batched.err;
+  std::vector<nlohmann::json> one, ten;
+  for (absl::string_view line : absl::StrSplit(j.out, '\n', absl::SkipEmpty())) {
+    one.push_back(nlohmann::json::parse(line));
+  }
+  for (absl::string_view line : absl::StrSplit(batched.out, '\n', absl::SkipEmpty())) {
+    ten.push_back(nlohmann::json::parse(line));
+  }
+  ASSERT_EQ(ten.size(), one.size());
+  for (size_t q = 0; q < one.size(); ++q) {
+    EXPECT_EQ(ten[q]["query"], q);
+    EXPECT_EQ(ten[q]["indices"], one[q]["indices"]) << q;
+  }
 
   CommandResult bad = RunCommand(
       {Cli(), "query", "--target", server_->address, "--model", "small", "--vector", "1,2,3"});
@@ -379,6 +397,18 @@ TEST_F(ServerE2eTest, CliModelsHealthAndLoadgen) {
     EXPECT_GT(report["latency_ms"][key].get<double>(), 0) << key;
   }
   EXPECT_GT(report["mean_samples_per_query"].get<double>(), 0);
+
+  // Calls of 8 queries: every answer counts, and the calls' queries share batches.
+  CommandResult batch_load =
+      RunCommand({Cli(), "loadgen", "--target", server_->address, "--model", "small", "--queries",
+                  dir_->Sub("repo/small/queries.npy"), "--concurrency", "2", "--duration-s", "1",
+                  "--batch-size", "8"});
+  ASSERT_EQ(batch_load.exit_code, 0) << batch_load.err;
+  const nlohmann::json batch_report = nlohmann::json::parse(batch_load.out);
+  EXPECT_EQ(batch_report["batch_size"], 8);
+  EXPECT_EQ(batch_report["errors"], 0);
+  EXPECT_EQ(batch_report["ok"].get<int>() % 8, 0);
+  EXPECT_GT(batch_report["mean_batch_size"].get<double>(), 1);
 }
 
 // Health is NOT_SERVING while a model loads. The model's labels file is a FIFO: loading blocks
