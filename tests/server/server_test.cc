@@ -422,6 +422,10 @@ TEST_F(ServerTest, BatchCallAnswersEachRequestInOrderAndErrorsPerRequest) {
   v1::TopKSoftmaxBatchResponse empty;
   ASSERT_TRUE(stub->TopKSoftmaxBatch(&empty_context, v1::TopKSoftmaxBatchRequest(), &empty).ok());
   EXPECT_EQ(empty.results_size(), 0);
+  // A call beyond the message limit (64 KiB here) fails as a whole.
+  const std::vector<absl::Span<const float>> many(400, Row(0));
+  EXPECT_EQ(client_->TopKSoftmaxBatch("small", many).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 // The requests of a batch call join the model's batches together: under a frozen fake clock no
