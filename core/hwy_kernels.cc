@@ -86,7 +86,8 @@ void SweepPass(const hwy::float16_t* const* column, const float* x, size_t arms,
   size_t r = 0;
   for (; r + kBlock <= arms; r += kBlock) {
     for (size_t c = 0; c < kColumns; ++c) {
-      PrefetchAhead(column[c] + r, kBlock * sizeof(hwy::float16_t));
+      PrefetchAhead(column[c] + r, kBlock * sizeof(hwy::float16_t),
+                    SweepPrefetchBytes(sizeof(hwy::float16_t)));
     }
     for (size_t l = 0; l < kBlock; l += lanes) {
       SweepStep<kColumns, kFirstPass, kLastPass>(df, r + l, column, x, mask, first, sum, sum_sq,

@@ -62,7 +62,9 @@ template <size_t kColumns, bool kFirstPass, bool kLastPass, typename T>
   constexpr size_t kLine = 64 / sizeof(T), kBlock = 4 * kLine;
   size_t r = 0;
   for (; r + kBlock <= arms; r += kBlock) {
-    for (size_t c = 0; c < kColumns; ++c) PrefetchAhead(column[c] + r, kBlock * sizeof(T));
+    for (size_t c = 0; c < kColumns; ++c) {
+      PrefetchAhead(column[c] + r, kBlock * sizeof(T), SweepPrefetchBytes(sizeof(T)));
+    }
     for (size_t l = 0; l < kBlock; ++l) step(r + l);
   }
   for (; r < arms; ++r) step(r);

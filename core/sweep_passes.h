@@ -18,14 +18,26 @@ namespace adasoftmax {
 // REQUIRES: count >= 1.
 inline constexpr size_t kSweepPassColumns = 8;
 
-// How far ahead of a sequential read the kernels prefetch (see SweepPass and InterleavedDots in
-// panel_kernels.cc, SweepPass in hwy_kernels.cc).
+// How far ahead of a sequential read the row kernels prefetch (InterleavedDots in
+// panel_kernels.cc).
 inline constexpr size_t kPrefetchAheadBytes = 1024;
 
-// Prefetches the cache lines of the `bytes` bytes kPrefetchAheadBytes past p: an address, not a
+// How far ahead of its columns a sweep pass prefetches (SweepPass in panel_kernels.cc and in
+// hwy_kernels.cc), by entry size. BM_SweepColumnsFromMemory/{1,2}/1/{4,8}, seven runs each,
+// half precision 256 bytes ahead against 1024: float16 0.97-1.24x, bfloat16 1.05-1.43x as fast
+// (8 columns: 1.43x); float32 ran as fast 512 and 1024 bytes ahead and 5-8% slower 256. Through
+// the server (deploy/benchmark-server.sh, two alternated runs a side), W2's float16 sampler
+// served 388 and 432 queries/s batched against 335 and 363, W1's within the noise (732, 821
+// against 810, 850).
+inline constexpr size_t SweepPrefetchBytes(size_t entry_bytes) {
+  return entry_bytes == 4 ? 1024 : 256;
+}
+
+// Prefetches the cache lines of the `bytes` bytes `distance` bytes past p: an address, not a
 // pointer, as it may lie past the end of p's array, which prefetching ignores.
-[[gnu::always_inline]] inline void PrefetchAhead(const void* p, size_t bytes) {
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes;
+[[gnu::always_inline]] inline void PrefetchAhead(const void* p, size_t bytes,
+                                                 size_t distance = kPrefetchAheadBytes) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + distance;
   for (size_t b = 0; b < bytes; b += 64) {
     __builtin_prefetch(reinterpret_cast<const void*>(ahead + b));
   }
