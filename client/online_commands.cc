@@ -305,7 +305,7 @@ int HealthCommand(int argc, char** argv) {
                 "Prints the server's grpc.health.v1 status. Exit status 0 only when SERVING "
                 "(usable as a container probe).");
   AddConnectionFlags(flags, &conn, 5);
-  flags.AddString("service", &service, "service to check (default: the whole server)");
+  flags.AddString("service", &service, "a model's name, to check that model (default: the server)");
   if (std::optional<int> code = flags.Parse(argc, argv)) return *code;
   absl::StatusOr<Client> client = Connect(conn);
   if (!client.ok()) return flags.Error(client.status());

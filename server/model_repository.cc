@@ -60,6 +60,10 @@ std::string Resolve(const std::string& dir, const std::string& path) {
 
 absl::Status ValidateName(const std::string& name) {
   if (name.empty()) return absl::InvalidArgumentError("name: is empty");
+  if (name == kServiceName) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("name: '%s' is the server's own health service name", name));
+  }
   for (char c : name) {
     if (!(absl::ascii_isalnum(c) || c == '_' || c == '-' || c == '.')) {
       return absl::InvalidArgumentError(absl::StrFormat(

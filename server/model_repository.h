@@ -23,6 +23,10 @@
 
 namespace adasoftmax::server {
 
+// The name the health service reports the whole server under (see Server), which no model may
+// take: each model's health is reported under the model's name.
+inline constexpr char kServiceName[] = "adasoftmax.v1.SoftmaxService";
+
 // Server-wide settings that model configs may override.
 struct RepositoryOptions {
   // Where synthetic models are generated and cached (created when missing). REQUIRES: non-empty

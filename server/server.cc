@@ -6,6 +6,7 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -16,8 +17,6 @@
 
 namespace adasoftmax::server {
 namespace {
-
-constexpr char kServiceName[] = "adasoftmax.v1.SoftmaxService";
 
 absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -231,6 +230,13 @@ absl::Status Server::Serve(const std::vector<std::shared_ptr<const ServedModel>>
   // No request enters the previous service any more: it answers what it holds and stops.
   std::unique_ptr<InferenceService> previous = std::exchange(service_, std::move(service));
   if (previous != nullptr) previous->Shutdown();
+  grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
+  std::vector<std::string> names = Names(models);
+  for (const std::string& name : served_names_) {
+    if (absl::c_find(names, name) == names.end()) health->SetServingStatus(name, false);
+  }
+  for (const std::string& name : names) health->SetServingStatus(name, true);
+  served_names_ = std::move(names);
   return absl::OkStatus();
 }
 

@@ -51,7 +51,9 @@ struct ServerOptions {
 // The adasoftmax server: gRPC (SoftmaxService, grpc.health.v1.Health, server reflection) and
 // the Prometheus endpoint around an InferenceService. Lifecycle: Start (listening; health
 // NOT_SERVING, RPCs UNAVAILABLE) -> LoadModels (health SERVING) -> ReloadModels, any number of
-// times -> Shutdown. Thread-safe.
+// times -> Shutdown. The health service reports the server as "" and kServiceName, and each
+// model under its name: SERVING while it is served, NOT_SERVING once a reload removed it (or
+// at shutdown), unknown (NOT_FOUND) before it was first served. Thread-safe.
 class Server {
  public:
   using LogFn = std::function<void(const std::string&)>;
@@ -93,7 +95,8 @@ class Server {
  private:
   Server(const ServerOptions& options, LogFn log, const Clock* clock);
 
-  // Serves `models` from a new InferenceService, then retires the previous one.
+  // Serves `models` from a new InferenceService, then retires the previous one, and reports
+  // each model's health.
   absl::Status Serve(const std::vector<std::shared_ptr<const ServedModel>>& models)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -116,6 +119,7 @@ class Server {
   absl::Mutex mu_;  // serialises loads, reloads and Shutdown
   ModelRepository repository_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<InferenceService> service_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> served_names_ ABSL_GUARDED_BY(mu_);  // service_'s models
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -84,9 +84,12 @@ class WireCompatibilityTest(unittest.TestCase):
         import health_pb2_grpc
 
         health = health_pb2_grpc.HealthStub(self.channel)
-        for service in ["", "adasoftmax.v1.SoftmaxService"]:
+        for service in ["", "adasoftmax.v1.SoftmaxService", ARGS.model]:
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
             self.assertEqual(reply.status, health_pb2.HealthCheckResponse.SERVING)
+        with self.assertRaises(self.grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service="no-such-model"), timeout=10)
+        self.assertEqual(caught.exception.code(), self.grpc.StatusCode.NOT_FOUND)
 
     def test_list_models(self):
         reply = self.stub.ListModels(self.pb.ListModelsRequest(), timeout=10)

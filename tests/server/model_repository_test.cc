@@ -202,6 +202,8 @@ TEST_F(ModelRepositoryTest, BadConfigsFailWithAMessageNamingTheProblem) {
       {"", "exactly one of `weights` and `synthetic`"},
       {"weights: \"weights.npy\"\nsynthetic { n: 10 d: 2 }\n", "exactly one"},
       {"weights: \"weights.npy\"\nname: \"bad name!\"\n", "name"},
+      {"weights: \"weights.npy\"\nname: \"adasoftmax.v1.SoftmaxService\"\n",
+       "name: 'adasoftmax.v1.SoftmaxService' is the server's own health service name"},
       {"weights: \"weights.npy\"\ndtype: \"fp8\"\n", "dtype: unknown dtype 'fp8'"},
       {"weights: \"weights.npy\"\nsampling_dtype: \"int8\"\n",
        "sampling_dtype: unknown dtype 'int8'"},

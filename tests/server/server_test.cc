@@ -109,6 +109,28 @@ TEST_F(ServerTest, HealthIsNotServingUntilEveryModelIsLoaded) {
   EXPECT_FALSE(client_->Health().ok());
 }
 
+// Each model's health under its name: unknown until served, SERVING while served, NOT_SERVING
+// once a reload removed it.
+TEST_F(ServerTest, EachModelHasItsOwnHealth) {
+  WriteModel(dir_.Sub("repo/other"), SmallModel(5));
+  StartServer();
+  EXPECT_EQ(client_->Health("small").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(server_->LoadModels().ok());
+  EXPECT_EQ(*client_->Health("small"), HealthStatus::kServing);
+  EXPECT_EQ(*client_->Health("other"), HealthStatus::kServing);
+  EXPECT_EQ(client_->Health("nope").status().code(), absl::StatusCode::kNotFound);
+  std::filesystem::remove_all(dir_.Sub("repo/other"));
+  ASSERT_TRUE(server_->ReloadModels().ok());
+  EXPECT_EQ(*client_->Health("other"), HealthStatus::kNotServing);
+  EXPECT_EQ(*client_->Health("small"), HealthStatus::kServing);
+  EXPECT_EQ(*client_->Health(), HealthStatus::kServing);
+  WriteModel(dir_.Sub("repo/other"), SmallModel(5));
+  ASSERT_TRUE(server_->ReloadModels().ok());
+  EXPECT_EQ(*client_->Health("other"), HealthStatus::kServing);
+  server_->Shutdown(absl::Seconds(1));
+  EXPECT_FALSE(client_->Health("small").ok());
+}
+
 TEST_F(ServerTest, ModelThatFailsToLoadStopsStartUpAndStaysNotServing) {
   testing::WriteTextFile(dir_.Sub("repo/broken/model.pbtxt"), "weights: \"missing.npy\"\n");
   StartServer();
