@@ -152,18 +152,13 @@ double Percentile(const std::vector<double>& sorted, double p) {
   return sorted[std::clamp<size_t>(static_cast<size_t>(rank), 1, sorted.size()) - 1];
 }
 
-// The answers to rows [first, end) of `queries`: one TopKSoftmax call for a single row, else
-// one TopKSoftmaxBatch call.
-absl::StatusOr<std::vector<absl::StatusOr<Result>>> Send(const Client& client,
-                                                         const std::string& model,
-                                                         const Matrix& queries, size_t first,
-                                                         size_t end, const TopKOptions& options) {
-  if (end - first == 1) {
-    return std::vector<absl::StatusOr<Result>>{
-        client.TopKSoftmax(model, Row(queries, first), options)};
+// The answers to `rows`: one TopKSoftmax call for a single row, else one TopKSoftmaxBatch call.
+absl::StatusOr<std::vector<absl::StatusOr<Result>>> Send(
+    const Client& client, const std::string& model,
+    const std::vector<absl::Span<const float>>& rows, const TopKOptions& options) {
+  if (rows.size() == 1) {
+    return std::vector<absl::StatusOr<Result>>{client.TopKSoftmax(model, rows[0], options)};
   }
-  std::vector<absl::Span<const float>> rows;
-  for (size_t q = first; q < end; ++q) rows.push_back(Row(queries, q));
   return client.TopKSoftmaxBatch(model, rows, options);
 }
 
@@ -212,8 +207,10 @@ int QueryCommand(int argc, char** argv) {
   const size_t rows = limit > 0 ? std::min<size_t>(limit, queries.rows()) : queries.rows();
   for (size_t first = 0; first < rows; first += batch_size) {
     const size_t end = std::min<size_t>(rows, first + batch_size);
+    std::vector<absl::Span<const float>> call;
+    for (size_t q = first; q < end; ++q) call.push_back(Row(queries, q));
     absl::StatusOr<std::vector<absl::StatusOr<Result>>> results =
-        Send(*client, model, queries, first, end, options);
+        Send(*client, model, call, options);
     if (!results.ok()) return flags.Error(results.status());
     for (size_t q = first; q < end; ++q) {
       const absl::StatusOr<Result>& result = (*results)[q - first];
@@ -368,15 +365,13 @@ int LoadgenCommand(int argc, char** argv) {
       };
       for (size_t call = t; absl::Now() < end; call += concurrency) {
         // The call's rows, cycling through the file.
-        Matrix rows = Matrix::Owned(batch_size, queries->cols(), Layout::kRowMajor);
+        std::vector<absl::Span<const float>> rows;
         for (size_t b = 0; b < batch_size; ++b) {
-          const absl::Span<const float> row =
-              Row(*queries, (call * batch_size + b) % queries->rows());
-          std::copy(row.begin(), row.end(), rows.mutable_data() + b * queries->cols());
+          rows.push_back(Row(*queries, (call * batch_size + b) % queries->rows()));
         }
         const absl::Time sent = absl::Now();
         absl::StatusOr<std::vector<absl::StatusOr<Result>>> answers =
-            Send(*client, model, rows, 0, batch_size, options);
+            Send(*client, model, rows, options);
         const double latency_ms = absl::ToDoubleMilliseconds(absl::Now() - sent);
         if (!answers.ok()) {
           count_error(answers.status());

@@ -181,8 +181,9 @@ class BatchReactor final : public grpc::ServerUnaryReactor {
       : service_(service), pending_(request.requests_size() + 1) {
     // Every result exists before the first request is forwarded: answers are written from the
     // workers into results that no longer move.
-    for (const v1::TopKSoftmaxRequest& r : request.requests())
+    for (const v1::TopKSoftmaxRequest& r : request.requests()) {
       response.add_results()->set_id(r.id());
+    }
     for (int i = 0; i < request.requests_size(); ++i) {
       v1::TopKSoftmaxStreamResponse* out = response.mutable_results(i);
       service_->Forward(&request.requests(i), out->mutable_response(), ContextOf(context),
