@@ -6,7 +6,6 @@
 #include <sstream>
 #include <utility>
 
-#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -189,6 +188,7 @@ absl::Status Server::ReloadModels() {
     RETURN_IF_ERROR(Serve(repository_.models()));
     for (const std::string& name : changes->unloaded) {
       metrics_->RemoveModel(name);
+      grpc_server_->GetHealthCheckService()->SetServingStatus(name, false);
       if (log_) log_(absl::StrCat("unloaded model ", name));
     }
     if (log_) {
@@ -231,12 +231,7 @@ absl::Status Server::Serve(const std::vector<std::shared_ptr<const ServedModel>>
   std::unique_ptr<InferenceService> previous = std::exchange(service_, std::move(service));
   if (previous != nullptr) previous->Shutdown();
   grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
-  std::vector<std::string> names = Names(models);
-  for (const std::string& name : served_names_) {
-    if (absl::c_find(names, name) == names.end()) health->SetServingStatus(name, false);
-  }
-  for (const std::string& name : names) health->SetServingStatus(name, true);
-  served_names_ = std::move(names);
+  for (const auto& m : models) health->SetServingStatus(m->name, true);
   return absl::OkStatus();
 }
 

@@ -96,7 +96,7 @@ class Server {
   Server(const ServerOptions& options, LogFn log, const Clock* clock);
 
   // Serves `models` from a new InferenceService, then retires the previous one, and reports
-  // each model's health.
+  // each of them SERVING (ReloadModels reports the models it unloads NOT_SERVING).
   absl::Status Serve(const std::vector<std::shared_ptr<const ServedModel>>& models)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -119,7 +119,6 @@ class Server {
   absl::Mutex mu_;  // serialises loads, reloads and Shutdown
   ModelRepository repository_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<InferenceService> service_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> served_names_ ABSL_GUARDED_BY(mu_);  // service_'s models
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
