@@ -43,12 +43,18 @@ absl::Status CheckFits(const std::string& source, size_t n, size_t d, size_t sto
 
 }  // namespace
 
+absl::Status Model::CheckLoadFits(const std::string& source, size_t n, size_t d, DType stored,
+                                  std::optional<DType> dtype, std::optional<DType> sampling_dtype,
+                                  std::optional<size_t> max_bytes) {
+  const DType kept = dtype.value_or(stored);
+  return CheckFits(source, n, d, ElementBytes(stored), kept, LeastCopyDType(kept, sampling_dtype),
+                   max_bytes);
+}
+
 absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const ModelFiles& files) {
-  // Checked before the file's data is read: it is held with the row-major copy while copied.
   auto admit = [&](const RawMatrix& stored) {
-    const DType dtype = files.dtype.value_or(stored.dtype);
-    return CheckFits(files.weights, stored.rows, stored.cols, ElementBytes(stored.dtype), dtype,
-                     LeastCopyDType(dtype, files.sampling_dtype), files.max_bytes);
+    return CheckLoadFits(files.weights, stored.rows, stored.cols, stored.dtype, files.dtype,
+                         files.sampling_dtype, files.max_bytes);
   };
   ASSIGN_OR_RETURN(RawMatrix weights, ReadRawMatrix(files.weights, files.tensor, admit));
   std::vector<float> bias;

@@ -55,6 +55,13 @@ struct ModelFiles {
 class Model {
  public:
   static absl::StatusOr<std::shared_ptr<const Model>> Load(const ModelFiles& files);
+  // OK when loading an n x d model whose data, in `stored`, is held beside the row-major copy
+  // while that is made, into `dtype` (none: as stored) and `sampling_dtype` (as ModelFiles'),
+  // fits in max_bytes (none: no bound); else ResourceExhausted naming `source` and the bytes.
+  // Load checks it before it reads the data; callers that make the data can check it first.
+  static absl::Status CheckLoadFits(const std::string& source, size_t n, size_t d, DType stored,
+                                    std::optional<DType> dtype, std::optional<DType> sampling_dtype,
+                                    std::optional<size_t> max_bytes);
   // REQUIRES: bias is empty or has weights.rows() entries; all values finite and, once rounded
   // to `dtype` and to `sampling_dtype`, still finite (else InvalidArgument naming the entry).
   // sampling_dtype and max_bytes: as ModelFiles'.

@@ -153,6 +153,9 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     const std::function<void(const std::string&)>& log, std::string* source, std::string* queries) {
   ASSIGN_OR_RETURN(const SynthOptions o, ToSynthOptions(synthetic));
   if (cache_dir.empty()) return absl::InvalidArgumentError("synthetic: no --cache_dir to cache it in");
+  // Before anything is read or generated: the float32 head is held as a weights file would be.
+  RETURN_IF_ERROR(
+      Model::CheckLoadFits("synthetic", o.n, o.d, DType::kFloat32, dtype, sampling, max_bytes));
   const std::string dir = SyntheticCacheDir(cache_dir, name, synthetic);
   *queries = (fs::path(dir) / "queries.npy").string();
   absl::StatusOr<std::shared_ptr<const Model>> cached =
@@ -161,7 +164,6 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadSynthetic(
     *source = absl::StrCat("synthetic, cached in ", dir);
     return cached;
   }
-  if (absl::IsResourceExhausted(cached.status())) return cached.status();  // as generated
   if (log) {
     log(absl::StrFormat("model %s: generating a synthetic %d x %d head into %s (%s)", name, o.n, o.d,
                         dir, cached.status().message()));

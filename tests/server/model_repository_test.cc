@@ -297,7 +297,8 @@ TEST_F(ModelRepositoryTest, RepositoryLoadsEveryModelInOrderAndRejectsDuplicates
 }
 
 // Under a memory limit, a model whose layouts do not fit in what the process leaves of it fails
-// to load, before it allocates them, and its folder is listed as failed.
+// to load, before it allocates them (a synthetic one before it is generated), and its folder is
+// listed as failed.
 TEST_F(ModelRepositoryTest, AModelBeyondTheMemoryLimitIsNotLoaded) {
   WriteModel(dir_.Sub("repo/a"), Tiny(1));
   std::filesystem::create_directories(dir_.Sub("repo/big"));
@@ -305,19 +306,29 @@ TEST_F(ModelRepositoryTest, AModelBeyondTheMemoryLimitIsNotLoaded) {
       WriteNpy(dir_.Sub("repo/big/weights.npy"), Matrix::Owned(2048, 4096, Layout::kRowMajor))
           .ok());  // 32 MiB
   WriteTextFile(dir_.Sub("repo/big/model.pbtxt"), "weights: \"weights.npy\"\n");
+  // A synthetic head as large is refused before it is generated.
+  v1::SyntheticModel synthetic;
+  synthetic.set_n(2048);
+  synthetic.set_d(4096);
+  WriteTextFile(dir_.Sub("repo/synth/model.pbtxt"), "synthetic { n: 2048 d: 4096 }\n");
   RepositoryOptions options = Options();
-  options.memory_limit_bytes = ResidentAnonymousBytes() + (32 << 20);  // big needs 64 MiB to load
+  options.memory_limit_bytes = ResidentAnonymousBytes() + (32 << 20);  // each needs 64 MiB
   ModelRepository repository(dir_.Sub("repo"), options);
   auto changes = repository.Update();
   ASSERT_TRUE(changes.ok()) << changes.status();
   EXPECT_EQ(Names(repository.models()), std::vector<std::string>{"a"});
-  ASSERT_EQ(changes->errors.size(), 1u);
-  EXPECT_EQ(changes->errors[0].code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(changes->errors[0].message(),
-              AllOf(HasSubstr("repo/big"), HasSubstr("2048 x 4096 x (4 + 4) bytes"),
-                    HasSubstr("the memory limit is")));
-  EXPECT_EQ(Folders(repository.failures()), std::vector<std::string>{"big"});
+  ASSERT_EQ(changes->errors.size(), 2u);
+  for (const absl::Status& error : changes->errors) {
+    EXPECT_EQ(error.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_THAT(error.message(),
+                AllOf(HasSubstr("2048 x 4096 x (4 + 4) bytes"), HasSubstr("the memory limit is")));
+  }
+  EXPECT_THAT(changes->errors[0].message(), HasSubstr("repo/big"));
+  EXPECT_THAT(changes->errors[1].message(), HasSubstr("repo/synth: synthetic: loading"));
+  EXPECT_EQ(Folders(repository.failures()), (std::vector<std::string>{"big", "synth"}));
+  EXPECT_FALSE(std::filesystem::exists(SyntheticCacheDir(options.cache_dir, "synth", synthetic)));
 
+  std::filesystem::remove_all(dir_.Sub("repo/synth"));
   options.memory_limit_bytes = 0;  // no bound
   ModelRepository unbounded(dir_.Sub("repo"), options);
   ASSERT_TRUE(unbounded.Update().ok());
