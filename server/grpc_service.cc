@@ -1,6 +1,5 @@
 #include "server/grpc_service.h"
 
-#include <atomic>
 #include <deque>
 #include <memory>
 #include <utility>
@@ -34,6 +33,9 @@ void SetOutcome(const absl::Status& status, v1::TopKSoftmaxStreamResponse& out) 
   error->set_message(std::string(status.message()));
 }
 
+// The most requests of one stream or batch call that may be unanswered at a time.
+constexpr int kMaxInFlight = 64;
+
 // One bidirectional stream. Each read request becomes a call of the backend; answers are
 // written in completion order, one write at a time. Reading pauses while kMaxInFlight requests
 // of this stream are unanswered (back-pressure instead of queue-full errors). The stream ends
@@ -41,8 +43,6 @@ void SetOutcome(const absl::Status& status, v1::TopKSoftmaxStreamResponse& out) 
 class StreamReactor final
     : public grpc::ServerBidiReactor<v1::TopKSoftmaxRequest, v1::TopKSoftmaxStreamResponse> {
  public:
-  static constexpr int kMaxInFlight = 64;
-
   StreamReactor(grpc::CallbackServerContext* context, SoftmaxGrpcService* service)
       : context_(context), service_(service) {
     reading_ = std::make_unique<Item>();
@@ -171,40 +171,76 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
   SoftmaxGrpcService* const service_;
 };
 
-// A batch call: each of its requests is forwarded as a call of its own, and the reactor
-// finishes once every one is answered.
+// A batch call: each of its requests is forwarded as a call of its own, at most kMaxInFlight
+// unanswered at a time (as a stream's, so one call cannot fill a model's queue and crowd out
+// other callers), and the reactor finishes once every one is answered.
 class BatchReactor final : public grpc::ServerUnaryReactor {
  public:
-  // Forwards every request of `request`; the answers go to `response`, one result a request.
+  // Answers the requests of `request` into `response`, one result a request, in order.
   BatchReactor(grpc::CallbackServerContext* context, SoftmaxGrpcService* service,
                const v1::TopKSoftmaxBatchRequest& request, v1::TopKSoftmaxBatchResponse& response)
-      : service_(service), pending_(request.requests_size() + 1) {
+      : context_(context), service_(service), request_(request), response_(response) {
     // Every result exists before the first request is forwarded: answers are written from the
     // workers into results that no longer move.
     for (const v1::TopKSoftmaxRequest& r : request.requests()) {
       response.add_results()->set_id(r.id());
     }
-    for (int i = 0; i < request.requests_size(); ++i) {
-      v1::TopKSoftmaxStreamResponse* out = response.mutable_results(i);
-      service_->Forward(&request.requests(i), out->mutable_response(), ContextOf(context),
-                        [this, out](absl::Status status) {
-                          SetOutcome(status, *out);
-                          Answered();
-                        });
-    }
-    Answered();  // the constructor's share: the call cannot finish while it still forwards
+    ForwardWhileRoom();
   }
 
   void OnCancel() override { service_->NotifyCancelled(); }
   void OnDone() override { delete this; }
 
  private:
-  void Answered() {
-    if (pending_.fetch_sub(1) == 1) Finish(grpc::Status::OK);
+  // Forwards requests while fewer than kMaxInFlight are unanswered, then returns, or finishes
+  // the call once every request is answered. One thread runs it at a time (forwarding_): answers
+  // that arrive meanwhile, on other threads or within Forward itself, only make room, which its
+  // loop takes up, so that requests failing at once never recurse.
+  void ForwardWhileRoom() {
+    const int size = request_.requests_size();
+    for (;;) {
+      int i;
+      {
+        absl::MutexLock lock(&mu_);
+        if (next_ == size || in_flight_ == kMaxInFlight) {
+          forwarding_ = false;
+          if (answered_ < size) return;  // an answer still due forwards more or finishes
+          break;
+        }
+        i = next_++;
+        ++in_flight_;
+      }
+      v1::TopKSoftmaxStreamResponse* out = response_.mutable_results(i);
+      service_->Forward(&request_.requests(i), out->mutable_response(), ContextOf(context_),
+                        [this, out](absl::Status status) {
+                          SetOutcome(status, *out);
+                          Answered();
+                        });
+    }
+    Finish(grpc::Status::OK);
   }
 
+  void Answered() {
+    {
+      absl::MutexLock lock(&mu_);
+      --in_flight_;
+      ++answered_;
+      const int size = request_.requests_size();
+      if (forwarding_ || (next_ == size && answered_ < size)) return;
+      forwarding_ = true;
+    }
+    ForwardWhileRoom();
+  }
+
+  grpc::CallbackServerContext* const context_;
   SoftmaxGrpcService* const service_;
-  std::atomic<int> pending_;  // requests unanswered, plus one until all are forwarded
+  const v1::TopKSoftmaxBatchRequest& request_;
+  v1::TopKSoftmaxBatchResponse& response_;
+  absl::Mutex mu_;
+  int next_ ABSL_GUARDED_BY(mu_) = 0;       // the first request not forwarded
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // forwarded, not answered
+  int answered_ ABSL_GUARDED_BY(mu_) = 0;
+  bool forwarding_ ABSL_GUARDED_BY(mu_) = true;  // a thread is in ForwardWhileRoom
 };
 
 }  // namespace

@@ -471,6 +471,26 @@ TEST_F(ServerTest, BatchCallRequestsShareTheModelsBatches) {
   }
 }
 
+// A batch call keeps at most 64 of its requests unanswered at a time (as a stream does), so a
+// call larger than the model's queue is answered whole instead of overflowing it.
+TEST_F(ServerTest, BatchCallLargerThanTheQueueIsAnsweredWhole) {
+  testing::WriteTextFile(dir_.Sub("repo/small/model.pbtxt"),
+                         "weights: \"weights.npy\"\nbias: \"bias.npy\"\n"
+                         "batching { max_batch_size: 8 max_queue_size: 64 }\n");
+  StartAndLoad();
+  std::vector<absl::Span<const float>> queries;
+  for (size_t q = 0; q < 250; ++q) queries.push_back(Row(q % 20));  // 52 KB
+  TopKOptions o;
+  o.mode = v1::MODE_EXACT;
+  auto results = client_->TopKSoftmaxBatch("small", queries, o);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ(results->size(), queries.size());
+  for (size_t q = 0; q < queries.size(); ++q) {
+    ASSERT_TRUE((*results)[q].ok()) << q << ": " << (*results)[q].status();
+    EXPECT_EQ((*results)[q]->indices, (*results)[q % 20]->indices) << q;
+  }
+}
+
 TEST_F(ServerTest, ListModelsDescribesTheModels) {
   testing::WriteModel(dir_.Sub("repo/tuned"), SmallModel(9),
                       "name: \"tuned\"\ndefault_epsilon: 0.2\ndefault_mode: MODE_EXACT\n"
